@@ -1,0 +1,126 @@
+"""``python -m benchmarks``: the segrepro command line (SPEC section 8)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import methods
+from benchmarks.receptive_field import analytic_geometry, receptive_field, stack_table
+
+CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large")
+"""Methods the papers also report with dense-CRF post-processing (SPEC section 2): ``NAME+crf``."""
+
+DESIGN_NOTE_CLAIMS = Path(__file__).with_name("design_note_claims.json")
+
+
+def method_facts(name: str) -> dict[str, object]:
+    """What ``list`` reports of one registered method, measured on the built model (width 1,
+    on the ``meta`` device: shapes and graph without allocating 134M parameters)."""
+    import torch
+
+    with torch.device("meta"):
+        model = methods.create(name)
+    return {
+        "name": name,
+        "paper": methods.get_entry(name).paper,
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "score_stride": model.score_stride,
+        "receptive_field": receptive_field(model),
+        "score_receptive_field": receptive_field(model, "score_map"),
+        "input_convention": model.input_convention.name,
+        "paper_input_convention": model.paper_input_convention.name,
+        "crf": False,
+    }
+
+
+def list_rows() -> list[dict[str, object]]:
+    rows = []
+    for name in methods.list_methods():
+        facts = method_facts(name)
+        rows.append(facts)
+        if name in CRF_STAGE_METHODS:
+            rows.append({**facts, "name": f"{name}+crf", "crf": True})
+    return rows
+
+
+def check_design_note() -> list[dict[str, object]]:
+    """Each claim of the design note, recomputed from the real modules, with a verdict."""
+    from methods.dilation import LARGE_MULTIPLIERS, ContextModule
+
+    verdicts = []
+    for claim in json.loads(DESIGN_NOTE_CLAIMS.read_text())["claims"]:
+        if claim["kind"] == "stack_rf":
+            computed: object = stack_table(claim["dilations"], claim["kernel"])[-1]["receptive_field"]
+        else:
+            module = ContextModule(21, LARGE_MULTIPLIERS, buffer="none")
+            kernels = [g.kernel for g in analytic_geometry(module) if g.kind == "Conv2d"]
+            computed = [kernels[i - 1] for i in claim["layers"]]
+        verdicts.append({"id": claim["id"], "claim": claim["claim"], "claimed": claim["claimed"],
+                         "computed": computed, "holds": computed == claim["claimed"]})
+    return verdicts
+
+
+def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
+    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = list_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _print_table(rows, ["name", "params", "score_stride", "receptive_field", "crf", "paper"])
+    return 0
+
+
+def _dilations(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--dilations takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--dilations needs at least one positive integer, got {text!r}")
+    return values
+
+
+def cmd_rf(args: argparse.Namespace) -> int:
+    if args.kernel < 1:
+        print(f"error: --kernel must be positive, got {args.kernel}", file=sys.stderr)
+        return 2
+    rows = stack_table(args.dilations, args.kernel)
+    claims = check_design_note()
+    if args.json:
+        print(json.dumps({"layers": rows, "design_note_claims": claims}, indent=2))
+        return 0
+    _print_table(rows, ["layer", "kernel", "dilation", "filter_span", "filter_params", "receptive_field"])
+    print("\nDesign-note claims, recomputed from the modules (SPEC section 3):")
+    for v in claims:
+        status = "holds" if v["holds"] else "WRONG"
+        print(f"  [{status}] {v['claim']}: claimed {v['claimed']}, computed {v['computed']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="registered methods: paper, parameters, score stride, receptive field, CRF")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("rf", help="per-layer receptive fields of a stack of dilated convolutions")
+    p.add_argument("--dilations", type=_dilations, required=True, help="e.g. 1,2,4")
+    p.add_argument("--kernel", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rf)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,190 @@
+"""Building blocks shared by every method family: input conventions, the segmentation-model base
+class, fixed bilinear upsampling (FCN Sec 3.3) and Caffe-style cropping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CAFFE_VGG",
+    "TORCHVISION_VGG",
+    "BilinearUpsample",
+    "CaffeInterp",
+    "Crop",
+    "InputConvention",
+    "ReflectPad101",
+    "SegmentationModel",
+    "UpsampleCrop",
+    "bilinear_kernel",
+    "scaled_channels",
+]
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """How an image (uint8 RGB, 0..255) becomes the network input: reorder, subtract ``mean``,
+    divide by ``std`` (both per channel, in the network's channel order, on the 0..255 scale)."""
+
+    name: str
+    channel_order: str  # "RGB" or "BGR"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def normalize(self, image_rgb_uint8: torch.Tensor) -> torch.Tensor:
+        """``N x 3 x H x W`` (or ``3 x H x W``) RGB 0..255 -> normalised float tensor."""
+        x = image_rgb_uint8.float()
+        if self.channel_order == "BGR":
+            x = x.flip(-3)
+        shape = (3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
+        return (x - mean) / std
+
+
+CAFFE_VGG = InputConvention(
+    name="caffe",
+    channel_order="BGR",
+    mean=(104.00699, 116.66877, 122.67892),
+    std=(1.0, 1.0, 1.0),
+)
+"""The convention of the Caffe VGG-16 release that all four papers fine-tuned from."""
+
+TORCHVISION_VGG = InputConvention(
+    name="torchvision",
+    channel_order="RGB",
+    mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+    std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
+)
+"""The convention of torchvision's ImageNet ``vgg16`` weights (what ``pretrained=True`` loads)."""
+
+
+class SegmentationModel(nn.Module):
+    """Base class of every registered method.
+
+    ``score_map(x)`` returns the class scores before the final upsampling (stride
+    ``score_stride``); ``forward(x)`` returns scores at input resolution. ``input_convention`` is
+    the convention of the weights the model holds; ``paper_input_convention`` the one the paper
+    used.
+    """
+
+    score_stride: int
+    paper: str
+    input_convention: InputConvention = TORCHVISION_VGG
+    paper_input_convention: InputConvention = CAFFE_VGG
+
+    final_upsample: nn.Module  # called as final_upsample(scores, input) -> scores at input size
+
+    def score_map(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_upsample(self.score_map(x), x)
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """``channels`` scaled by ``width`` (at least 1): the reduced-width option of the CPU profile."""
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    return max(1, round(channels * width))
+
+
+def bilinear_kernel(kernel_size: int) -> torch.Tensor:
+    """The ``kernel_size x kernel_size`` bilinear interpolation kernel of FCN's ``upsample_filt``
+    (Caffe's ``bilinear`` filler): factor ``ceil(k/2)``, centred between taps for even k."""
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    taps = 1 - (torch.arange(kernel_size, dtype=torch.float64) - center).abs() / factor
+    return torch.outer(taps, taps).float()
+
+
+class BilinearUpsample(nn.Module):
+    """Per-class transposed convolution with a fixed bilinear kernel and no bias (FCN Sec 3.3; the
+    reference nets set ``lr_mult: 0``). The kernel is a non-persistent buffer: not trainable, not
+    counted as a parameter, not in checkpoints; it acts channel by channel like Caffe's diagonal
+    C x C kernel."""
+
+    def __init__(self, channels: int, kernel_size: int, stride: int, padding: int = 0) -> None:
+        super().__init__()
+        self.channels, self.kernel_size, self.stride, self.padding = channels, kernel_size, stride, padding
+        kernel = bilinear_kernel(kernel_size).expand(channels, 1, kernel_size, kernel_size).clone()
+        self.register_buffer("weight", kernel, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(
+            x, self.weight.to(x.dtype), stride=self.stride, padding=self.padding, groups=self.channels
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class Crop(nn.Module):
+    """Caffe's ``Crop`` layer on the two spatial axes: take ``size`` from ``offset``."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        h, w = reference.shape[-2], reference.shape[-1]
+        o = self.offset
+        if x.shape[-2] < o + h or x.shape[-1] < o + w:
+            raise ValueError(
+                f"cannot crop {h}x{w} at offset {o} from a {x.shape[-2]}x{x.shape[-1]} map; "
+                "the input is too small for this network"
+            )
+        return x[..., o : o + h, o : o + w]
+
+    def extra_repr(self) -> str:
+        return f"offset={self.offset}"
+
+
+class UpsampleCrop(nn.Module):
+    """Fixed bilinear upsampling followed by a crop to the reference's size (FCN's ``upscore`` +
+    ``score`` crop; the front end's ``k16 s8 p4`` deconvolution, crop offset 0)."""
+
+    def __init__(self, channels: int, kernel_size: int, stride: int, padding: int = 0, offset: int = 0) -> None:
+        super().__init__()
+        self.upsample = BilinearUpsample(channels, kernel_size, stride, padding)
+        self.crop = Crop(offset)
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return self.crop(self.upsample(x), reference)
+
+
+class CaffeInterp(nn.Module):
+    """Caffe's ``Interp`` layer as DeepLab uses it at test time: bilinear resize that maps corner
+    to corner (``align_corners=True``), to the reference's size (an 8k+1 input gives exactly
+    ``zoom_factor: 8``)."""
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        size = (reference.shape[-2], reference.shape[-1])
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+class ReflectPad101(nn.Module):
+    """Reflection padding without repeating the edge pixel (OpenCV ``BORDER_REFLECT_101``, as the
+    official front end pads its input) by ``margin`` on every side. Margins wider than the image
+    reflect again off the far edge, as OpenCV does, so small images work too."""
+
+    def __init__(self, margin: int) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left = self.margin
+        while left > 0:
+            h, w = x.shape[-2], x.shape[-1]
+            if min(h, w) < 2:
+                raise ValueError(f"cannot reflect-pad a {h}x{w} map")
+            step = min(left, h - 1, w - 1)
+            x = F.pad(x, (step, step, step, step), mode="reflect")
+            left -= step
+        return x
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}"

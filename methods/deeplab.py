@@ -1,0 +1,90 @@
+"""DeepLab-LargeFOV (Chen, Papandreou, Kokkinos, Murphy & Yuille, *Semantic Image Segmentation
+with Deep Convolutional Nets and Fully Connected CRFs*, ICLR 2015, arXiv 1412.7062).
+
+Faithful details (Sec 3.1 and Table 2, "DeepLab-LargeFOV"; reference net ``vgg128_noup``/
+``LargeFOV`` train prototxt):
+
+* pool1-pool3 are 3x3 stride 2 padding 1; pool4 and pool5 are 3x3 stride 1 padding 1 (the
+  last two subsamplings are skipped, Sec 3.1), all with Caffe's ceil rounding;
+* conv5_x are dilated by 2 ("hole algorithm", input stride 2), padding 2;
+* fc6 is 3x3 with dilation 12 (input stride 12) and 1024 channels, fc7 is 1x1 with 1024
+  channels, each followed by dropout 0.5; fc8 is 1x1 to C classes; score stride 8;
+* training uses labels subsampled by 8 (Sec 3.1) against :meth:`score_map`; at test time the
+  scores are bilinearly interpolated x8 (Caffe ``Interp``, corner-aligned);
+* ImageNet initialisation (Sec 3.1, 4.1): fc6's 7x7 kernel is decimated to 3x3 (every third
+  tap) and fc6/fc7 are decimated from 4096 to 1024 channels (every fourth filter); about 20.5M
+  parameters (Table 2).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .common import CaffeInterp, SegmentationModel, scaled_channels
+from .registry import register
+from .vgg import FcSurgery, TrunkLayout, add_vgg16_trunk, apply_pretrained, run_layers
+
+__all__ = ["DeepLabLargeFOV", "deeplab_fc_decimation"]
+
+PAPER = "Chen et al., Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected CRFs, ICLR 2015"
+
+DEEPLAB_LAYOUT = TrunkLayout(
+    conv_padding=(1, 1, 1, 1, 2),
+    conv_dilation=(1, 1, 1, 1, 2),
+    pools=((3, 2, 1), (3, 2, 1), (3, 2, 1), (3, 1, 1), (3, 1, 1)),
+)
+
+
+class DeepLabLargeFOV(SegmentationModel):
+    """DeepLab-LargeFOV: VGG-16 at output stride 8 with a 3x3, dilation-12, 1024-channel fc6."""
+
+    paper = PAPER
+    score_stride = 8
+
+    def __init__(self, num_classes: int, width: float = 1.0, fc_channels: int = 1024) -> None:
+        super().__init__()
+        self.blocks = add_vgg16_trunk(self, DEEPLAB_LAYOUT, width)
+        fc = scaled_channels(fc_channels, width)
+        self.fc6 = nn.Conv2d(scaled_channels(512, width), fc, 3, padding=12, dilation=12)
+        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+        self.fc7 = nn.Conv2d(fc, fc, 1)
+        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+        self.fc8 = nn.Conv2d(fc, num_classes, 1)
+        nn.init.normal_(self.fc8.weight, std=0.01)  # reference prototxt: gaussian std 0.01, bias 0
+        nn.init.zeros_(self.fc8.bias)
+        self.final_upsample = CaffeInterp()
+
+    def score_map(self, x: torch.Tensor) -> torch.Tensor:
+        h = run_layers(self, [name for block in self.blocks for name in block], x)
+        h = self.drop6(self.relu6(self.fc6(h)))
+        h = self.drop7(self.relu7(self.fc7(h)))
+        return self.fc8(h)
+
+
+def deeplab_fc_decimation(channels: int = 1024) -> FcSurgery:
+    """torchvision's fc6/fc7 decimated as DeepLab-LargeFOV initialises them: fc6's 7x7 taps
+    0, 3, 6 in each axis give the 3x3 kernel (whose dilation then spans the same extent, Sec 3.1),
+    and every ``4096 // channels``-th filter (and fc7 input) is kept."""
+    step = 4096 // channels
+
+    def fc6_weight(w: torch.Tensor) -> torch.Tensor:
+        return w.reshape(4096, 512, 7, 7)[::step, :, ::3, ::3]
+
+    return {
+        "classifier.0.weight": ("fc6.weight", fc6_weight),
+        "classifier.0.bias": ("fc6.bias", lambda b: b[::step]),
+        "classifier.3.weight": ("fc7.weight", lambda w: w[::step, ::step].reshape(channels, channels, 1, 1)),
+        "classifier.3.bias": ("fc7.bias", lambda b: b[::step]),
+    }
+
+
+@register("deeplab_v1", paper=f"{PAPER}, Sec 3.1 and Table 2 (DeepLab-LargeFOV)")
+def deeplab_v1(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+               weights_path: str | os.PathLike[str] | None = None) -> DeepLabLargeFOV:
+    """DeepLab-LargeFOV (Table 2): kernel 3x3, input stride 12, 1024 fc channels, RF via dilation."""
+    model = DeepLabLargeFOV(num_classes, width=width)
+    apply_pretrained(model, pretrained, weights_path, deeplab_fc_decimation(1024), width)
+    return model

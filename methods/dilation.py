@@ -1,0 +1,194 @@
+"""Yu & Koltun, *Multi-Scale Context Aggregation by Dilated Convolutions* (ICLR 2016, arXiv
+1511.07122): the front end (Sec 4) and the basic and large context modules (Sec 3, Table 1),
+as the official fyu/dilation nets lay them out (``dilation8_pascal_voc``).
+
+Front end (Sec 4): VGG-16 with pool4 and pool5 removed; conv5_x dilated by 2 and fc6 (7x7,
+4096) dilated by 4; no padding inside the network ("we removed the padding of the intermediate
+feature maps"); instead the input is reflection-padded (official: a 186-px margin,
+``BORDER_REFLECT_101``; a 900x900 input gives a 66x66 output); ``final`` is a 1x1 C-way layer
+initialised N(0, 0.001^2); score stride 8; the scores are upsampled x8 by a fixed bilinear
+deconvolution (k16, s8, p4 in ``network.py``), which lines each score up with the centre of its
+receptive field.
+
+Context module (Sec 3, Table 1): 8 layers; 3x3 convolutions in layers 1-7 with dilations
+1, 1, 2, 4, 8, 16, 1 and a 1x1 layer 8; ReLU after layers 1-7; no padding inside: the input is
+padded by a 33-px buffer (official deploy net: ``pad: 33`` on the first layer, i.e. zeros), so
+the output has the input's size and each unit sees 67x67 input units. Basic: C channels in every
+layer (64 C^2 weights). Large: 2C, 2C, 4C, 8C, 16C, 32C, 32C, C. Identity initialisation (Eq. 4
+and Eq. 5). Layer names follow ``network.py`` (``ctx_conv1_1`` ... ``ctx_fc1``, ``ctx_final``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .common import ReflectPad101, SegmentationModel, UpsampleCrop, scaled_channels
+from .registry import register
+from .vgg import TrunkLayout, add_vgg16_trunk, apply_pretrained, fc_as_convolutions, run_layers
+
+__all__ = ["CONTEXT_DILATIONS", "ContextModule", "ContextNetwork", "FrontEnd", "identity_init_"]
+
+PAPER = "Yu & Koltun, Multi-Scale Context Aggregation by Dilated Convolutions, ICLR 2016"
+FRONTEND_MARGIN = 186
+CONTEXT_BUFFER = 33
+
+FRONTEND_LAYOUT = TrunkLayout(
+    conv_padding=(0, 0, 0, 0, 0),
+    conv_dilation=(1, 1, 1, 1, 2),
+    pools=((2, 2, 0), (2, 2, 0), (2, 2, 0), None, None),
+)
+
+# Table 1: (layer name, kernel, dilation) for layers 1..8.
+CONTEXT_LAYERS = (
+    ("ctx_conv1_1", 3, 1),
+    ("ctx_conv1_2", 3, 1),
+    ("ctx_conv2_1", 3, 2),
+    ("ctx_conv3_1", 3, 4),
+    ("ctx_conv4_1", 3, 8),
+    ("ctx_conv5_1", 3, 16),
+    ("ctx_fc1", 3, 1),
+    ("ctx_final", 1, 1),
+)
+CONTEXT_DILATIONS = tuple(d for _, _, d in CONTEXT_LAYERS)
+BASIC_MULTIPLIERS = (1, 1, 1, 1, 1, 1, 1, 1)
+LARGE_MULTIPLIERS = (2, 2, 4, 8, 16, 32, 32, 1)
+
+
+class FrontEnd(nn.Module):
+    """The front-end trunk up to fc7 (no score layer): reflection pad, VGG-16 without pool4/pool5,
+    conv5 dilation 2, fc6 7x7 dilation 4."""
+
+    def __init__(self, width: float = 1.0, margin: int = FRONTEND_MARGIN) -> None:
+        super().__init__()
+        self.pad = ReflectPad101(margin)
+        self.blocks = add_vgg16_trunk(self, FRONTEND_LAYOUT, width)
+        fc = scaled_channels(4096, width)
+        self.fc6 = nn.Conv2d(scaled_channels(512, width), fc, 7, dilation=4)
+        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+        self.fc7 = nn.Conv2d(fc, fc, 1)
+        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+        self.out_channels = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = run_layers(self, [name for block in self.blocks for name in block], self.pad(x))
+        h = self.drop6(self.relu6(self.fc6(h)))
+        return self.drop7(self.relu7(self.fc7(h)))
+
+
+def identity_init_(
+    conv: nn.Conv2d, num_classes: int, noise_std: float, generator: torch.Generator | None = None
+) -> None:
+    """Identity initialisation of Yu & Koltun Eq. 5 (Eq. 4 when in = out = C): weight
+    k(t, a)[b] = C / c_out where t = 0 and floor(a C / c_in) == floor(b C / c_out), else
+    N(0, sigma^2) with sigma = ``noise_std`` * C / c_out (sigma << C / c_out); bias 0."""
+    c_out, c_in, kh, kw = conv.weight.shape
+    scale = num_classes / c_out
+    with torch.no_grad():
+        weight = torch.randn(conv.weight.shape, generator=generator) * (noise_std * scale)
+        group_in = torch.arange(c_in) * num_classes // c_in
+        group_out = torch.arange(c_out) * num_classes // c_out
+        same_group = group_out[:, None] == group_in[None, :]
+        centre = weight[:, :, kh // 2, kw // 2]
+        centre[same_group] = scale
+        conv.weight.copy_(weight)
+        nn.init.zeros_(conv.bias)
+
+
+class ContextModule(nn.Module):
+    """The context module of Table 1 with channel multipliers ``multipliers`` (of C).
+
+    ``buffer``: how the 33-px buffer is made when the input does not carry one already:
+    ``"zeros"`` (official deploy net), ``"reflect"`` (the paper found both alike), or ``"none"``
+    (the caller passes maps that already carry the buffer; the output is 66 units smaller).
+    """
+
+    def __init__(self, num_classes: int, multipliers: tuple[int, ...], buffer: str = "zeros",
+                 noise_std: float = 1e-3, seed: int = 0) -> None:
+        super().__init__()
+        buffers = {"zeros": nn.ZeroPad2d(CONTEXT_BUFFER), "reflect": nn.ReflectionPad2d(CONTEXT_BUFFER),
+                   "none": nn.Identity()}
+        if buffer not in buffers:
+            raise ValueError(f"buffer must be one of {sorted(buffers)}, got {buffer!r}")
+        self.buffer = buffers[buffer]
+        generator = torch.Generator().manual_seed(seed)
+        in_channels = num_classes
+        self.layer_names: list[str] = []
+        for (name, kernel, dilation), multiplier in zip(CONTEXT_LAYERS, multipliers, strict=True):
+            out_channels = num_classes * multiplier
+            conv = nn.Conv2d(in_channels, out_channels, kernel, dilation=dilation)
+            identity_init_(conv, num_classes, noise_std, generator)
+            self.add_module(name, conv)
+            self.layer_names.append(name)
+            if name != "ctx_final":
+                relu_name = "ctx_fc1_relu" if name == "ctx_fc1" else name.replace("conv", "relu")
+                self.add_module(relu_name, nn.ReLU(inplace=True))
+                self.layer_names.append(relu_name)
+            in_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_layers(self, self.layer_names, self.buffer(x))
+
+
+class ContextNetwork(SegmentationModel):
+    """The front end, its C-way ``final`` layer, an optional context module, and the x8 bilinear
+    upsampling."""
+
+    paper = PAPER
+    score_stride = 8
+
+    def __init__(self, num_classes: int, width: float = 1.0, context: ContextModule | None = None) -> None:
+        super().__init__()
+        self.frontend = FrontEnd(width)
+        self.final = nn.Conv2d(self.frontend.out_channels, num_classes, 1)
+        nn.init.normal_(self.final.weight, std=0.001)
+        nn.init.zeros_(self.final.bias)
+        self.context = context
+        self.final_upsample = UpsampleCrop(num_classes, 16, 8, padding=4)
+
+    def frontend_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The front end's stride-8 scores (the context module's input)."""
+        return self.final(self.frontend(x))
+
+    def score_map(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.frontend_scores(x)
+        return scores if self.context is None else self.context(scores)
+
+
+def _build(num_classes: int, width: float, pretrained: bool, weights_path: str | os.PathLike[str] | None,
+           multipliers: tuple[int, ...] | None, buffer: str, noise_std: float, seed: int) -> ContextNetwork:
+    context = None
+    if multipliers is not None:
+        # the reduced-width profile scales the large module's multipliers, keeping them whole
+        # multiples of C so that Eq. 5 stays an exact identity
+        multipliers = tuple(max(1, round(m * width)) if m > 1 else m for m in multipliers)
+        context = ContextModule(num_classes, multipliers, buffer=buffer, noise_std=noise_std, seed=seed)
+    model = ContextNetwork(num_classes, width=width, context=context)
+    apply_pretrained(model, pretrained, weights_path, fc_as_convolutions(7), width, prefix="frontend.")
+    return model
+
+
+@register("frontend", paper=f"{PAPER}, Sec 4 (front end); fyu/dilation dilation8_pascal_voc")
+def frontend(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+             weights_path: str | os.PathLike[str] | None = None) -> ContextNetwork:
+    """The front-end prediction module alone (Sec 4)."""
+    return _build(num_classes, width, pretrained, weights_path, None, "zeros", 0.0, 0)
+
+
+@register("context_basic", paper=f"{PAPER}, Sec 3 and Table 1 (basic context module)")
+def context_basic(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+                  weights_path: str | os.PathLike[str] | None = None, buffer: str = "zeros",
+                  seed: int = 0) -> ContextNetwork:
+    """Front end + basic context module: C channels in every layer, identity init (Eq. 4)."""
+    return _build(num_classes, width, pretrained, weights_path, BASIC_MULTIPLIERS, buffer, 0.0, seed)
+
+
+@register("context_large", paper=f"{PAPER}, Sec 3 and Table 1 (large context module)")
+def context_large(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+                  weights_path: str | os.PathLike[str] | None = None, buffer: str = "zeros",
+                  noise_std: float = 1e-3, seed: int = 0) -> ContextNetwork:
+    """Front end + large context module: channels 2C ... 32C, C; identity init of Eq. 5 with
+    noise sigma = ``noise_std`` * C / c_out."""
+    return _build(num_classes, width, pretrained, weights_path, LARGE_MULTIPLIERS, buffer, noise_std, seed)

@@ -1,0 +1,65 @@
+"""One strict registry of segmentation methods (timm-style ``@register`` on builder functions).
+
+A method is a builder function ``builder(num_classes: int = 21, **options) -> nn.Module``. The
+module it returns is a :class:`SegmentationModel`: it maps a normalised image batch (see its
+``input_convention``) to per-pixel class scores at input resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = ["MethodEntry", "create", "get_entry", "list_methods", "register"]
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """What the registry knows of one method before it is built."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    paper: str
+
+
+_REGISTRY: dict[str, MethodEntry] = {}
+
+
+def register(name: str, *, paper: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``builder`` under ``name``; ``paper`` cites the paper and the table or section it follows."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(
+                f"method {name!r} is already registered (by {_REGISTRY[name].builder.__module__}."
+                f"{_REGISTRY[name].builder.__qualname__}); pick another name"
+            )
+        if "+" in name:
+            raise ValueError(f"method name {name!r} may not contain '+': '+crf' marks a post-processing variant")
+        _REGISTRY[name] = MethodEntry(name=name, builder=builder, paper=paper)
+        return builder
+
+    return decorator
+
+
+def get_entry(name: str) -> MethodEntry:
+    """The registry entry of ``name``; an unknown name is an error that lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY)) or "(none)"
+        raise KeyError(f"unknown method {name!r}; registered methods: {known}") from None
+
+
+def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
+    """Build method ``name`` with ``num_classes`` outputs; ``options`` go to its builder."""
+    model = get_entry(name).builder(num_classes=num_classes, **options)
+    model.method_name = name
+    return model
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods, sorted."""
+    return sorted(_REGISTRY)

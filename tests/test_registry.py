@@ -1,0 +1,142 @@
+"""Registry-driven tests: every registered method builds, runs forward and backward, has the
+score stride of SPEC section 2 and the parameter counts of the papers."""
+
+import pytest
+import torch
+from conftest import SPEC_SCORE_STRIDE
+from torch import nn
+
+import methods
+from methods.registry import register
+
+ALL = methods.list_methods()
+
+
+def test_registry_lists_the_spec_methods():
+    assert set(SPEC_SCORE_STRIDE) <= set(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward_at_input_resolution(name):
+    torch.manual_seed(0)
+    model = methods.create(name, num_classes=5, width=1 / 16).train()
+    x = torch.randn(2, 3, 67, 83, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 5, 67, 83)
+    out.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_score_stride_matches_spec_and_the_measured_map(name):
+    model = methods.create(name, width=1 / 32).eval()
+    assert model.score_stride == SPEC_SCORE_STRIDE[name]
+    # measured: growing the input by 128 px grows the score map by 128 / stride units
+    with torch.no_grad():
+        small = model.score_map(torch.zeros(1, 3, 128, 128)).shape[-1]
+        large = model.score_map(torch.zeros(1, 3, 256, 256)).shape[-1]
+    assert large - small == 128 // model.score_stride
+
+
+def test_unknown_and_duplicate_names_are_errors():
+    with pytest.raises(KeyError, match=r"registered methods: .*fcn32s"):
+        methods.create("fcn64s")
+    with pytest.raises(ValueError, match="already registered"):
+        register("fcn8s", paper="x")(lambda num_classes=21: nn.Identity())
+    with pytest.raises(ValueError, match=r"\+crf"):
+        register("mine+crf", paper="x")(lambda num_classes=21: nn.Identity())
+
+
+def test_a_new_head_is_a_ten_line_registration():
+    from methods.common import SegmentationModel
+
+    class Tiny(SegmentationModel):
+        score_stride = 1
+        paper = "none"
+
+        def __init__(self, num_classes):
+            super().__init__()
+            self.head = nn.Conv2d(3, num_classes, 3, padding=1)
+            self.final_upsample = methods.common.CaffeInterp()
+
+        def score_map(self, x):
+            return self.head(x)
+
+    register("test_tiny_head", paper="a test")(lambda num_classes=21: Tiny(num_classes))
+    assert "test_tiny_head" in methods.list_methods()
+    assert methods.create("test_tiny_head", num_classes=4)(torch.zeros(1, 3, 9, 9)).shape == (1, 4, 9, 9)
+
+
+def trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(("name", "paper_count"), [("fcn32s", 134e6), ("fcn8s", 134e6), ("deeplab_v1", 20.5e6)])
+def test_parameter_counts_match_the_papers(name, paper_count):
+    # FCN Table 1 (FCN-VGG16: 134M); DeepLab v1 Table 2 (DeepLab-LargeFOV: 20.5M)
+    with torch.device("meta"):
+        model = methods.create(name)
+    assert abs(trainable(model) - paper_count) / paper_count < 0.01
+
+
+def test_basic_context_module_has_64_c_squared_weights():
+    c = 21
+    module = methods.create("context_basic", width=1 / 16).context
+    weights = sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Conv2d))
+    assert weights == 64 * c * c  # Yu & Koltun Sec 3: 7 layers of 3x3 C->C plus one 1x1
+
+
+def test_upsampling_is_fixed_bilinear_and_score_layers_start_at_zero():
+    model = methods.create("fcn8s", width=1 / 16)
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        assert getattr(model, name).weight.abs().sum() == 0
+    # bilinear x2 kernel, worked by hand: taps 1/4, 3/4, 3/4, 1/4
+    taps = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    assert torch.equal(model.upscore2.weight[0, 0], torch.outer(taps, taps))
+    assert not any("upscore" in n for n, _ in model.named_parameters())
+    # a constant score map upsamples to the same constant away from the borders
+    up = model.upscore2(torch.ones(1, 21, 6, 6))
+    assert torch.allclose(up[..., 2:-2, 2:-2], torch.ones(()))
+
+
+def test_fcn_at_once_scales_the_skips():
+    model = methods.create("fcn8s", width=1 / 16, at_once=True)
+    assert model.scale_pool4.factor == 0.01 and model.scale_pool3.factor == 1e-4
+    assert methods.create("fcn8s", width=1 / 16).scale_pool3.factor == 1.0
+
+
+def test_staged_fcn_initialisation_copies_the_coarser_stage():
+    from methods.fcn import init_from_previous_stage
+
+    fcn32 = methods.create("fcn32s", width=1 / 16)
+    with torch.no_grad():
+        fcn32.score_fr.weight.normal_()
+    fcn16 = methods.create("fcn16s", width=1 / 16)
+    fresh = init_from_previous_stage(fcn16, fcn32.state_dict())
+    assert torch.equal(fcn16.score_fr.weight, fcn32.score_fr.weight)
+    assert fresh == ["score_pool4.bias", "score_pool4.weight"]
+    # with its skip at zero, FCN-16s starts as FCN-32s's scores upsampled x2
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = fcn16.upscore2(fcn32.eval().score_map(x))
+        assert torch.allclose(fcn16.eval().score_map(x), expected, atol=1e-6)
+        assert expected.abs().sum() > 0
+
+
+def test_frontend_deploy_geometry():
+    # fyu/dilation: a 900x900 input (500 px + two 186-px margins, padded in advance) gives 66x66
+    model = methods.create("frontend", width=1 / 32).eval()
+    model.frontend.pad.margin = 0
+    with torch.no_grad():
+        assert model.frontend_scores(torch.zeros(1, 3, 900, 900)).shape[-2:] == (66, 66)
+
+
+def test_reflection_padding_is_reflect_101_and_handles_small_images():
+    from methods.common import ReflectPad101
+
+    x = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 1, 4, 4)
+    padded = ReflectPad101(5)(x)
+    # BORDER_REFLECT_101 of 0 1 2 3, repeated off both edges: ... 1 2 3 2 1 | 0 1 2 3 | 2 1 0 1 2
+    assert padded[0, 0, 0].tolist() == [1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]
