@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 import methods
 from benchmarks.receptive_field import analytic_geometry, receptive_field, stack_table
 
@@ -20,8 +22,6 @@ DESIGN_NOTE_CLAIMS = Path(__file__).with_name("design_note_claims.json")
 def method_facts(name: str) -> dict[str, object]:
     """What ``list`` reports of one registered method, measured on the built model (width 1,
     on the ``meta`` device: shapes and graph without allocating 134M parameters)."""
-    import torch
-
     with torch.device("meta"):
         model = methods.create(name)
     return {
@@ -107,6 +107,55 @@ def cmd_rf(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_directories(pred_dir: Path, gt_dir: Path, num_classes: int = 21) -> dict[str, object]:
+    """Score every label PNG of ``gt_dir`` against the prediction of the same file stem in
+    ``pred_dir`` with the one evaluator."""
+    from benchmarks.evaluation import ConfusionMatrix
+    from benchmarks.voc import DataError, read_label
+
+    for folder, what in ((pred_dir, "--pred"), (gt_dir, "--gt")):
+        if not folder.is_dir():
+            raise DataError(f"{what} {folder} is not a directory")
+    gt_files = {p.stem: p for p in sorted(gt_dir.glob("*.png"))}
+    pred_files = {p.stem: p for p in sorted(pred_dir.glob("*.png"))}
+    if not gt_files:
+        raise DataError(f"--gt {gt_dir} holds no .png label maps")
+    missing = sorted(set(gt_files) - set(pred_files))
+    if missing:
+        raise DataError(f"{len(missing)} ground-truth images have no prediction in {pred_dir}, e.g. {missing[:5]} "
+                        "(predictions are matched by file stem)")
+    confusion = ConfusionMatrix(num_classes)
+    for stem, gt_path in gt_files.items():
+        target = read_label(gt_path, num_classes)
+        prediction = read_label(pred_files[stem], num_classes)
+        if prediction.shape != target.shape:
+            raise DataError(f"prediction {pred_files[stem]} is {prediction.shape[1]}x{prediction.shape[0]} but "
+                            f"{gt_path} is {target.shape[1]}x{target.shape[0]}")
+        confusion.update(torch.from_numpy(prediction), torch.from_numpy(target), stem)
+    confusion.check_complete(gt_files)
+    return {**confusion.metrics(), "images": len(gt_files),
+            "unscored_predictions": len(set(pred_files) - set(gt_files))}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from benchmarks.voc import VOC_CLASSES, DataError
+
+    try:
+        result = evaluate_directories(Path(args.pred), Path(args.gt), args.num_classes)
+    except (DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"images {result['images']}  mIoU {100 * result['miou']:.2f}  pixel acc {100 * result['pixel_acc']:.2f}  "
+          f"mean acc {100 * result['mean_acc']:.2f}  fwIoU {100 * result['fwiou']:.2f}")
+    names = VOC_CLASSES if args.num_classes == len(VOC_CLASSES) else [str(i) for i in range(args.num_classes)]
+    for name, iou in zip(names, result["per_class_iou"], strict=True):
+        print(f"  {name:<12} {'absent' if iou is None else f'{100 * iou:.2f}'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rf)
+    p = sub.add_parser("evaluate", help="score a directory of label PNGs against ground truth (mIoU etc.)")
+    p.add_argument("--pred", required=True, help="predicted label PNGs (palette or 8-bit), matched by file stem")
+    p.add_argument("--gt", required=True, help="ground-truth label PNGs (255 = ignore)")
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,203 @@
+"""PASCAL VOC 2012 (+ SBD "aug") in the mmsegmentation layout (SPEC section 4), read and checked.
+
+``<root>/VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, SegmentationClassAug,
+ImageSets/Segmentation/{train,val}.txt, ImageSets/Segmentation/trainaug.txt}``; ``root`` may also
+be the ``VOC2012`` folder itself. Every failure names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DATA_ENV_VAR",
+    "IGNORE_INDEX",
+    "NUM_CLASSES",
+    "VOC_CLASSES",
+    "DataError",
+    "VOCSplit",
+    "read_image",
+    "read_label",
+    "read_split",
+    "resolve_voc_root",
+    "voc_palette",
+]
+
+DATA_ENV_VAR = "SEGREPRO_DATA"
+NUM_CLASSES = 21
+IGNORE_INDEX = 255
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+# split -> (candidate list files under ImageSets, label folder)
+SPLITS = {
+    "train": (("Segmentation/train.txt",), "SegmentationClass"),
+    "val": (("Segmentation/val.txt",), "SegmentationClass"),
+    "trainaug": (("Segmentation/trainaug.txt", "Segmentation/aug.txt", "SegmentationAug/train_aug.txt"),
+                 "SegmentationClassAug"),
+    "seg11valid": (("Segmentation/seg11valid.txt",), "SegmentationClass"),
+}
+
+
+class DataError(ValueError):
+    """A problem with the dataset on disk; the message names the file and the fix."""
+
+
+def voc_palette() -> np.ndarray:
+    """The standard 256-entry VOC colour map (bit-interleaved class index), ``256 x 3`` uint8."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for index in range(256):
+        c, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[index] = (r, g, b)
+    return palette
+
+
+def resolve_voc_root(data: str | os.PathLike[str] | None = None) -> Path:
+    """The ``VOC2012`` folder from ``--data``, else ``$SEGREPRO_DATA``; either may point at the
+    folder holding ``VOCdevkit``, at ``VOCdevkit``, or at ``VOC2012`` itself."""
+    given = data or os.environ.get(DATA_ENV_VAR)
+    if not given:
+        raise DataError(f"no VOC data given: pass --data PATH or set ${DATA_ENV_VAR} to the folder holding VOCdevkit")
+    root = Path(given).expanduser()
+    for candidate in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise DataError(
+        f"{root} holds no VOC 2012 tree (looked for VOCdevkit/VOC2012/JPEGImages, VOC2012/JPEGImages and "
+        f"JPEGImages under it). Extract VOCtrainval_11-May-2012.tar there, or point --data / ${DATA_ENV_VAR} "
+        "at the folder that holds VOCdevkit; for the aug split run `python -m benchmarks prepare-data`."
+    )
+
+
+def read_split(path: Path) -> list[str]:
+    """Ids of one split list, checked: present, non-empty, no duplicates."""
+    if not path.is_file():
+        raise DataError(f"split list {path} does not exist")
+    ids = [line.strip().split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"split list {path} is empty; it should list one image id per line")
+    seen: set[str] = set()
+    duplicates = sorted({i for i in ids if i in seen or seen.add(i)})
+    if duplicates:
+        raise DataError(f"split list {path} lists {len(duplicates)} ids twice ({duplicates[:5]}); remove the repeats")
+    return ids
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image as ``H x W x 3`` uint8 RGB, fully decoded (a truncated JPEG is an error)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"image {path} does not exist") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(f"image {path} is corrupt or truncated ({error}); re-extract it from the VOC archive") from None
+
+
+def read_label(path: Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """A label map as ``H x W`` uint8 class indices: palette or 8-bit grey PNGs are read as their
+    indices; an RGB-coloured PNG is converted through the VOC colour map when every colour is a
+    VOC colour. Values other than 0..num_classes-1 and 255 are an error."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "L"):
+                label = np.asarray(image)
+            elif image.mode in ("RGB", "RGBA"):
+                label = _rgb_to_index(np.asarray(image.convert("RGB")), path)
+            else:
+                raise DataError(f"label {path} has PIL mode {image.mode}; expected a palette ('P') or 8-bit ('L') PNG")
+    except FileNotFoundError:
+        raise DataError(f"label {path} does not exist") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        raise DataError(f"label {path} is corrupt or truncated ({error})") from None
+    bad = np.setdiff1d(np.unique(label), [*range(num_classes), IGNORE_INDEX])
+    if bad.size:
+        raise DataError(
+            f"label {path} has values {bad.tolist()[:10]} outside 0..{num_classes - 1} and {IGNORE_INDEX}; "
+            "VOC labels are class indices (palette PNG), 255 = ignore"
+        )
+    return label
+
+
+def _rgb_to_index(rgb: np.ndarray, path: Path) -> np.ndarray:
+    palette = voc_palette().astype(np.int64)
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    palette_codes = (palette[:, 0] << 16) | (palette[:, 1] << 8) | palette[:, 2]
+    valid = np.r_[0:NUM_CLASSES, IGNORE_INDEX]
+    lookup = dict(zip(palette_codes[valid].tolist(), valid.tolist(), strict=True))
+    unique, inverse = np.unique(codes, return_inverse=True)
+    unknown = [hex(u) for u in unique.tolist() if u not in lookup]
+    if unknown:
+        raise DataError(
+            f"label {path} is an RGB image with colours {unknown[:5]} that are not VOC class colours; save labels as "
+            "palette PNGs of class indices (PIL: Image.fromarray(index_map).putpalette(...)), or as 8-bit grey indices"
+        )
+    return np.array([lookup[u] for u in unique.tolist()], dtype=np.uint8)[inverse].reshape(codes.shape)
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_id: str
+    image: np.ndarray  # H x W x 3 uint8 RGB
+    label: np.ndarray  # H x W uint8, 255 = ignore
+
+
+class VOCSplit:
+    """One split of a VOC-layout tree: ids from the split list, image and label paths checked at
+    construction, pixels checked at read time."""
+
+    def __init__(self, root: str | os.PathLike[str] | None, split: str, num_classes: int = NUM_CLASSES) -> None:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; known: {sorted(SPLITS)}")
+        self.root = resolve_voc_root(root)
+        self.split, self.num_classes = split, num_classes
+        lists, label_folder = SPLITS[split]
+        candidates = [self.root / "ImageSets" / name for name in lists]
+        list_path = next((p for p in candidates if p.is_file()), None)
+        if list_path is None:
+            hint = " (run `python -m benchmarks prepare-data` to build it from SBD)" if split == "trainaug" else ""
+            raise DataError(f"no split list for {split!r}: looked for {[str(p) for p in candidates]}{hint}")
+        self.list_path = list_path
+        self.ids = read_split(list_path)
+        self.image_dir, self.label_dir = self.root / "JPEGImages", self.root / label_folder
+        missing = [(i, p) for i in self.ids for p in (self.image_path(i), self.label_path(i)) if not p.is_file()]
+        if missing:
+            image_id, path = missing[0]
+            raise DataError(
+                f"{len(missing)} files of split {split!r} ({list_path}) are missing, first {path} (id {image_id}); "
+                "restore them or remove the ids from the list"
+            )
+
+    def image_path(self, image_id: str) -> Path:
+        return self.image_dir / f"{image_id}.jpg"
+
+    def label_path(self, image_id: str) -> Path:
+        return self.label_dir / f"{image_id}.png"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_id = self.ids[index]
+        image = read_image(self.image_path(image_id))
+        label = read_label(self.label_path(image_id), self.num_classes)
+        if image.shape[:2] != label.shape:
+            raise DataError(
+                f"label {self.label_path(image_id)} is {label.shape[1]}x{label.shape[0]} but image "
+                f"{self.image_path(image_id)} is {image.shape[1]}x{image.shape[0]}; they must match pixel for pixel"
+            )
+        return Sample(image_id, image, label)
