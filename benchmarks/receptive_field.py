@@ -99,6 +99,24 @@ def _single(value: int | tuple[int, ...], what: str, module: nn.Module) -> int:
     return value
 
 
+def _window(module: nn.Module) -> tuple[int, int, int, int]:
+    """Kernel, stride, padding and dilation of a (transposed) convolution, pool or bilinear upsampling."""
+    return (
+        _single(module.kernel_size, "kernel", module),
+        _single(module.stride, "stride", module),
+        _single(module.padding, "padding", module),
+        _single(getattr(module, "dilation", 1), "dilation", module),
+    )
+
+
+_PADS = (ReflectPad101, nn.ReflectionPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReplicationPad2d)
+
+
+def _pad_margin(module: nn.Module) -> int:
+    margin = module.margin if isinstance(module, ReflectPad101) else module.padding
+    return _single(margin if isinstance(margin, int) else tuple(margin), "padding", module)
+
+
 _PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.Dropout2d, nn.Identity, Scale, nn.Softmax, nn.BatchNorm2d)
 _LEAVES = (UpsampleCrop, CaffeInterp, Crop, BilinearUpsample, ReflectPad101, Scale)
 
@@ -113,17 +131,11 @@ def _module_geometry(module: nn.Module, args: list[object]) -> tuple[Geometry, i
     g = args[0]
     assert isinstance(g, Geometry)
     if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-        kernel = _single(module.kernel_size, "kernel", module)
-        stride = _single(module.stride, "stride", module)
-        padding = _single(module.padding, "padding", module)
-        dilation = _single(getattr(module, "dilation", 1), "dilation", module)
+        kernel, stride, padding, dilation = _window(module)
         return g.through(kernel, stride, padding, dilation), kernel, dilation
-    if isinstance(module, nn.ConvTranspose2d):
-        kernel = _single(module.kernel_size, "kernel", module)
-        stride, padding = _single(module.stride, "stride", module), _single(module.padding, "padding", module)
+    if isinstance(module, (nn.ConvTranspose2d, BilinearUpsample)):
+        kernel, stride, padding, _ = _window(module)
         return g.transposed(kernel, stride, padding), kernel, 1
-    if isinstance(module, BilinearUpsample):
-        return g.transposed(module.kernel_size, module.stride, module.padding), module.kernel_size, 1
     if isinstance(module, UpsampleCrop):
         up = module.upsample
         return g.transposed(up.kernel_size, up.stride, up.padding).shifted(module.crop.offset), up.kernel_size, 1
@@ -134,10 +146,8 @@ def _module_geometry(module: nn.Module, args: list[object]) -> tuple[Geometry, i
         assert isinstance(reference, Geometry)
         # corner-aligned bilinear: each output reads the two nearest inputs
         return Geometry(reference.jump, g.size + int(g.jump), g.first), 2, 1
-    if isinstance(module, (ReflectPad101, nn.ReflectionPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReplicationPad2d)):
-        margin = module.margin if isinstance(module, ReflectPad101) else module.padding
-        margin = _single(tuple(margin) if not isinstance(margin, int) else margin, "padding", module)
-        return g.shifted(-margin), 1, 1
+    if isinstance(module, _PADS):
+        return g.shifted(-_pad_margin(module)), 1, 1
     if isinstance(module, _PASS_THROUGH):
         return g, 1, 1
     raise TypeError(
@@ -192,24 +202,20 @@ def _needed_inputs(module: nn.Module, lo: Fraction, hi: Fraction, ratio: Fractio
     """Units of a module's first input that its output units ``lo..hi`` read; ``ratio`` (output
     jump / input jump) places corner-aligned interpolation's samples."""
     if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
-        k = _single(module.kernel_size, "kernel", module)
-        s, p = _single(module.stride, "stride", module), _single(module.padding, "padding", module)
-        d = _single(getattr(module, "dilation", 1), "dilation", module)
+        k, s, p, d = _window(module)
         return lo * s - p, hi * s - p + d * (k - 1)
     if isinstance(module, UpsampleCrop):
         offset = module.crop.offset
         return _needed_inputs(module.upsample, lo + offset, hi + offset, ratio)
     if isinstance(module, (BilinearUpsample, nn.ConvTranspose2d)):
-        k = _single(module.kernel_size, "kernel", module)
-        s, p = _single(module.stride, "stride", module), _single(module.padding, "padding", module)
+        k, s, p, _ = _window(module)
         return Fraction(math.ceil(Fraction(lo + p - k + 1, s))), Fraction(math.floor(Fraction(hi + p, s)))
     if isinstance(module, Crop):
         return lo + module.offset, hi + module.offset
     if isinstance(module, CaffeInterp):
         return Fraction(math.floor(lo * ratio)), Fraction(math.ceil(hi * ratio))
-    if isinstance(module, (ReflectPad101, nn.ReflectionPad2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReplicationPad2d)):
-        margin = module.margin if isinstance(module, ReflectPad101) else module.padding
-        margin = _single(tuple(margin) if not isinstance(margin, int) else margin, "padding", module)
+    if isinstance(module, _PADS):
+        margin = _pad_margin(module)
         return lo - margin, hi - margin
     if isinstance(module, _PASS_THROUGH):
         return lo, hi
