@@ -156,6 +156,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from benchmarks.embedded import embedded_root
+    from benchmarks.prepare_data import prepare_data
+    from benchmarks.voc import DataError
+
+    if args.embedded:
+        print(f"embedded dataset (generated, not comparable to the papers): {embedded_root()}")
+        return 0
+    if not args.sbd:
+        print("error: pass --sbd PATH (the extracted SBD benchmark.tgz), or --embedded", file=sys.stderr)
+        return 2
+    try:
+        done = prepare_data(args.data, args.sbd)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{done.voc_root}: trainaug {done.trainaug} ids; SegmentationClassAug written from VOC {done.from_voc}, "
+          f"from SBD {done.from_sbd}, already there {done.kept}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=21)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("prepare-data", help="convert SBD into SegmentationClassAug and build the trainaug split")
+    p.add_argument("--data", help="folder holding VOCdevkit (default $SEGREPRO_DATA)")
+    p.add_argument("--sbd", help="the extracted SBD archive (benchmark_RELEASE or its dataset folder)")
+    p.add_argument("--embedded", action="store_true", help="generate the embedded dataset into the cache and say where")
+    p.set_defaults(func=cmd_prepare_data)
     return parser
 
 

@@ -43,6 +43,7 @@ SPLITS = {
     "trainaug": (("Segmentation/trainaug.txt", "Segmentation/aug.txt", "SegmentationAug/train_aug.txt"),
                  "SegmentationClassAug"),
     "seg11valid": (("Segmentation/seg11valid.txt",), "SegmentationClass"),
+    "sbdtrain": (("Segmentation/sbdtrain.txt",), "SegmentationClassAug"),
 }
 
 
@@ -100,7 +101,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
@@ -115,7 +116,7 @@ def read_label(path: Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             if image.mode in ("P", "L"):
-                label = np.asarray(image)
+                label = np.array(image)
             elif image.mode in ("RGB", "RGBA"):
                 label = _rgb_to_index(np.asarray(image.convert("RGB")), path)
             else:
@@ -169,7 +170,8 @@ class VOCSplit:
         candidates = [self.root / "ImageSets" / name for name in lists]
         list_path = next((p for p in candidates if p.is_file()), None)
         if list_path is None:
-            hint = " (run `python -m benchmarks prepare-data` to build it from SBD)" if split == "trainaug" else ""
+            from_sbd = split in ("trainaug", "sbdtrain")
+            hint = " (run `python -m benchmarks prepare-data --sbd PATH` to build it from SBD)" if from_sbd else ""
             raise DataError(f"no split list for {split!r}: looked for {[str(p) for p in candidates]}{hint}")
         self.list_path = list_path
         self.ids = read_split(list_path)

@@ -1,0 +1,267 @@
+"""The embedded default dataset (SPEC section 4): a generated, VOC-format stand-in for PASCAL VOC.
+
+It is written once, deterministically from a seed, into a cache directory in exactly the VOC
+layout (``VOCdevkit/VOC2012/{JPEGImages, SegmentationClass, SegmentationClassAug, ImageSets}``,
+JPEG images, palette PNG labels with 255 boundary bands), so :class:`benchmarks.voc.VOCSplit`
+reads it like real VOC. Its numbers are never comparable to the papers'.
+
+Design, so that the papers' mechanisms can be measured on it:
+
+- **Context decides some classes.** Every image has a *scene band* along its top edge (labelled
+  background) whose colour is one of two scenes. Three pairs of classes (:data:`CONTEXT_PAIRS`)
+  share one appearance (colour, texture, shapes); which member of the pair an object is depends
+  only on the scene, i.e. on evidence at least ``context_distance`` pixels away (the objects are
+  placed that far below the band). A network must carry information over that distance to tell
+  them apart; the dilated context module is built to do that.
+- **Locally distinct classes.** The other 14 object classes each have their own colour and
+  texture (stripes, checks, dots at a class-specific period), jittered per image.
+- **Fine boundaries.** Objects are ellipses, polygons and thin-limbed shapes (limbs 4-5 px
+  wide, so a 3-px boundary band leaves their core labelled); ground truth carries a 255 band of
+  ``boundary_width`` pixels around every object, as VOC does, so upsampling quality (skip
+  connections) and a CRF can matter.
+
+Knobs are the fields of :class:`EmbeddedConfig`; a change of any knob (or of
+:data:`GENERATOR_VERSION`) gives a new cache folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, voc_palette
+
+__all__ = ["CACHE_ENV_VAR", "CONTEXT_PAIRS", "EmbeddedConfig", "embedded_root", "generate", "render_sample"]
+
+GENERATOR_VERSION = 1
+CACHE_ENV_VAR = "SEGREPRO_CACHE"
+
+CONTEXT_PAIRS = ((4, 7), (3, 1), (17, 10))
+"""(class in scene 0, class in scene 1) pairs with one shared appearance: boat/car, bird/aeroplane,
+sheep/cow. Scene 0 is the "water" band, scene 1 the "road" band."""
+
+SCENE_COLOURS = ((40, 90, 200), (120, 120, 110))
+THIN_CLASSES = frozenset({2, 9, 16})  # bicycle, chair, pottedplant: drawn as thin-limbed shapes
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    """The knobs of the generated dataset (all sizes in pixels)."""
+
+    seed: int = 0
+    train_images: int = 300
+    val_images: int = 100
+    height: int = 96
+    width: int = 96
+    band_height: int = 10
+    context_distance: int = 24  # minimum gap between the scene band and any object
+    objects_per_image: tuple[int, int] = (1, 3)
+    object_size: tuple[int, int] = (14, 30)
+    boundary_width: int = 3
+    noise_std: float = 6.0
+    colour_jitter: float = 0.12
+    jpeg_quality: int = 90
+
+    def fingerprint(self) -> str:
+        text = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _appearance_table() -> dict[int, tuple[np.ndarray, str, int]]:
+    """class -> (base RGB colour, texture, period). The two classes of a context pair share one."""
+    rng = np.random.default_rng(12345)
+    textures = ("flat", "hstripes", "vstripes", "checks", "dots")
+    shared = {b: a for a, b in CONTEXT_PAIRS}
+    table: dict[int, tuple[np.ndarray, str, int]] = {}
+    hues = np.linspace(0.0, 1.0, 17, endpoint=False)
+    order = [c for c in range(1, NUM_CLASSES) if c not in shared]
+    for rank, cls in enumerate(order):
+        hue = hues[rank]
+        value = 0.55 + 0.35 * (rank % 2)
+        rgb = _hsv_to_rgb(hue, 0.75, value)
+        table[cls] = (rgb, textures[rank % len(textures)], int(rng.integers(4, 8)))
+    for partner, first in shared.items():
+        table[partner] = table[first]
+    return table
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    rgb = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return np.array(rgb) * 255.0
+
+
+APPEARANCE = _appearance_table()
+
+
+def _texture(kind: str, period: int, height: int, width: int, phase: tuple[int, int]) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    yy, xx = yy + phase[0], xx + phase[1]
+    half = max(1, period // 2)
+    if kind == "hstripes":
+        pattern = (yy // half) % 2
+    elif kind == "vstripes":
+        pattern = (xx // half) % 2
+    elif kind == "checks":
+        pattern = ((yy // half) + (xx // half)) % 2
+    elif kind == "dots":
+        pattern = ((yy % period) < half) & ((xx % period) < half)
+    else:
+        pattern = np.zeros((height, width))
+    return 1.0 - 0.35 * pattern.astype(np.float64)
+
+
+def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: int, amplitude: float) -> np.ndarray:
+    coarse = rng.uniform(-amplitude, amplitude, size=(cells, cells, 3)).astype(np.float32)
+    channels = [np.asarray(Image.fromarray(coarse[..., c], mode="F").resize((width, height), Image.BICUBIC))
+                for c in range(3)]
+    return np.stack(channels, axis=-1).astype(np.float64)
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, cls: int, rng: np.random.Generator, box: tuple[int, int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    if cls in THIN_CLASSES:
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        for _ in range(int(rng.integers(3, 6))):
+            angle = rng.uniform(0, 2 * np.pi)
+            length = rng.uniform(0.35, 0.5) * (x1 - x0)
+            end = (cx + length * np.cos(angle), cy + length * np.sin(angle))
+            draw.line([(cx, cy), end], fill=cls, width=int(rng.integers(4, 6)))
+        r = (x1 - x0) / 6
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=cls)
+    elif rng.random() < 0.5:
+        draw.ellipse(box, fill=cls)
+    else:
+        corners = int(rng.integers(3, 7))
+        angles = rng.uniform(0, 2 * np.pi) + np.linspace(0, 2 * np.pi, corners, endpoint=False)
+        angles += rng.uniform(-0.3, 0.3, corners) * np.pi / corners
+        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+        draw.polygon([(cx + rx * np.cos(a), cy + ry * np.sin(a)) for a in angles], fill=cls)
+
+
+def render_sample(config: EmbeddedConfig, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Image ``index`` of the dataset: (``H x W x 3`` uint8 RGB before JPEG, ``H x W`` uint8 label
+    with 255 boundary bands, scene). A pure function of (config, index)."""
+    rng = np.random.default_rng([config.seed, index])
+    h, w = config.height, config.width
+    scene = int(rng.integers(0, 2))
+    classes_here = rng.integers(1, NUM_CLASSES, size=int(rng.integers(*config.objects_per_image, endpoint=True)))
+    pair_of = {c: pair for pair in CONTEXT_PAIRS for c in pair}
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    top = config.band_height + config.context_distance
+    for cls in classes_here.tolist():
+        cls = pair_of[cls][scene] if cls in pair_of else cls
+        size = int(rng.integers(*config.object_size, endpoint=True))
+        size = min(size, h - top, w)
+        x0 = int(rng.integers(0, w - size + 1))
+        y0 = int(rng.integers(top, h - size + 1))
+        _draw_object(draw, cls, rng, (x0, y0, x0 + size - 1, y0 + size - 1))
+    label = np.asarray(canvas).copy()
+
+    image = np.empty((h, w, 3), dtype=np.float64)
+    image[:] = rng.uniform(90, 170, size=3)
+    image += _smooth_field(rng, h, w, 5, 25.0)
+    image[: config.band_height] = np.asarray(SCENE_COLOURS[scene], dtype=np.float64) * rng.uniform(0.85, 1.15)
+    for cls in np.unique(label).tolist():
+        if cls == 0:
+            continue
+        colour, texture, period = APPEARANCE[cls]
+        colour = colour * (1 + rng.uniform(-config.colour_jitter, config.colour_jitter, size=3))
+        pattern = _texture(texture, period, h, w, (int(rng.integers(period)), int(rng.integers(period))))
+        mask = label == cls
+        image[mask] = (colour[None, :] * pattern[mask][:, None])
+    image += rng.normal(0.0, config.noise_std, size=image.shape)
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+    if config.boundary_width > 0:
+        k = 2 * (config.boundary_width // 2) + 1
+        label_image = Image.fromarray(label)
+        high = np.asarray(label_image.filter(ImageFilter.MaxFilter(k)))
+        low = np.asarray(label_image.filter(ImageFilter.MinFilter(k)))
+        label = np.where(high != low, IGNORE_INDEX, label).astype(np.uint8)
+    return image, label, scene
+
+
+def _encode(image: np.ndarray, label: np.ndarray, quality: int) -> tuple[bytes, bytes]:
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    Image.fromarray(image).save(jpeg, format="JPEG", quality=quality)
+    label_image = Image.fromarray(label, mode="P")
+    label_image.putpalette(voc_palette().reshape(-1).tolist())
+    label_image.save(png, format="PNG")
+    return jpeg.getvalue(), png.getvalue()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "segrepro")
+
+
+def generate(config: EmbeddedConfig, destination: Path) -> dict[str, object]:
+    """Write the dataset as a VOC tree under ``destination`` (``VOCdevkit/VOC2012/...``) and
+    return its manifest (config, split sizes, sha256 of every file)."""
+    voc = destination / "VOCdevkit" / "VOC2012"
+    folders = {name: voc / name for name in ("JPEGImages", "SegmentationClass", "SegmentationClassAug")}
+    for folder in (*folders.values(), voc / "ImageSets" / "Segmentation"):
+        folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": range(config.train_images),
+              "val": range(config.train_images, config.train_images + config.val_images)}
+    digest: dict[str, str] = {}
+    scenes: dict[str, int] = {}
+    for split, indices in splits.items():
+        for index in indices:
+            image_id = f"embedded_{index:06d}"
+            image, label, scenes[image_id] = render_sample(config, index)
+            jpeg, png = _encode(image, label, config.jpeg_quality)
+            files = {folders["JPEGImages"] / f"{image_id}.jpg": jpeg,
+                     folders["SegmentationClass"] / f"{image_id}.png": png}
+            if split == "train":
+                files[folders["SegmentationClassAug"] / f"{image_id}.png"] = png
+            for path, data in files.items():
+                path.write_bytes(data)
+                digest[str(path.relative_to(destination))] = hashlib.sha256(data).hexdigest()
+    lists = {"train.txt": splits["train"], "val.txt": splits["val"], "trainaug.txt": splits["train"]}
+    for name, indices in lists.items():
+        path = voc / "ImageSets" / "Segmentation" / name
+        data = "".join(f"embedded_{i:06d}\n" for i in indices).encode()
+        path.write_bytes(data)
+        digest[str(path.relative_to(destination))] = hashlib.sha256(data).hexdigest()
+    manifest = {"name": "embedded", "generator_version": GENERATOR_VERSION, "config": dataclasses.asdict(config),
+                "fingerprint": config.fingerprint(), "scenes": scenes, "sha256": digest,
+                "comparable_to_paper": False}
+    (destination / "embedded.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def embedded_root(config: EmbeddedConfig | None = None, cache_dir: Path | None = None) -> Path:
+    """The folder holding ``VOCdevkit`` for ``config``, generated on first use (into a temporary
+    folder renamed into place, so an interrupted generation leaves nothing half-written)."""
+    config = config or EmbeddedConfig()
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = cache / f"embedded-{config.fingerprint()}"
+    if (root / "embedded.json").is_file():
+        return root
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".embedded-", dir=cache))
+    try:
+        generate(config, staging)
+        try:
+            os.replace(staging, root)
+        except OSError:  # another process finished first
+            if not (root / "embedded.json").is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return root

@@ -1,0 +1,128 @@
+"""``python -m benchmarks prepare-data``: turn the two official archives into the tree of SPEC §4.
+
+Input: PASCAL VOC 2012 (``VOCtrainval_11-May-2012.tar`` extracted) and the Semantic Boundaries
+Dataset (``benchmark.tgz`` extracted: ``benchmark_RELEASE/dataset/{cls/*.mat, train.txt,
+val.txt}``). Output, inside ``VOC2012``:
+
+- ``SegmentationClassAug/<id>.png``: a palette PNG for every ``trainaug`` and SBD ``train`` id.
+  Ids with a VOC 2012 training annotation keep it (it has VOC's 255 boundary bands); the others
+  are SBD's ``GTcls.Segmentation`` converted from ``.mat``.
+- ``ImageSets/Segmentation/trainaug.txt``: (VOC train ∪ SBD train ∪ SBD val) − VOC val, 10,582
+  ids on the full data; ``sbdtrain.txt`` (SBD train, 8,498 ids, FCN's training set) and
+  ``sbdval.txt``.
+
+Every file is written to a temporary name and renamed, so an interrupted run can be repeated and
+resumes where it stopped (existing PNGs are kept).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, DataError, read_label, read_split, resolve_voc_root, voc_palette
+
+__all__ = ["PreparedData", "prepare_data", "read_sbd_mat", "resolve_sbd_root", "trainaug_ids"]
+
+
+def resolve_sbd_root(sbd: str | os.PathLike[str]) -> Path:
+    """The SBD ``dataset`` folder (holding ``cls/`` and ``train.txt``) from the path given."""
+    root = Path(sbd).expanduser()
+    for candidate in (root / "benchmark_RELEASE" / "dataset", root / "dataset", root):
+        if (candidate / "cls").is_dir() and (candidate / "train.txt").is_file():
+            return candidate
+    raise DataError(
+        f"{root} holds no SBD dataset (looked for benchmark_RELEASE/dataset, dataset and the folder itself, each "
+        "with cls/ and train.txt); extract benchmark.tgz from the SBD page and pass the folder with --sbd"
+    )
+
+
+def read_sbd_mat(path: Path) -> np.ndarray:
+    """The class map of one SBD ``cls/<id>.mat`` (``GTcls.Segmentation``) as ``H x W`` uint8."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
+
+    if not path.is_file():
+        raise DataError(f"SBD annotation {path} does not exist; the SBD archive looks incomplete")
+    try:
+        content = loadmat(path, squeeze_me=True, struct_as_record=False)
+    except (MatReadError, ValueError, OSError, TypeError) as error:
+        raise DataError(f"SBD annotation {path} is not a readable .mat file ({error}); re-extract benchmark.tgz") \
+            from None
+    if "GTcls" not in content or not hasattr(content["GTcls"], "Segmentation"):
+        raise DataError(f"SBD annotation {path} has no GTcls.Segmentation; is it from dataset/cls (not dataset/inst)?")
+    label = np.asarray(content["GTcls"].Segmentation)
+    bad = np.setdiff1d(np.unique(label), [*range(NUM_CLASSES), IGNORE_INDEX])
+    if label.ndim != 2 or bad.size:
+        raise DataError(f"SBD annotation {path} has shape {label.shape} / values {bad.tolist()[:10]}; expected a 2-D "
+                        f"map of 0..{NUM_CLASSES - 1}")
+    return label.astype(np.uint8)
+
+
+def trainaug_ids(voc_train: list[str], voc_val: list[str], sbd_train: list[str], sbd_val: list[str]) -> list[str]:
+    """(VOC train ∪ SBD train ∪ SBD val) − VOC val, sorted (SPEC section 4)."""
+    return sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "wb") as file:
+        file.write(data)
+    os.replace(temporary, path)
+
+
+def _palette_png(label: np.ndarray) -> bytes:
+    image = Image.fromarray(label, mode="P")
+    image.putpalette(voc_palette().reshape(-1).tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    voc_root: Path
+    trainaug: int
+    from_voc: int
+    from_sbd: int
+    kept: int
+
+
+def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str]) -> PreparedData:
+    """Build ``SegmentationClassAug`` and the ``trainaug`` / ``sbdtrain`` / ``sbdval`` lists."""
+    voc = resolve_voc_root(data)
+    lists = voc / "ImageSets" / "Segmentation"
+    voc_train, voc_val = read_split(lists / "train.txt"), read_split(lists / "val.txt")
+    sbd_root = resolve_sbd_root(sbd)
+    sbd_train, sbd_val = read_split(sbd_root / "train.txt"), read_split(sbd_root / "val.txt")
+    ids = trainaug_ids(voc_train, voc_val, sbd_train, sbd_val)
+    labelled = sorted(set(ids) | set(sbd_train))
+    missing_images = [i for i in labelled if not (voc / "JPEGImages" / f"{i}.jpg").is_file()]
+    if missing_images:
+        raise DataError(f"{len(missing_images)} trainaug/sbdtrain ids have no image in {voc / 'JPEGImages'}, e.g. "
+                        f"{missing_images[:5]}; is the VOC 2012 trainval archive fully extracted?")
+    out = voc / "SegmentationClassAug"
+    out.mkdir(exist_ok=True)
+    in_voc = set(voc_train)
+    counts = {"voc": 0, "sbd": 0, "kept": 0}
+    for image_id in labelled:
+        target = out / f"{image_id}.png"
+        if target.is_file():
+            counts["kept"] += 1
+            continue
+        if image_id in in_voc:
+            label = read_label(voc / "SegmentationClass" / f"{image_id}.png")
+            counts["voc"] += 1
+        else:
+            label = read_sbd_mat(sbd_root / "cls" / f"{image_id}.mat")
+            counts["sbd"] += 1
+        _write_atomic(target, _palette_png(label))
+    for name, content in (("trainaug.txt", ids), ("sbdtrain.txt", sbd_train), ("sbdval.txt", sbd_val)):
+        _write_atomic(lists / name, "".join(f"{i}\n" for i in content).encode())
+    return PreparedData(voc, len(ids), counts["voc"], counts["sbd"], counts["kept"])

@@ -1,0 +1,85 @@
+"""The embedded dataset: deterministic bytes, VOC layout read by the real loader, and the design
+properties the benchmark relies on (context pairs, band distance, boundary bands)."""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.embedded import (
+    APPEARANCE,
+    CONTEXT_PAIRS,
+    EmbeddedConfig,
+    embedded_root,
+    generate,
+    render_sample,
+)
+from benchmarks.voc import VOCSplit, read_image, read_label
+
+SMALL = EmbeddedConfig(seed=3, train_images=12, val_images=6, height=64, width=80)
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_two_generations_are_byte_identical(tmp_path):
+    generate(SMALL, tmp_path / "a")
+    generate(SMALL, tmp_path / "b")
+    first, second = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
+    assert first == second
+    assert len([p for p in first if p.endswith(".jpg")]) == 18
+    generate(EmbeddedConfig(**{**SMALL.__dict__, "seed": 4}), tmp_path / "c")
+    assert _tree_digest(tmp_path / "c") != first
+
+
+def test_loader_round_trips_the_generated_tree(tmp_path):
+    root = embedded_root(SMALL, cache_dir=tmp_path)
+    train, val = VOCSplit(root, "train"), VOCSplit(root, "val")
+    assert (len(train), len(val), len(VOCSplit(root, "trainaug"))) == (12, 6, 12)
+    assert not set(train.ids) & set(val.ids)
+    for split, offset in ((train, 0), (val, 12)):
+        for index in range(len(split)):
+            sample = split[index]
+            image, label, _ = render_sample(SMALL, offset + index)
+            assert np.array_equal(sample.label, label)  # PNG is lossless
+            error = np.abs(sample.image.astype(int) - image.astype(int)).mean()
+            assert error < 10, f"JPEG error {error}"  # the 6-grey-level sensor noise is what JPEG loses
+            assert read_label(split.label_path(sample.image_id)).shape == (64, 80)
+    with Image.open(train.label_path(train.ids[0])) as png:
+        assert png.mode == "P"
+    assert read_image(train.image_path(train.ids[0])).shape == (64, 80, 3)
+
+
+def test_cache_is_reused_and_keyed_by_the_knobs(tmp_path):
+    root = embedded_root(SMALL, cache_dir=tmp_path)
+    stamp = (root / "embedded.json").stat().st_mtime_ns
+    assert embedded_root(SMALL, cache_dir=tmp_path) == root
+    assert (root / "embedded.json").stat().st_mtime_ns == stamp
+    other = embedded_root(EmbeddedConfig(**{**SMALL.__dict__, "boundary_width": 5}), cache_dir=tmp_path)
+    assert other != root
+    assert not list(tmp_path.glob(".embedded-*"))  # no staging folder left behind
+
+
+def test_context_pairs_look_alike_and_the_scene_decides():
+    for first, second in CONTEXT_PAIRS:
+        colour_a, texture_a, period_a = APPEARANCE[first]
+        colour_b, texture_b, period_b = APPEARANCE[second]
+        assert np.array_equal(colour_a, colour_b) and (texture_a, period_a) == (texture_b, period_b)
+    distinct = {(tuple(np.round(c)), t, p) for k, (c, t, p) in APPEARANCE.items()}
+    assert len(distinct) == 20 - len(CONTEXT_PAIRS)
+    config = EmbeddedConfig()
+    seen = set()
+    margin = config.band_height + config.context_distance - config.boundary_width // 2
+    for index in range(200):
+        _, label, scene = render_sample(config, index)
+        assert (label[:margin] == 0).all(), "objects must lie context_distance below the scene band"
+        present = set(np.unique(label).tolist())
+        for pair in CONTEXT_PAIRS:
+            assert pair[1 - scene] not in present, "a context class appeared in the other scene"
+            if pair[scene] in present:
+                seen.add((pair[scene], scene))
+        assert 255 in label or present == {0}
+    assert len(seen) == 2 * len(CONTEXT_PAIRS)
