@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -177,6 +178,136 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_modules(names: list[str]) -> None:
+    """``--import my_heads``: modules whose ``@register`` calls add the user's methods."""
+    import importlib
+
+    for name in names:
+        importlib.import_module(name)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks.data import resolve_dataset
+    from benchmarks.engine import Distributed, TrainingError
+    from benchmarks.recipes import RecipeError, recipe_methods
+    from benchmarks.run import CRF_SUFFIX, RunPlan, run
+    from benchmarks.voc import DataError
+
+    _import_modules(args.imports)
+    if args.all:
+        targets = [*recipe_methods(), *(f"{m}{CRF_SUFFIX}" for m in CRF_STAGE_METHODS)]
+    elif args.methods:
+        targets = args.methods
+    else:
+        print("error: name methods to run, or pass --all", file=sys.stderr)
+        return 2
+    profile = args.profile or ("paper" if (args.data or os.environ.get("SEGREPRO_DATA")) else "quick")
+    dist_info = Distributed.from_environment(args.device)
+    try:
+        source = resolve_dataset(args.data)
+        if not source.comparable_to_paper and dist_info.is_main:
+            print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
+                  f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
+        plan = RunPlan(profile, tuple(args.seeds), tuple(args.set), Path(args.results), Path(args.runs),
+                       args.workers, args.rerun)
+        run(targets, source, plan, dist_info, progress=print if dist_info.is_main else (lambda _: None))
+    except (DataError, RecipeError, TrainingError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if dist_info.is_main and not args.no_report:
+        from benchmarks.report import write_report
+
+        for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmarks.report import write_report
+
+    try:
+        for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
+            print(f"wrote {path}")
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from benchmarks.check import check_records, load_references
+    from benchmarks.records import load_records
+
+    verdicts = check_records(load_records(Path(args.results)), load_references())
+    if args.json:
+        print(json.dumps(verdicts, indent=2))
+    else:
+        for v in verdicts:
+            print(f"{v['method']:<20} seed {v['seed']}  {v['reference']:<20} published {v['published']:6.2f}  "
+                  f"measured {v['measured']:6.2f}  {v['verdict']}: {v['reason']}")
+    failed = [v for v in verdicts if v["verdict"] in ("below", "above") and v["authoritative"]]
+    return 1 if failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from benchmarks.compare import paired_bootstrap
+    from benchmarks.data import resolve_dataset
+    from benchmarks.engine import Distributed
+    from benchmarks.recipes import PROFILES, RecipeError, get_recipe
+    from benchmarks.records import load_counts, load_records, record_path
+    from benchmarks.run import RunPlan, run
+
+    _import_modules(args.imports)
+    baselines = [b for b in args.baseline.split(",") if b]
+    profile = args.profile or ("paper" if (args.data or os.environ.get("SEGREPRO_DATA")) else "quick")
+    source = resolve_dataset(args.data)
+    try:
+        base_recipe = get_recipe(args.recipe_from or baselines[0], profile)
+    except RecipeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.new not in PROFILES[profile]:  # a new head runs with the baseline's recipe, on the same data
+        methods.get_entry(args.new)
+        PROFILES[profile][args.new] = dataclasses.replace(base_recipe, method=args.new, init_from=None,
+                                                          train_only=None, cached_features=False)
+    plan = RunPlan(profile, tuple(args.seeds), (), Path(args.results), Path(args.runs), args.workers)
+    run([args.new, *baselines], source, plan, Distributed.from_environment(args.device))
+    records = {(r["method"], r["seed"]): r for r in load_records(Path(args.results))
+               if r["profile"] == profile and r["dataset"]["name"] == source.name}
+    rows = []
+    for baseline in baselines:
+        for seed in args.seeds:
+            new_ids, new_counts = load_counts(records[(args.new, seed)])
+            base_ids, base_counts = load_counts(records[(baseline, seed)])
+            if new_ids != base_ids:
+                print(f"error: {record_path(Path(args.results), profile, source.name, args.new, seed)} and the "
+                      f"{baseline} record scored different images", file=sys.stderr)
+                return 2
+            result = paired_bootstrap(new_counts, base_counts, args.resamples, seed)
+            rows.append({"new": args.new, "baseline": baseline, "seed": seed, **result})
+            print(f"{args.new} - {baseline} (seed {seed}, {result['images']} images): mIoU difference "
+                  f"{100 * result['difference']:+.2f} points, 95% paired bootstrap CI "
+                  f"[{100 * result['low']:+.2f}, {100 * result['high']:+.2f}]")
+    if not source.comparable_to_paper:
+        print("(embedded dataset: these differences are not comparable to the papers)")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="folder holding VOCdevkit (default $SEGREPRO_DATA; else the embedded dataset)")
+    p.add_argument("--profile", choices=["paper", "quick"], help="default: paper with VOC data, quick without")
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0], help="e.g. 0,1,2")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--results", default="results")
+    p.add_argument("--runs", default="runs", help="checkpoints, weights and logs (not committed)")
+    p.add_argument("--import", dest="imports", action="append", default=[], help="module registering new methods")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +330,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sbd", help="the extracted SBD archive (benchmark_RELEASE or its dataset folder)")
     p.add_argument("--embedded", action="store_true", help="generate the embedded dataset into the cache and say where")
     p.set_defaults(func=cmd_prepare_data)
+    p = sub.add_parser("run", help="train and evaluate methods; one record per run under results/")
+    p.add_argument("methods", nargs="*", help="method names, NAME+crf for the CRF variant")
+    p.add_argument("--all", action="store_true", help="every method with a recipe and every +crf variant")
+    _add_run_options(p)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    p.add_argument("--rerun", action="store_true", help="train and score again, replacing existing records")
+    p.add_argument("--reports", default="reports")
+    p.add_argument("--no-report", action="store_true")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="regenerate tables and reports/report.md from the records")
+    p.add_argument("--results", default="results")
+    p.add_argument("--reports", default="reports")
+    p.add_argument("--runs", default="runs")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("check", help="each record against the published numbers (exit 1 if a comparable run missed)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("compare", help="a new registered head against baselines: paired bootstrap CI of the mIoU gap")
+    p.add_argument("new")
+    p.add_argument("--baseline", required=True, help="comma-separated baseline methods")
+    p.add_argument("--recipe-from", help="whose recipe the new head uses (default: the first baseline)")
+    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--json", action="store_true")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

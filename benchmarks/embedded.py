@@ -62,11 +62,11 @@ class EmbeddedConfig:
     train_images: int = 300
     val_images: int = 100
     height: int = 96
-    width: int = 96
+    width: int = 128
     band_height: int = 10
     context_distance: int = 24  # minimum gap between the scene band and any object
-    objects_per_image: tuple[int, int] = (1, 3)
-    object_size: tuple[int, int] = (14, 30)
+    objects_per_image: tuple[int, int] = (2, 4)
+    object_size: tuple[int, int] = (18, 40)
     boundary_width: int = 3
     noise_std: float = 6.0
     colour_jitter: float = 0.12

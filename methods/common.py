@@ -3,6 +3,7 @@ class, fixed bilinear upsampling (FCN Sec 3.3) and Caffe-style cropping."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,11 @@ class SegmentationModel(nn.Module):
     paper_input_convention: InputConvention = CAFFE_VGG
 
     final_upsample: nn.Module  # called as final_upsample(scores, input) -> scores at input size
+
+    def staged_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
+        """For models trained in stages on the cached output of a frozen part: ``(stem, head)``
+        with ``score_map(x) == head(stem(x))``; ``None`` for models trained end to end."""
+        return None
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -21,6 +21,7 @@ and Eq. 5). Layer names follow ``network.py`` (``ctx_conv1_1`` ... ``ctx_fc1``, 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -155,6 +156,10 @@ class ContextNetwork(SegmentationModel):
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.frontend_scores(x)
         return scores if self.context is None else self.context(scores)
+
+    def staged_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
+        """Yu & Koltun Sec 4: the context module is trained on the front end's output."""
+        return None if self.context is None else (self.frontend_scores, self.context)
 
 
 def _build(num_classes: int, width: float, pretrained: bool, weights_path: str | os.PathLike[str] | None,

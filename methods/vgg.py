@@ -215,10 +215,18 @@ def apply_pretrained(
 ) -> None:
     """Load ImageNet VGG-16 weights into ``model`` when ``pretrained`` and record where the
     weights came from in ``model.weights_source`` (and the :class:`LoadReport` in
-    ``model.load_report``)."""
-    model.weights_source = "random initialisation (no ImageNet weights)"
+    ``model.load_report``). Without ImageNet weights, the tensors they would fill (the 13
+    convolutions, fc6, fc7) get He-normal initialisation (He et al. 2015), so a deep VGG trains
+    from scratch; every other layer keeps its paper initialisation."""
     model.load_report = None
     if not pretrained:
+        trunk = [prefix + name for name in CONV_NAMES] + [prefix + target.rsplit(".", 1)[0]
+                                                         for target, _ in fc_surgery.values()]
+        layers = dict(model.named_modules())
+        for name in dict.fromkeys(trunk):
+            nn.init.kaiming_normal_(layers[name].weight, nonlinearity="relu")
+            nn.init.zeros_(layers[name].bias)
+        model.weights_source = "random initialisation (He normal trunk; no ImageNet weights)"
         return
     if width != 1.0:
         raise ValueError(f"pretrained=True needs width=1 (got width={width}): ImageNet VGG-16 has full widths")

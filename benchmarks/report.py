@@ -1,0 +1,189 @@
+"""``python -m benchmarks report``: tables (CSV, Markdown) under ``results/`` and a Markdown report
+with figures under ``reports/``, regenerated from the records alone (plus training logs where
+the run folders are present)."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.check import check_records, load_references
+from benchmarks.compare import seed_interval
+from benchmarks.records import load_records
+from benchmarks.voc import VOC_CLASSES
+
+__all__ = ["CLAIMS", "claims_table", "write_report"]
+
+CLAIMS = (
+    ("FCN-8s beats FCN-32s", "fcn8s", "fcn32s"),
+    ("the large context module beats the front end", "context_large", "frontend"),
+    ("the basic context module beats the front end", "context_basic", "frontend"),
+    ("the CRF improves FCN-8s", "fcn8s+crf", "fcn8s"),
+    ("the CRF improves DeepLab v1", "deeplab_v1+crf", "deeplab_v1"),
+    ("the CRF improves the front end", "frontend+crf", "frontend"),
+    ("the CRF improves the basic context module", "context_basic+crf", "context_basic"),
+    ("the CRF improves the large context module", "context_large+crf", "context_large"),
+)
+"""The papers' qualitative claims as (statement, better, worse)."""
+
+NOT_COMPARABLE = ("**Not comparable to the papers:** these numbers come from the embedded generated dataset and/or "
+                  "the shortened `quick` profile (reduced width, no ImageNet weights).")
+
+
+def _group(records: list[dict[str, object]]) -> dict[tuple[str, str], list[dict[str, object]]]:
+    groups: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
+    for record in records:
+        groups[(record["profile"], record["dataset"]["name"])].append(record)
+    return groups
+
+
+def summary_table(records: list[dict[str, object]]) -> pd.DataFrame:
+    rows = defaultdict(list)
+    for record in records:
+        rows[record["method"]].append(record)
+    table = []
+    for method, items in sorted(rows.items()):
+        mious = [100 * r["metrics"]["miou"] for r in items]
+        table.append({"method": method, "seeds": len(items), "mIoU": round(float(np.mean(mious)), 2),
+                      "mIoU sd": round(float(np.std(mious, ddof=1)), 2) if len(items) > 1 else None,
+                      "pixel acc": round(100 * float(np.mean([r["metrics"]["pixel_acc"] for r in items])), 2),
+                      "mean acc": round(100 * float(np.mean([r["metrics"]["mean_acc"] for r in items])), 2),
+                      "fwIoU": round(100 * float(np.mean([r["metrics"]["fwiou"] for r in items])), 2),
+                      "comparable": all(r["comparable_to_paper"] for r in items)})
+    return pd.DataFrame(table)
+
+
+def per_class_table(records: list[dict[str, object]]) -> pd.DataFrame:
+    rows = defaultdict(list)
+    for record in records:
+        rows[record["method"]].append([np.nan if v is None else 100 * v for v in record["metrics"]["per_class_iou"]])
+    return pd.DataFrame({m: np.nanmean(np.array(v), axis=0).round(1) for m, v in sorted(rows.items())},
+                        index=list(VOC_CLASSES))
+
+
+def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Each claim: per-seed paired mIoU differences (better − worse, same seed) and the 95% t
+    interval; ``held`` when the whole interval is above 0, ``not held`` when below, else
+    ``undecided``."""
+    by_key = {(r["method"], r["seed"]): 100 * r["metrics"]["miou"] for r in records}
+    rows = []
+    for statement, better, worse in CLAIMS:
+        seeds = sorted(s for (m, s) in by_key if m == better and (worse, s) in by_key)
+        interval = seed_interval([by_key[(better, s)] - by_key[(worse, s)] for s in seeds])
+        if interval["low"] is None:
+            status = "not enough seeds" if seeds else "not run"
+        elif interval["low"] > 0:
+            status = "held"
+        elif interval["high"] < 0:
+            status = "not held (reversed)"
+        else:
+            status = "undecided (interval spans 0)"
+        rows.append({"claim": statement, "better": better, "worse": worse, **interval, "verdict": status})
+    return rows
+
+
+def _figures(records: list[dict[str, object]], out: Path, runs: Path, stem: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    table = per_class_table(records)
+    axes = table.plot.bar(figsize=(14, 4), width=0.85)
+    axes.set_ylabel("IoU (%)")
+    axes.set_title("Per-class IoU (mean over seeds)")
+    axes.legend(fontsize=7, ncol=4)
+    plt.tight_layout()
+    path = out / f"{stem}-per-class-iou.png"
+    plt.savefig(path, dpi=80)
+    plt.close()
+    made.append(path.name)
+
+    logs = sorted(runs.glob(f"{stem}/*/seed*/log.csv"))
+    if logs:
+        _figure, axes = plt.subplots(figsize=(8, 4))
+        for log in logs:
+            with log.open() as file:
+                rows = list(csv.DictReader(file))
+            if rows:
+                axes.plot([int(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows],
+                          label=f"{log.parent.parent.name} {log.parent.name}", linewidth=0.8)
+        axes.set_xlabel("iteration")
+        axes.set_ylabel("training loss")
+        axes.legend(fontsize=6, ncol=3)
+        plt.tight_layout()
+        path = out / f"{stem}-training-curves.png"
+        plt.savefig(path, dpi=80)
+        plt.close()
+        made.append(path.name)
+    return made
+
+
+def _receptive_field_figure(out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.receptive_field import stack_table
+    from methods.dilation import CONTEXT_DILATIONS
+
+    rows = stack_table(list(CONTEXT_DILATIONS), 3)
+    _figure, axes = plt.subplots(figsize=(6, 3))
+    axes.plot([r["layer"] for r in rows], [r["receptive_field"] for r in rows], marker="o")
+    axes.set_xlabel("context-module layer")
+    axes.set_ylabel("receptive field (score-map units)")
+    axes.set_title(f"Context module, dilations {list(CONTEXT_DILATIONS)}")
+    plt.tight_layout()
+    path = out / "receptive-field-context.png"
+    plt.savefig(path, dpi=80)
+    plt.close()
+    return path.name
+
+
+def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
+    """Regenerate ``results/tables/*`` and ``reports/report.md``; returns the files written."""
+    records = load_records(results)
+    if not records:
+        raise FileNotFoundError(f"no records under {results / 'records'}; run `python -m benchmarks run --all` first")
+    tables, written = results / "tables", []
+    tables.mkdir(parents=True, exist_ok=True)
+    reports.mkdir(parents=True, exist_ok=True)
+    lines = ["# segrepro report", "", "Regenerated by `python -m benchmarks report` from the records under "
+             "`results/records`.", ""]
+    for (profile, dataset), group in sorted(_group(records).items()):
+        stem = f"{profile}-{dataset}"
+        comparable = all(r["comparable_to_paper"] for r in group)
+        summary, per_class = summary_table(group), per_class_table(group)
+        summary.to_csv(tables / f"{stem}-summary.csv", index=False)
+        per_class.to_csv(tables / f"{stem}-per-class.csv")
+        markdown = summary.to_markdown(index=False)
+        (tables / f"{stem}-summary.md").write_text(("" if comparable else NOT_COMPARABLE + "\n\n") + markdown + "\n")
+        written += [tables / f"{stem}-summary.csv", tables / f"{stem}-per-class.csv", tables / f"{stem}-summary.md"]
+        first = group[0]
+        lines += [f"## Profile `{profile}`, dataset `{dataset}`", ""]
+        if not comparable:
+            lines += [NOT_COMPARABLE, ""]
+        lines += [f"Evaluated on split `{first['dataset']['split']}` ({first['dataset']['images']} images); "
+                  f"hardware: {first['hardware']['name']} ({first['hardware']['device']}); weights: "
+                  f"{first['weights_source']}.", "", markdown, "", "### The papers' qualitative claims", ""]
+        claims = pd.DataFrame(claims_table(group))
+        lines += [("" if comparable else "(Measured here, not comparable to the papers.)\n\n") +
+                  claims.to_markdown(index=False, floatfmt=".2f"), ""]
+        lines += ["### Per-class IoU", "", per_class.to_markdown(), ""]
+        for figure in _figures(group, reports, runs, stem):
+            lines += [f"![{figure}]({figure})", ""]
+    lines += ["## Receptive fields (SPEC section 3)", "", f"![receptive field]({_receptive_field_figure(reports)})", ""]
+    verdicts = pd.DataFrame(check_records(records, load_references()))
+    lines += ["## Check against the published numbers", ""]
+    if not verdicts.empty:
+        lines += [verdicts.drop(columns=["record"]).to_markdown(index=False), ""]
+    report = reports / "report.md"
+    report.write_text("\n".join(lines))
+    written.append(report)
+    return written

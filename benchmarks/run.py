@@ -1,0 +1,152 @@
+"""``python -m benchmarks run``: train and evaluate methods, resolving staged dependencies, and
+write one record per (method, seed); ``NAME+crf`` reuses the trained network and adds the CRF."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.crf import CRFParams, dense_crf
+from benchmarks.data import DatasetSource, split_checksum
+from benchmarks.engine import Distributed, Evaluation, build_model, evaluate, load_weights, train
+from benchmarks.recipes import Recipe, apply_overrides, get_recipe
+from benchmarks.records import git_commit, hardware, record_path, write_record
+
+__all__ = ["RunPlan", "expand_targets", "run"]
+
+CRF_SUFFIX = "+crf"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    profile: str
+    seeds: tuple[int, ...]
+    overrides: tuple[str, ...] = ()
+    results: Path = Path("results")
+    runs: Path = Path("runs")
+    workers: int = 0
+    rerun: bool = False
+
+
+def expand_targets(names: list[str], profile: str, overrides: tuple[str, ...] = ()) -> list[str]:
+    """The requested targets plus every method they depend on (``init_from``), dependencies first."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        base = name.removesuffix(CRF_SUFFIX)
+        recipe = apply_overrides(get_recipe(base, profile), list(overrides))
+        if recipe.init_from is not None:
+            visit(recipe.init_from)
+        if base not in ordered:
+            ordered.append(base)
+        if name != base and name not in ordered:
+            ordered.append(name)
+
+    for name in names:
+        visit(name)
+    return ordered
+
+
+def _dataset_facts(source: DatasetSource, split_name: str) -> dict[str, object]:
+    split = source.split(split_name)
+    return {"name": source.name, "split": split_name, "images": len(split), "list_sha256": split_checksum(split),
+            "root": str(source.root)}
+
+
+def _comparable(source: DatasetSource, recipe: Recipe, overrides: tuple[str, ...], pretrained_ok: bool) -> tuple[
+        bool, str]:
+    if not source.comparable_to_paper:
+        return False, "embedded generated dataset, not PASCAL VOC"
+    if recipe.profile != "paper":
+        return False, f"profile {recipe.profile!r}, not the paper recipe"
+    if overrides:
+        return False, f"recipe overridden ({', '.join(overrides)})"
+    if not pretrained_ok:
+        return False, "not initialised from ImageNet VGG-16"
+    return True, "real VOC 2012, paper recipe, ImageNet initialisation"
+
+
+def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Distributed,
+        progress: Callable[[str], None] = print) -> list[Path]:
+    """Train what is missing and write a record for every target and seed; returns the records
+    written (existing records are reused, not overwritten, unless ``plan.rerun``)."""
+    written = []
+    for seed in plan.seeds:
+        for target in expand_targets(targets, plan.profile, plan.overrides):
+            base = target.removesuffix(CRF_SUFFIX)
+            recipe = apply_overrides(get_recipe(base, plan.profile), list(plan.overrides))
+            path = record_path(plan.results, plan.profile, source.name, target, seed)
+            if path.exists() and not plan.rerun and target in targets:
+                progress(f"{target} seed {seed}: record {path} exists; reusing it (--rerun to replace)")
+                continue
+            run_dir = plan.runs / f"{plan.profile}-{source.name}" / base / f"seed{seed}"
+            weights = run_dir / "weights.pt"
+            train_seconds = 0.0
+            if not weights.is_file() or (plan.rerun and target == base and target in targets):
+                dependency = None
+                if recipe.init_from is not None:
+                    dependency = plan.runs / f"{plan.profile}-{source.name}" / recipe.init_from / f"seed{seed}" / \
+                        "weights.pt"
+                started = time.perf_counter()
+                train(recipe, source, run_dir, seed, dist_info, dependency, plan.workers, progress)
+                train_seconds = time.perf_counter() - started
+            if target not in targets and not (target == base and f"{base}{CRF_SUFFIX}" in targets):
+                continue  # a dependency only: trained, not scored
+            if path.exists() and not plan.rerun:
+                continue
+            model = build_model(_fresh(recipe))
+            model.load_state_dict(load_weights(weights))
+            model.to(dist_info.device)
+            crf = CRFParams.from_pairs(recipe.crf) if target.endswith(CRF_SUFFIX) else None
+            refine = (lambda image, probs, params=crf: dense_crf(image, probs, params)) if crf else None
+            started = time.perf_counter()
+            result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, progress)
+            eval_seconds = time.perf_counter() - started
+            if dist_info.is_main:
+                record = _record(target, recipe, source, plan, seed, result, model, crf, dist_info,
+                                 {"train": round(train_seconds, 1), "evaluate": round(eval_seconds, 1)})
+                write_record(path, record, result.counts, result.image_ids, overwrite=plan.rerun)
+                written.append(path)
+                progress(f"{target} seed {seed}: mIoU {100 * result.metrics['miou']:.2f} -> {path}")
+    return written
+
+
+def _fresh(recipe: Recipe) -> Recipe:
+    """The architecture alone (weights come from the trained run), without ImageNet download."""
+    from dataclasses import replace
+
+    return replace(recipe, pretrained=False, init_from=None)
+
+
+def _record(target: str, recipe: Recipe, source: DatasetSource, plan: RunPlan, seed: int, result: Evaluation,
+            model: torch.nn.Module, crf: CRFParams | None, dist_info: Distributed,
+            wall_time: dict[str, float]) -> dict[str, object]:
+    from dataclasses import asdict
+
+    comparable, reason = _comparable(source, recipe, plan.overrides, recipe.pretrained)
+    return {
+        "schema": 1,
+        "method": target,
+        "base_method": recipe.method,
+        "paper": model.paper,
+        "profile": recipe.profile,
+        "dataset": _dataset_facts(source, recipe.eval_split),
+        "train_dataset": _dataset_facts(source, recipe.train_split),
+        "weights_source": "ImageNet VGG-16 (torchvision)" if recipe.pretrained else
+                          "random initialisation (He normal trunk; no ImageNet weights)",
+        "init_from": recipe.init_from,
+        "recipe": recipe.as_dict(),
+        "overrides": list(plan.overrides),
+        "crf": asdict(crf) if crf else None,
+        "seed": seed,
+        "git": git_commit(),
+        "hardware": hardware(dist_info.device, dist_info.world_size),
+        "wall_time_s": wall_time,
+        "metrics": result.metrics,
+        "comparable_to_paper": comparable,
+        "comparable_reason": reason,
+    }

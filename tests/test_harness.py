@@ -1,0 +1,189 @@
+"""The harness: recipes and overrides, resume after a kill, DDP evaluation, records, check,
+compare and report, on a small embedded dataset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.check import check_records, load_references
+from benchmarks.compare import miou_from_counts, paired_bootstrap, seed_interval
+from benchmarks.evaluation import metrics_from_confusion
+from benchmarks.recipes import RecipeError, apply_overrides, get_recipe
+from benchmarks.records import load_records
+from benchmarks.report import claims_table, write_report
+from benchmarks.run import expand_targets
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "iterations=8", "--set", "checkpoint_every=2", "--set", "log_every=1", "--set", "batch_size=4"]
+
+
+def test_paper_recipes_follow_spec_table():
+    # SPEC section 6, restated: (split, batch, lr, momentum, iterations, loss)
+    expected = {"fcn32s": ("sbdtrain", 1, 1e-10, 0.99, 100_000, "sum"), "fcn8s": ("sbdtrain", 1, 1e-14, 0.99, 100_000,
+                "sum"), "deeplab_v1": ("trainaug", 20, 1e-3, 0.9, 6_000, "mean"),
+                "frontend": ("trainaug", 14, 1e-3, 0.9, 60_000, "mean"), "context_large": ("trainaug", 60, 1e-3, 0.9,
+                                                                                          40_000, "mean")}
+    for method, values in expected.items():
+        r = get_recipe(method, "paper")
+        assert (r.train_split, r.batch_size, r.lr, r.momentum, r.iterations, r.loss) == values
+        assert r.weight_decay == 5e-4 and r.bias_lr_multiplier == 2.0
+    deeplab = get_recipe("deeplab_v1", "paper")
+    assert (deeplab.crop, deeplab.step_size, deeplab.lr_multipliers, deeplab.loss_on_score_map) == (
+        321, 2000, (("fc8", 10.0),), True)
+    assert get_recipe("fcn8s", "paper").init_from == "fcn16s"
+    assert get_recipe("context_basic", "paper").cached_features
+
+
+def test_overrides_are_type_checked():
+    recipe = get_recipe("deeplab_v1", "quick")
+    changed = apply_overrides(recipe, ["lr=0.5", "iterations=7", "crop=none", "flip=false", "scale=0.5,1.5",
+                                       "lr_multipliers=fc8:10"])
+    assert (changed.lr, changed.iterations, changed.crop, changed.flip, changed.scale) == (0.5, 7, None, False,
+                                                                                          (0.5, 1.5))
+    assert changed.lr_multipliers == (("fc8", 10.0),)
+    for bad in (["nonsense=1"], ["iterations=abc"], ["flip=maybe"], ["lr"], ["method=fcn8s"]):
+        with pytest.raises(RecipeError):
+            apply_overrides(recipe, bad)
+    with pytest.raises(RecipeError, match="no recipe"):
+        get_recipe("nope", "quick")
+
+
+def test_dependencies_resolved_in_order():
+    assert expand_targets(["fcn8s+crf"], "quick") == ["fcn32s", "fcn16s", "fcn8s", "fcn8s+crf"]
+    assert expand_targets(["context_large"], "quick") == ["frontend", "context_large"]
+
+
+def _cli(args, env, timeout=600):
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    environment = {**os.environ, "SEGREPRO_CACHE": str(cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    environment.pop("SEGREPRO_DATA", None)
+    return environment
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, env):
+    base = ["run", "deeplab_v1", *TINY, "--no-report"]
+    straight = _cli([*base, "--results", str(tmp_path / "r1"), "--runs", str(tmp_path / "w1")], env)
+    assert straight.returncode == 0, straight.stderr
+    runs = tmp_path / "w2"
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks", *base, "--results", str(tmp_path / "r2"),
+                                "--runs", str(runs)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    checkpoint = runs / "quick-embedded" / "deeplab_v1" / "seed0" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists() and not (tmp_path / "r2" / "records").exists()
+    resumed = _cli([*base, "--results", str(tmp_path / "r2"), "--runs", str(runs)], env)
+    assert resumed.returncode == 0 and "resuming from iteration" in resumed.stdout, resumed.stdout + resumed.stderr
+    first, second = load_records(tmp_path / "r1"), load_records(tmp_path / "r2")
+    assert first[0]["metrics"] == second[0]["metrics"]
+    log = (runs / "quick-embedded" / "deeplab_v1" / "seed0" / "log.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in log[1:]] == list(range(1, 9))
+
+    # records are not overwritten: a second run reuses it
+    again = _cli([*base, "--results", str(tmp_path / "r1"), "--runs", str(tmp_path / "w1")], env)
+    assert "exists; reusing it" in again.stdout
+
+    # DDP: two gloo processes score the same weights into the same counts
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "-m", "benchmarks", *base, "--results", str(tmp_path / "r3"), "--runs",
+                               str(tmp_path / "w1"), "--device", "cpu"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert torchrun.returncode == 0, torchrun.stderr[-2000:]
+    ddp = load_records(tmp_path / "r3")[0]
+    assert ddp["hardware"]["world_size"] == 2 and ddp["metrics"] == first[0]["metrics"]
+    one = np.load(Path(first[0]["path"]).with_suffix(".npz"))
+    two = np.load(Path(ddp["path"]).with_suffix(".npz"))
+    assert np.array_equal(one["counts"], two["counts"]) and list(one["image_ids"]) == list(two["image_ids"])
+
+    # check: embedded records are not comparable; exit 0
+    check = _cli(["check", "--results", str(tmp_path / "r1"), "--json"], env)
+    assert check.returncode == 0
+    verdicts = json.loads(check.stdout)
+    assert verdicts and {v["verdict"] for v in verdicts} == {"not comparable"}
+    assert "embedded" in verdicts[0]["reason"]
+
+    # report from the records alone
+    written = write_report(tmp_path / "r1", tmp_path / "reports", tmp_path / "w1")
+    text = (tmp_path / "reports" / "report.md").read_text()
+    assert "Not comparable to the papers" in text and any(p.suffix == ".csv" for p in written)
+    assert (tmp_path / "reports" / "quick-embedded-training-curves.png").is_file()
+
+
+def _record(method, miou, comparable=True, split="val", seed=0):
+    return {"method": method, "seed": seed, "path": f"{method}.json", "metrics": {"miou": miou / 100},
+            "comparable_to_paper": comparable, "comparable_reason": "synthetic" if not comparable else "ok",
+            "dataset": {"split": split}}
+
+
+def test_check_verdicts():
+    references = load_references()
+    verdicts = {(v["reference"], v["verdict"]) for v in check_records([_record("deeplab_v1+crf", 67.3)], references)}
+    assert ("deeplab_v1_table1a", "reproduced") in verdicts
+    assert ("voc2012_test", "not comparable") in verdicts
+    below = check_records([_record("deeplab_v1", 55.0)], references)
+    assert {v["verdict"] for v in below if v["reference"] == "deeplab_v1_table1a"} == {"below"}
+    coco = check_records([_record("context_large", 72.1)], references)
+    assert {v["verdict"] for v in coco if v["reference"] == "yu_koltun_table3"} == {"not comparable"}
+    assert {v["verdict"] for v in check_records([_record("fcn8s", 62.7, False)], references)} == {"not comparable"}
+
+
+def test_check_command_exit_codes(tmp_path, env):
+    folder = tmp_path / "results" / "records" / "paper-voc2012" / "deeplab_v1"
+    folder.mkdir(parents=True)
+    record = {**_record("deeplab_v1", 62.0), "profile": "paper", "dataset": {"name": "voc2012", "split": "val"}}
+    (folder / "seed0.json").write_text(json.dumps(record))
+    ok = _cli(["check", "--results", str(tmp_path / "results")], env)
+    assert ok.returncode == 0 and "reproduced" in ok.stdout
+    (folder / "seed0.json").write_text(json.dumps({**record, "metrics": {"miou": 0.50}}))
+    assert _cli(["check", "--results", str(tmp_path / "results")], env).returncode == 1
+
+
+def test_bootstrap_and_counts_agree_with_the_confusion_matrix():
+    rng = np.random.default_rng(0)
+    images, classes = 40, 5
+    gt = rng.integers(0, classes, (images, 30))
+    pred_a = np.where(rng.random((images, 30)) < 0.8, gt, rng.integers(0, classes, (images, 30)))
+    pred_b = np.where(rng.random((images, 30)) < 0.5, gt, rng.integers(0, classes, (images, 30)))
+
+    def counts(pred):
+        out = np.zeros((images, 3, classes), np.int64)
+        for i in range(images):
+            out[i, 0] = np.bincount(gt[i][pred[i] == gt[i]], minlength=classes)
+            out[i, 1] = np.bincount(gt[i], minlength=classes)
+            out[i, 2] = np.bincount(pred[i], minlength=classes)
+        return out
+
+    confusion = np.zeros((classes, classes), np.int64)
+    np.add.at(confusion, (gt.ravel(), pred_a.ravel()), 1)
+    assert miou_from_counts(counts(pred_a).sum(0)) == pytest.approx(metrics_from_confusion(confusion)["miou"], 1e-12)
+    better = paired_bootstrap(counts(pred_a), counts(pred_b), 500)
+    assert better["low"] > 0 and better["low"] < better["difference"] < better["high"]
+    same = paired_bootstrap(counts(pred_a), counts(pred_a), 200)
+    assert same["low"] == same["high"] == same["difference"] == 0
+
+
+def test_claims_need_three_seeds_and_an_interval():
+    records = [_record("fcn8s", 60 + s, seed=s) for s in range(3)] + [_record("fcn32s", 55 + s, seed=s)
+                                                                     for s in range(3)]
+    claim = next(c for c in claims_table(records) if c["better"] == "fcn8s" and c["worse"] == "fcn32s")
+    assert claim["verdict"] == "held"  # +5 on every seed
+    assert claim["mean"] == pytest.approx(5.0) and claim["seeds"] == 3
+    assert seed_interval([1.0, 2.0, 3.0])["low"] == pytest.approx(2.0 - 4.303 * 1.0 / np.sqrt(3))
+    assert next(c for c in claims_table(records[:1] + records[3:4]) if c["better"] == "fcn8s")["verdict"] == \
+        "not enough seeds"
