@@ -96,6 +96,10 @@ def build_model(recipe: Recipe, dependency_weights: Path | None = None) -> nn.Mo
             raise ValueError(f"{dependency_weights} shares no tensor with {recipe.method}")
         model.load_state_dict(taken, strict=False)
         model.weights_source = f"{model.weights_source}; then {len(taken)} tensors from trained {recipe.init_from}"
+    if recipe.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                module.p = recipe.dropout
     return model
 
 

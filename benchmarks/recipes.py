@@ -48,6 +48,7 @@ class Recipe:
     loss_on_score_map: bool = False  # loss on labels subsampled to the score map (DeepLab)
     pretrained: bool = True
     width: float = 1.0
+    dropout: float | None = None  # None: the paper's dropout; a value replaces p in every dropout layer
     init_from: str | None = None  # a method whose trained weights initialise this one (staged)
     train_only: str | None = None  # train only parameters under this prefix; the rest frozen
     cached_features: bool = False  # train the head on cached outputs of the frozen part
@@ -86,13 +87,15 @@ PAPER_RECIPES["context_large"] = dataclasses.replace(PAPER_RECIPES["context_basi
 
 def _quick(recipe: Recipe) -> Recipe:
     """The CPU profile: width 1/16, the embedded images whole, a short poly schedule; Adam, since
-    a BN-free VGG-16 from scratch barely moves under SGD in a few hundred steps (measured)."""
+    a BN-free VGG-16 from scratch barely moves under SGD in a few hundred steps; no dropout, since
+    channel dropout of 0.5 over fc layers 16x narrower kept even 8 images from being fitted
+    (measured: 120 Adam steps reach 99.6% pixel accuracy without it, 89.8% = background with it)."""
     staged = recipe.init_from is not None and not recipe.cached_features
     return dataclasses.replace(
         recipe, profile="quick", source=f"quick profile derived from: {recipe.source}",
         train_split="trainaug", eval_split="val", batch_size=8, iterations=60 if staged else 150,
         optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=5e-4, schedule="poly", loss="mean", crop=None, scale=None,
-        flip=True, pretrained=False, width=1 / 16, log_every=10, checkpoint_every=25,
+        flip=True, pretrained=False, width=1 / 16, dropout=0.0, log_every=10, checkpoint_every=25,
         crf=(("w1", 5.0), ("theta_alpha", 20.0), ("theta_beta", 5.0), ("w2", 3.0), ("theta_gamma", 3.0),
              ("iterations", 10.0)),
     )

@@ -187,3 +187,16 @@ def test_claims_need_three_seeds_and_an_interval():
     assert seed_interval([1.0, 2.0, 3.0])["low"] == pytest.approx(2.0 - 4.303 * 1.0 / np.sqrt(3))
     assert next(c for c in claims_table(records[:1] + records[3:4]) if c["better"] == "fcn8s")["verdict"] == \
         "not enough seeds"
+
+
+def test_quick_profile_replaces_dropout_and_paper_keeps_it():
+    import dataclasses
+
+    from torch import nn
+
+    from benchmarks.engine import build_model
+
+    quick = build_model(get_recipe("deeplab_v1", "quick"))
+    paper_like = build_model(dataclasses.replace(get_recipe("deeplab_v1", "quick"), dropout=None))
+    rates = lambda model: [m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]  # noqa: E731
+    assert rates(quick) == [0.0, 0.0] and rates(paper_like) == [0.5, 0.5]
