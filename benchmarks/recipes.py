@@ -93,9 +93,9 @@ def _quick(recipe: Recipe) -> Recipe:
     staged = recipe.init_from is not None and not recipe.cached_features
     return dataclasses.replace(
         recipe, profile="quick", source=f"quick profile derived from: {recipe.source}",
-        train_split="trainaug", eval_split="val", batch_size=8, iterations=60 if staged else 150,
-        optimizer="adam", lr=1e-3, momentum=0.9, weight_decay=5e-4, schedule="poly", loss="mean", crop=None, scale=None,
-        flip=True, pretrained=False, width=1 / 16, dropout=0.0, log_every=10, checkpoint_every=25,
+        train_split="trainaug", eval_split="val", batch_size=8, iterations=200 if staged else 400,
+        optimizer="adam", lr=2e-3, momentum=0.9, weight_decay=5e-4, schedule="poly", loss="mean", crop=None, scale=None,
+        flip=True, pretrained=False, width=1 / 16, dropout=0.0, log_every=20, checkpoint_every=100,
         crf=(("w1", 5.0), ("theta_alpha", 20.0), ("theta_beta", 5.0), ("w2", 3.0), ("theta_gamma", 3.0),
              ("iterations", 10.0)),
     )

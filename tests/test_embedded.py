@@ -10,6 +10,7 @@ from PIL import Image
 from benchmarks.embedded import (
     APPEARANCE,
     CONTEXT_PAIRS,
+    SCENE_CUES,
     EmbeddedConfig,
     embedded_root,
     generate,
@@ -72,14 +73,17 @@ def test_context_pairs_look_alike_and_the_scene_decides():
     assert len(distinct) == 20 - len(CONTEXT_PAIRS)
     config = EmbeddedConfig()
     seen = set()
-    margin = config.band_height + config.context_distance - config.boundary_width // 2
+    margin = config.cue_height + config.context_distance - config.boundary_width // 2
     for index in range(200):
         _, label, scene = render_sample(config, index)
-        assert (label[:margin] == 0).all(), "objects must lie context_distance below the scene band"
+        strip = set(np.unique(label[: config.cue_height]).tolist())
+        assert strip - {0, 255} == {SCENE_CUES[scene]}, "one cue object of the scene's class in the strip"
+        assert set(np.unique(label[config.cue_height:]).tolist()) & set(SCENE_CUES) == set()
+        gap = label[config.cue_height + config.boundary_width // 2 + 1 : margin]
+        assert (gap == 0).all(), "objects must lie context_distance below the cue strip"
         present = set(np.unique(label).tolist())
         for pair in CONTEXT_PAIRS:
             assert pair[1 - scene] not in present, "a context class appeared in the other scene"
             if pair[scene] in present:
                 seen.add((pair[scene], scene))
-        assert 255 in label or present == {0}
     assert len(seen) == 2 * len(CONTEXT_PAIRS)

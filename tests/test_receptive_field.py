@@ -133,3 +133,18 @@ def test_identity_initialisation_large_is_close():
     assert 0 < default < 0.05
     # the error is the noise term alone: it shrinks in proportion to sigma
     assert 5 < default / relative_error(1e-4) < 20
+
+
+def test_effective_receptive_field_of_a_known_kernel():
+    from torch import nn
+
+    from benchmarks.receptive_field import effective_receptive_field
+
+    # a 5x5 averaging conv: the gradient of one unit is uniform on its 5x5 window (half-width 2);
+    # 50% of a 5x5 square of equal weights needs the 3x3 centre (9/25 < 0.5), so half-width 2 too
+    conv = nn.Conv2d(3, 2, 5, padding=2, bias=False)
+    nn.init.constant_(conv.weight, 1.0)
+    with torch.no_grad():
+        conv.weight[1] = 0.5
+    radii = effective_receptive_field(conv, torch.randn(2, 3, 21, 21), 10, 10, (0.3, 0.5, 1.0))
+    assert radii == {0.3: 1, 0.5: 2, 1.0: 2}
