@@ -190,9 +190,18 @@ def _loss(scores: torch.Tensor, labels: torch.Tensor, recipe: Recipe) -> torch.T
 
 
 class _CsvLog:
+    """``log.csv`` of the run (kept up to the resume point when resuming), mirrored to TensorBoard
+    when ``tensorboard`` is installed."""
+
     FIELDS = ("iteration", "loss", "grad_norm", "lr", "images_per_s", "elapsed_s")
 
     def __init__(self, path: Path, resume_from: int) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_from + 1)
+        except ImportError:
+            self.tensorboard = None
         rows = []
         if path.is_file() and resume_from > 0:
             with path.open() as file:
@@ -206,9 +215,14 @@ class _CsvLog:
     def write(self, row: dict[str, object]) -> None:
         self.writer.writerow(row)
         self.file.flush()
+        if self.tensorboard is not None:
+            for key in ("loss", "grad_norm", "lr", "images_per_s"):
+                self.tensorboard.add_scalar(f"train/{key}", row[key], row["iteration"])
 
     def close(self) -> None:
         self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _frozen_features(model: nn.Module, dataset: SegmentationDataset, device: torch.device,

@@ -78,7 +78,8 @@ PAPER_RECIPES = {
                        "60k iterations, 500x500 crops of reflection-padded images",
                        "trainaug", "val", 14, 60_000, 1e-3, 0.9, 5e-4, crop=500, flip=True),
     "context_basic": Recipe("context_basic", "paper", "Yu & Koltun Sec 4: context module trained on front-end "
-                            "outputs, batch 60, lr 1e-3, momentum 0.9 (until validation plateaus: 40k here)",
+                            "outputs, batch 60, lr 1e-3, momentum 0.9 (until validation plateaus: 40k here); "
+                            "trains on whole cached maps, not the paper's 66x66 crops; no joint fine-tuning",
                             "trainaug", "val", 60, 40_000, 1e-3, 0.9, 5e-4, init_from="frontend",
                             train_only="context.", cached_features=True),
 }

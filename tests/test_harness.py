@@ -94,6 +94,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env):
     assert first[0]["metrics"] == second[0]["metrics"]
     log = (runs / "quick-embedded" / "deeplab_v1" / "seed0" / "log.csv").read_text().splitlines()
     assert [int(line.split(",")[0]) for line in log[1:]] == list(range(1, 9))
+    assert list((runs / "quick-embedded" / "deeplab_v1" / "seed0" / "tensorboard").glob("events.out.tfevents.*"))
 
     # records are not overwritten: a second run reuses it
     again = _cli([*base, "--results", str(tmp_path / "r1"), "--runs", str(tmp_path / "w1")], env)
