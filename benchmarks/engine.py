@@ -184,9 +184,17 @@ def _stack(batch: list[tuple[torch.Tensor, torch.Tensor, str]]) -> tuple[torch.T
     return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
 
 
-def _loss(scores: torch.Tensor, labels: torch.Tensor, recipe: Recipe) -> torch.Tensor:
-    return F.cross_entropy(scores.float(), labels, ignore_index=IGNORE_INDEX,
-                           reduction="sum" if recipe.loss == "sum" else "mean")
+def _loss(scores: torch.Tensor, labels: torch.Tensor, recipe: Recipe, world_size: int) -> torch.Tensor:
+    """Summed over pixels, or the mean over the valid pixels of the whole global batch. Under DDP
+    (which averages gradients over processes) each process scales its part so the gradient is
+    the one of the single-process loss on the same global batch."""
+    total = F.cross_entropy(scores.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if recipe.loss == "sum":
+        return total * world_size
+    valid = (labels != IGNORE_INDEX).sum()
+    if world_size > 1:
+        dist.all_reduce(valid)
+    return total * world_size / valid.clamp(min=1)
 
 
 class _CsvLog:
@@ -300,17 +308,16 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                     scores = wrapped(images)
                     if recipe.loss_on_score_map:
                         scores = scores[..., : labels.shape[-2], : labels.shape[-1]]
-                loss = _loss(scores, labels, recipe)
-                if recipe.loss == "sum" and dist_info.world_size > 1:
-                    loss = loss * dist_info.world_size  # DDP averages gradients; the summed loss is a sum
+                loss = _loss(scores, labels, recipe, dist_info.world_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for g in optimizer.param_groups for p in g["params"]], float("inf"))
             seen += recipe.batch_size
             last = iteration + 1 == recipe.iterations
-            if (iteration + 1) % recipe.log_every == 0 or last or not math.isfinite(float(loss)):
-                loss_value, norm_value = float(loss), float(grad_norm)
+            checkpoint_due = (iteration + 1) % recipe.checkpoint_every == 0 and not last
+            if (iteration + 1) % recipe.log_every == 0 or last or checkpoint_due:  # no host sync in other steps
+                loss_value, norm_value = float(loss.detach()), float(grad_norm)
                 if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
                     raise TrainingError(
                         f"{recipe.method}: loss {loss_value} / gradient norm {norm_value} at iteration {iteration} "
@@ -325,7 +332,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                                "lr": learning_rate(recipe, iteration), "images_per_s": round(rate, 2),
                                "elapsed_s": round(time.perf_counter() - started, 2)})
             optimizer.step()
-            if dist_info.is_main and ((iteration + 1) % recipe.checkpoint_every == 0 and not last):
+            if dist_info.is_main and checkpoint_due:
                 save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "rng": torch.get_rng_state(), "iteration": iteration + 1}, checkpoint_path)
     finally:

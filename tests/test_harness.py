@@ -112,6 +112,21 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env):
     two = np.load(Path(ddp["path"]).with_suffix(".npz"))
     assert np.array_equal(one["counts"], two["counts"]) and list(one["image_ids"]) == list(two["image_ids"])
 
+    # DDP training: two gloo processes train on the same global batches; the evaluation matches
+    trained = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                              "-m", "benchmarks", *base, "--results", str(tmp_path / "r4"), "--runs",
+                              str(tmp_path / "w4"), "--device", "cpu"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    ddp_trained = load_records(tmp_path / "r4")[0]
+    assert ddp_trained["metrics"]["pixel_acc"] == pytest.approx(first[0]["metrics"]["pixel_acc"], abs=1e-3)
+    assert ddp_trained["metrics"]["miou"] == pytest.approx(first[0]["metrics"]["miou"], abs=2e-3)
+
+    # a diverging run stops with a message and writes no record
+    diverged = _cli([*base, "--set", "optimizer=sgd", "--set", "lr=1e12", "--results", str(tmp_path / "r5"),
+                     "--runs", str(tmp_path / "w5")], env)
+    assert diverged.returncode == 2 and "diverged" in diverged.stderr and not (tmp_path / "r5").exists()
+
     # check: embedded records are not comparable; exit 0
     check = _cli(["check", "--results", str(tmp_path / "r1"), "--json"], env)
     assert check.returncode == 0
