@@ -7,10 +7,12 @@ from __future__ import annotations
 import csv
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from benchmarks.check import check_records, load_references
 from benchmarks.compare import seed_interval
@@ -149,20 +151,17 @@ def _receptive_field_figure(out: Path) -> str:
     return path.name
 
 
-def effective_fields(group: list[dict[str, object]], runs: Path, stem: str, images: int = 8) -> pd.DataFrame:
-    """Effective receptive field of each trained network of ``group`` (seed 0 weights under
-    ``runs``) at the centre of the lower half of the first ``images`` evaluation images."""
+def _trained_networks(group: list[dict[str, object]], runs: Path, stem: str,
+                      images: int) -> Iterator[tuple[str, torch.nn.Module, torch.Tensor, torch.Tensor]]:
+    """(method, network with its seed-0 weights, first ``images`` evaluation images and labels)
+    for every network of ``group`` whose weights are still under ``runs``."""
     import dataclasses
-
-    import torch
 
     from benchmarks.data import SegmentationDataset
     from benchmarks.engine import build_model, load_weights
-    from benchmarks.receptive_field import effective_receptive_field
     from benchmarks.recipes import apply_overrides, get_recipe
     from benchmarks.voc import VOCSplit
 
-    rows = []
     for record in sorted({r["base_method"]: r for r in group if r["seed"] == 0}.values(), key=lambda r: r["method"]):
         weights = runs / stem / record["base_method"] / "seed0" / "weights.pt"
         if not weights.is_file():
@@ -172,13 +171,56 @@ def effective_fields(group: list[dict[str, object]], runs: Path, stem: str, imag
         model.load_state_dict(load_weights(weights))
         model.eval()
         split = SegmentationDataset(VOCSplit(record["dataset"]["root"], record["dataset"]["split"]))
-        batch = torch.stack([split[i][0] for i in range(min(images, len(split)))])
+        samples = [split[i] for i in range(min(images, len(split)))]
+        yield (record["base_method"], model, torch.stack([s[0] for s in samples]),
+               torch.stack([s[1] for s in samples]))
+
+
+def effective_fields(group: list[dict[str, object]], runs: Path, stem: str, images: int = 8) -> pd.DataFrame:
+    """Effective receptive field of each trained network (seed 0) at the centre of the lower half
+    of the first ``images`` evaluation images."""
+    from benchmarks.receptive_field import effective_receptive_field
+
+    rows = []
+    for method, model, batch, _ in _trained_networks(group, runs, stem, images):
         height, width = batch.shape[-2:]
         radii = effective_receptive_field(model, model.input_convention.normalize(batch), 3 * height // 4, width // 2)
-        rows.append({"method": record["base_method"], "50% of gradient (px)": radii[0.5],
-                     "90% of gradient (px)": radii[0.9], "unit (row, col)": f"({3 * height // 4}, {width // 2})",
-                     "image": f"{height}x{width}"})
+        rows.append({"method": method, "50% of gradient (px)": radii[0.5], "90% of gradient (px)": radii[0.9],
+                     "unit (row, col)": f"({3 * height // 4}, {width // 2})", "image": f"{height}x{width}"})
     return pd.DataFrame(rows)
+
+
+def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, images: int = 4) -> str | None:
+    """Image / ground truth / each trained network's prediction (seed 0) for the first images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.voc import voc_palette
+
+    palette = voc_palette()
+    columns: list[tuple[str, np.ndarray]] = []
+    for method, model, batch, labels in _trained_networks(group, runs, stem, images):
+        if not columns:
+            columns = [("image", batch.permute(0, 2, 3, 1).numpy()), ("ground truth", palette[labels.numpy()])]
+        with torch.inference_mode():
+            prediction = model(model.input_convention.normalize(batch)).argmax(1)
+        columns.append((method, palette[prediction.numpy()]))
+    if not columns:
+        return None
+    count = len(columns[0][1])
+    figure, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.3 * count), squeeze=False)
+    for column, (title, pictures) in enumerate(columns):
+        for row in range(count):
+            axes[row][column].imshow(pictures[row])
+            axes[row][column].axis("off")
+        axes[0][column].set_title(title, fontsize=7)
+    plt.tight_layout()
+    path = out / f"{stem}-qualitative.png"
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path.name
 
 
 def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
@@ -211,6 +253,10 @@ def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
         lines += [("" if comparable else "(Measured here, not comparable to the papers.)\n\n") +
                   claims.to_markdown(index=False, floatfmt=".2f"), ""]
         lines += ["### Per-class IoU", "", per_class.to_markdown(), ""]
+        overlay = _overlays(group, runs, stem, reports)
+        if overlay:
+            lines += ["### Qualitative results (seed 0; columns: image, ground truth, each network)", "",
+                      f"![qualitative]({overlay})", ""]
         fields = effective_fields(group, runs, stem)
         if not fields.empty:
             lines += ["### Effective receptive fields of the trained networks (Luo et al. 2016)", "",

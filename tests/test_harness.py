@@ -139,6 +139,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env):
     text = (tmp_path / "reports" / "report.md").read_text()
     assert "Not comparable to the papers" in text and any(p.suffix == ".csv" for p in written)
     assert (tmp_path / "reports" / "quick-embedded-training-curves.png").is_file()
+    assert (tmp_path / "reports" / "quick-embedded-qualitative.png").is_file() and "Effective receptive" in text
 
 
 def _record(method, miou, comparable=True, split="val", seed=0):
