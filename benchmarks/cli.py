@@ -270,9 +270,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
     if args.new not in PROFILES[profile]:  # a new head runs with the baseline's recipe, on the same data
         methods.get_entry(args.new)
-        PROFILES[profile][args.new] = dataclasses.replace(base_recipe, method=args.new, init_from=None,
-                                                          train_only=None, cached_features=False)
-    plan = RunPlan(profile, tuple(args.seeds), (), Path(args.results), Path(args.runs), args.workers)
+        PROFILES[profile][args.new] = dataclasses.replace(
+            base_recipe, method=args.new, init_from=None, train_only=None, cached_features=False,
+            source=f"the {base_recipe.method} recipe ({base_recipe.source}), applied to {args.new}")
+    plan = RunPlan(profile, tuple(args.seeds), tuple(args.set), Path(args.results), Path(args.runs), args.workers)
     run([args.new, *baselines], source, plan, Distributed.from_environment(args.device))
     records = {(r["method"], r["seed"]): r for r in load_records(Path(args.results))
                if r["profile"] == profile and r["dataset"]["name"] == source.name}
@@ -306,6 +307,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs", help="checkpoints, weights and logs (not committed)")
     p.add_argument("--import", dest="imports", action="append", default=[], help="module registering new methods")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +336,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("methods", nargs="*", help="method names, NAME+crf for the CRF variant")
     p.add_argument("--all", action="store_true", help="every method with a recipe and every +crf variant")
     _add_run_options(p)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     p.add_argument("--rerun", action="store_true", help="train and score again, replacing existing records")
     p.add_argument("--reports", default="reports")
     p.add_argument("--no-report", action="store_true")

@@ -217,3 +217,18 @@ def test_quick_profile_replaces_dropout_and_paper_keeps_it():
     paper_like = build_model(dataclasses.replace(get_recipe("deeplab_v1", "quick"), dropout=None))
     rates = lambda model: [m.p for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]  # noqa: E731
     assert rates(quick) == [0.0, 0.0] and rates(paper_like) == [0.5, 0.5]
+
+
+def test_compare_a_new_head_against_a_baseline(tmp_path, env):
+    """The README's example head, registered from its own module, against DeepLab on the same data
+    and recipe: a paired bootstrap interval over the validation images."""
+    environment = {**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    result = _cli(["compare", "my_head", "--baseline", "deeplab_v1", "--import", "my_heads", *TINY, "--results",
+                   str(tmp_path / "r"), "--runs", str(tmp_path / "w"), "--resamples", "300", "--json"], environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout[result.stdout.index("[\n"):])
+    assert rows[0]["new"] == "my_head" and rows[0]["baseline"] == "deeplab_v1" and rows[0]["images"] == 100
+    assert rows[0]["low"] <= rows[0]["difference"] <= rows[0]["high"]
+    assert "95% paired bootstrap CI" in result.stdout
+    record = next(r for r in load_records(tmp_path / "r") if r["method"] == "my_head")
+    assert record["recipe"]["iterations"] == 8 and "deeplab_v1 recipe" in record["recipe"]["source"]
