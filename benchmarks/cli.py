@@ -192,6 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.recipes import RecipeError, recipe_methods
     from benchmarks.run import CRF_SUFFIX, RunPlan, run
     from benchmarks.voc import DataError
+    from methods.vgg import WeightsUnavailable
 
     _import_modules(args.imports)
     if args.all:
@@ -211,6 +212,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan = RunPlan(profile, tuple(args.seeds), tuple(args.set), Path(args.results), Path(args.runs),
                        args.workers, args.rerun)
         run(targets, source, plan, dist_info, progress=print if dist_info.is_main else (lambda _: None))
+    except WeightsUnavailable as error:
+        print(f"error: {error} From the command line: --set pretrained=false (the run is then marked not "
+              "comparable to the papers).", file=sys.stderr)
+        return 2
     except (DataError, RecipeError, TrainingError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

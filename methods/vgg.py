@@ -23,6 +23,7 @@ __all__ = [
     "WEIGHTS_ENV_VAR",
     "LoadReport",
     "TrunkLayout",
+    "WeightsUnavailable",
     "add_vgg16_trunk",
     "load_vgg16_imagenet",
     "resolve_vgg16_state_dict",
@@ -122,6 +123,10 @@ def fc_as_convolutions(fc6_kernel: int = 7) -> FcSurgery:
     }
 
 
+class WeightsUnavailable(RuntimeError):
+    """ImageNet VGG-16 weights were asked for but cannot be found or downloaded."""
+
+
 def resolve_vgg16_state_dict(weights_path: str | os.PathLike[str] | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """torchvision's ImageNet VGG-16 state dict and where it came from.
 
@@ -143,7 +148,7 @@ def resolve_vgg16_state_dict(weights_path: str | os.PathLike[str] | None = None)
             TORCHVISION_VGG16_URL, map_location="cpu", progress=True, check_hash=True, weights_only=True
         )
     except OSError as error:  # URLError, socket errors and the like are OSErrors
-        raise RuntimeError(
+        raise WeightsUnavailable(
             f"Could not download torchvision's ImageNet VGG-16 weights ({TORCHVISION_VGG16_URL}): {error}. "
             f"On a machine without internet access, copy that file (528 MB, sha256 prefix 397923af) to "
             f"{cache} (torch.hub's cache; set TORCH_HOME to move it), or put it anywhere and give its path "

@@ -232,3 +232,21 @@ def test_compare_a_new_head_against_a_baseline(tmp_path, env):
     assert "95% paired bootstrap CI" in result.stdout
     record = next(r for r in load_records(tmp_path / "r") if r["method"] == "my_head")
     assert record["recipe"]["iterations"] == 8 and "deeplab_v1 recipe" in record["recipe"]["source"]
+
+
+def test_paper_profile_on_genuine_voc_samples(tmp_path, env, shared_dir):
+    """The paper recipe's data path (DeepLab: trainaug, crop 321 with mean/255 padding, labels /8)
+    on real VOC images; offline, ImageNet weights are a clear error, and overriding them marks
+    the record not comparable."""
+    voc = str(shared_dir / "data" / "voc-real-mini")
+    args = ["run", "deeplab_v1", "--data", voc, "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "w"),
+            "--no-report", "--set", "iterations=2", "--set", "batch_size=2", "--set", "width=0.0625"]
+    offline = _cli(args[:-2], {**env, "TORCH_HOME": str(tmp_path / "torch")})  # width 1: ImageNet weights
+    assert offline.returncode == 2 and "--set pretrained=false" in offline.stderr
+    assert "needs width=1" in _cli(args, env).stderr
+    result = _cli([*args, "--set", "pretrained=false"], env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = load_records(tmp_path / "r")[0]
+    assert record["profile"] == "paper" and record["dataset"]["name"] == "voc2012"
+    assert record["dataset"]["images"] == 76 and record["train_dataset"]["split"] == "trainaug"
+    assert record["comparable_to_paper"] is False and "overridden" in record["comparable_reason"]
