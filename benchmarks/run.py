@@ -80,11 +80,17 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
             base = target.removesuffix(CRF_SUFFIX)
             recipe = apply_overrides(get_recipe(base, plan.profile), list(plan.overrides))
             path = record_path(plan.results, plan.profile, source.name, target, seed)
-            if path.exists() and not plan.rerun and target in targets:
-                progress(f"{target} seed {seed}: record {path} exists; reusing it (--rerun to replace)")
-                continue
             run_dir = plan.runs / f"{plan.profile}-{source.name}" / base / f"seed{seed}"
             weights = run_dir / "weights.pt"
+            supersede = plan.rerun
+            if path.exists() and not plan.rerun and target in targets:
+                if weights.is_file():
+                    progress(f"{target} seed {seed}: record {path} exists; reusing it (--rerun to replace)")
+                    continue
+                progress(f"{target} seed {seed}: record {path} was not produced in this checkout ({weights} is "
+                         "missing, e.g. it shipped with the repository); running it again, the old record is kept "
+                         "as .json.superseded")
+                supersede = True
             train_seconds = 0.0
             if not weights.is_file() or (plan.rerun and target == base and target in targets):
                 dependency = None
@@ -96,7 +102,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
                 train_seconds = time.perf_counter() - started
             if target not in targets and not (target == base and f"{base}{CRF_SUFFIX}" in targets):
                 continue  # a dependency only: trained, not scored
-            if path.exists() and not plan.rerun:
+            if path.exists() and not supersede:
                 continue
             model = build_model(_fresh(recipe))
             model.load_state_dict(load_weights(weights))
@@ -109,7 +115,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
             if dist_info.is_main:
                 record = _record(target, recipe, source, plan, seed, result, model, crf, dist_info,
                                  {"train": round(train_seconds, 1), "evaluate": round(eval_seconds, 1)})
-                write_record(path, record, result.counts, result.image_ids, overwrite=plan.rerun)
+                write_record(path, record, result.counts, result.image_ids, overwrite=supersede)
                 written.append(path)
                 progress(f"{target} seed {seed}: mIoU {100 * result.metrics['miou']:.2f} -> {path}")
     return written

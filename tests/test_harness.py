@@ -141,6 +141,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env):
     assert (tmp_path / "reports" / "quick-embedded-training-curves.png").is_file()
     assert (tmp_path / "reports" / "quick-embedded-qualitative.png").is_file() and "Effective receptive" in text
 
+    # a record that this checkout did not produce (no weights under runs/, e.g. shipped) is run again, the old kept
+    shipped = _cli([*base, "--results", str(tmp_path / "r1"), "--runs", str(tmp_path / "fresh")], env)
+    assert shipped.returncode == 0 and "was not produced in this checkout" in shipped.stdout
+    assert list((tmp_path / "r1").rglob("seed0.json.superseded"))
+    assert load_records(tmp_path / "r1")[0]["metrics"] == first[0]["metrics"]
+
 
 def _record(method, miou, comparable=True, split="val", seed=0):
     return {"method": method, "seed": seed, "path": f"{method}.json", "metrics": {"miou": miou / 100},
