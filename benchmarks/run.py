@@ -3,6 +3,8 @@ write one record per (method, seed); ``NAME+crf`` reuses the trained network and
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,12 +86,12 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
             weights = run_dir / "weights.pt"
             supersede = plan.rerun
             if path.exists() and not plan.rerun and target in targets:
-                if weights.is_file():
+                if weights.is_file() and _recorded_weights(path) == file_sha256(weights):
                     progress(f"{target} seed {seed}: record {path} exists; reusing it (--rerun to replace)")
                     continue
-                progress(f"{target} seed {seed}: record {path} was not produced in this checkout ({weights} is "
-                         "missing, e.g. it shipped with the repository); running it again, the old record is kept "
-                         "as .json.superseded")
+                progress(f"{target} seed {seed}: record {path} was not produced from {weights} (missing or "
+                         "retrained, e.g. the record shipped with the repository); scoring again, the old record is "
+                         "kept as .json.superseded")
                 supersede = True
             train_seconds = 0.0
             if not weights.is_file() or (plan.rerun and target == base and target in targets):
@@ -113,12 +115,24 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
             result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, progress)
             eval_seconds = time.perf_counter() - started
             if dist_info.is_main:
-                record = _record(target, recipe, source, plan, seed, result, model, crf, dist_info,
+                record = _record(target, recipe, source, plan, seed, result, model, crf, dist_info, weights,
                                  {"train": round(train_seconds, 1), "evaluate": round(eval_seconds, 1)})
                 write_record(path, record, result.counts, result.image_ids, overwrite=supersede)
                 written.append(path)
                 progress(f"{target} seed {seed}: mIoU {100 * result.metrics['miou']:.2f} -> {path}")
     return written
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recorded_weights(path: Path) -> str | None:
+    return json.loads(path.read_text()).get("trained_weights_sha256")
 
 
 def _fresh(recipe: Recipe) -> Recipe:
@@ -129,7 +143,7 @@ def _fresh(recipe: Recipe) -> Recipe:
 
 
 def _record(target: str, recipe: Recipe, source: DatasetSource, plan: RunPlan, seed: int, result: Evaluation,
-            model: torch.nn.Module, crf: CRFParams | None, dist_info: Distributed,
+            model: torch.nn.Module, crf: CRFParams | None, dist_info: Distributed, weights: Path,
             wall_time: dict[str, float]) -> dict[str, object]:
     from dataclasses import asdict
 
@@ -145,6 +159,7 @@ def _record(target: str, recipe: Recipe, source: DatasetSource, plan: RunPlan, s
         "weights_source": "ImageNet VGG-16 (torchvision)" if recipe.pretrained else
                           "random initialisation (He normal trunk; no ImageNet weights)",
         "init_from": recipe.init_from,
+        "trained_weights_sha256": file_sha256(weights),
         "recipe": recipe.as_dict(),
         "overrides": list(plan.overrides),
         "crf": asdict(crf) if crf else None,
