@@ -91,6 +91,16 @@ def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
     return rows
 
 
+def _save_figure(path: Path) -> str:
+    """Save and close the current matplotlib figure; its file name, for the Markdown link."""
+    import matplotlib.pyplot as plt
+
+    plt.tight_layout()
+    plt.savefig(path, dpi=80)
+    plt.close()
+    return path.name
+
+
 def _figures(records: list[dict[str, object]], out: Path, runs: Path, stem: str) -> list[str]:
     import matplotlib
 
@@ -103,11 +113,7 @@ def _figures(records: list[dict[str, object]], out: Path, runs: Path, stem: str)
     axes.set_ylabel("IoU (%)")
     axes.set_title("Per-class IoU (mean over seeds)")
     axes.legend(fontsize=7, ncol=4)
-    plt.tight_layout()
-    path = out / f"{stem}-per-class-iou.png"
-    plt.savefig(path, dpi=80)
-    plt.close()
-    made.append(path.name)
+    made.append(_save_figure(out / f"{stem}-per-class-iou.png"))
 
     logs = sorted(runs.glob(f"{stem}/*/seed*/log.csv"))
     if logs:
@@ -121,11 +127,7 @@ def _figures(records: list[dict[str, object]], out: Path, runs: Path, stem: str)
         axes.set_xlabel("iteration")
         axes.set_ylabel("training loss")
         axes.legend(fontsize=6, ncol=3)
-        plt.tight_layout()
-        path = out / f"{stem}-training-curves.png"
-        plt.savefig(path, dpi=80)
-        plt.close()
-        made.append(path.name)
+        made.append(_save_figure(out / f"{stem}-training-curves.png"))
     return made
 
 
@@ -144,11 +146,7 @@ def _receptive_field_figure(out: Path) -> str:
     axes.set_xlabel("context-module layer")
     axes.set_ylabel("receptive field (score-map units)")
     axes.set_title(f"Context module, dilations {list(CONTEXT_DILATIONS)}")
-    plt.tight_layout()
-    path = out / "receptive-field-context.png"
-    plt.savefig(path, dpi=80)
-    plt.close()
-    return path.name
+    return _save_figure(out / "receptive-field-context.png")
 
 
 def _trained_networks(group: list[dict[str, object]], runs: Path, stem: str,
@@ -210,17 +208,13 @@ def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, 
     if not columns:
         return None
     count = len(columns[0][1])
-    figure, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.3 * count), squeeze=False)
+    _figure, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.3 * count), squeeze=False)
     for column, (title, pictures) in enumerate(columns):
         for row in range(count):
             axes[row][column].imshow(pictures[row])
             axes[row][column].axis("off")
         axes[0][column].set_title(title, fontsize=7)
-    plt.tight_layout()
-    path = out / f"{stem}-qualitative.png"
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path.name
+    return _save_figure(out / f"{stem}-qualitative.png")
 
 
 def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:

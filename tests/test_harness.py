@@ -65,6 +65,12 @@ def _cli(args, env, timeout=600):
                           text=True, timeout=timeout)
 
 
+def _cli_two_processes(args, env):
+    """The same command under ``torchrun`` with 2 CPU processes (gloo)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "benchmarks",
+                           *args, "--device", "cpu"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
@@ -101,10 +107,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env):
     assert "exists; reusing it" in again.stdout
 
     # DDP: two gloo processes score the same weights into the same counts
-    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "-m", "benchmarks", *base, "--results", str(tmp_path / "r3"), "--runs",
-                               str(tmp_path / "w1"), "--device", "cpu"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=600)
+    torchrun = _cli_two_processes([*base, "--results", str(tmp_path / "r3"), "--runs", str(tmp_path / "w1")], env)
     assert torchrun.returncode == 0, torchrun.stderr[-2000:]
     ddp = load_records(tmp_path / "r3")[0]
     assert ddp["hardware"]["world_size"] == 2 and ddp["metrics"] == first[0]["metrics"]
@@ -113,10 +116,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env):
     assert np.array_equal(one["counts"], two["counts"]) and list(one["image_ids"]) == list(two["image_ids"])
 
     # DDP training: two gloo processes train on the same global batches; the evaluation matches
-    trained = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                              "-m", "benchmarks", *base, "--results", str(tmp_path / "r4"), "--runs",
-                              str(tmp_path / "w4"), "--device", "cpu"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=600)
+    trained = _cli_two_processes([*base, "--results", str(tmp_path / "r4"), "--runs", str(tmp_path / "w4")], env)
     assert trained.returncode == 0, trained.stderr[-2000:]
     ddp_trained = load_records(tmp_path / "r4")[0]
     assert ddp_trained["metrics"]["pixel_acc"] == pytest.approx(first[0]["metrics"]["pixel_acc"], abs=1e-3)
