@@ -255,12 +255,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from benchmarks.engine import TrainingError
+    from benchmarks.recipes import RecipeError
+    from benchmarks.voc import DataError
+    from methods.vgg import WeightsUnavailable
+
+    try:
+        return _compare(args)
+    except (DataError, RecipeError, TrainingError, WeightsUnavailable, FileNotFoundError, KeyError,
+            ValueError) as error:
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        return 2
+
+
+def _compare(args: argparse.Namespace) -> int:
     import dataclasses
 
     from benchmarks.compare import paired_bootstrap
     from benchmarks.data import resolve_dataset
     from benchmarks.engine import Distributed
-    from benchmarks.recipes import PROFILES, RecipeError, get_recipe
+    from benchmarks.recipes import PROFILES, get_recipe
     from benchmarks.records import load_counts, load_records, record_path
     from benchmarks.run import RunPlan, run
 
@@ -268,11 +282,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     baselines = [b for b in args.baseline.split(",") if b]
     profile = args.profile or ("paper" if (args.data or os.environ.get("SEGREPRO_DATA")) else "quick")
     source = resolve_dataset(args.data)
-    try:
-        base_recipe = get_recipe(args.recipe_from or baselines[0], profile)
-    except RecipeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    base_recipe = get_recipe(args.recipe_from or baselines[0], profile)
     if args.new not in PROFILES[profile]:  # a new head runs with the baseline's recipe, on the same data
         methods.get_entry(args.new)
         PROFILES[profile][args.new] = dataclasses.replace(

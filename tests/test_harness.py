@@ -266,3 +266,11 @@ def test_paper_profile_on_genuine_voc_samples(tmp_path, env, shared_dir):
     assert record["profile"] == "paper" and record["dataset"]["name"] == "voc2012"
     assert record["dataset"]["images"] == 76 and record["train_dataset"]["split"] == "trainaug"
     assert record["comparable_to_paper"] is False and "overridden" in record["comparable_reason"]
+
+
+def test_compare_bad_input_is_a_clear_error(tmp_path, env):
+    unknown = _cli(["compare", "no_such_head", "--baseline", "deeplab_v1", "--results", str(tmp_path)], env)
+    assert unknown.returncode == 2 and "unknown method 'no_such_head'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    missing = _cli(["compare", "deeplab_v1", "--baseline", "fcn8s", "--data", str(tmp_path / "nowhere")], env)
+    assert missing.returncode == 2 and "holds no VOC 2012 tree" in missing.stderr
