@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 import methods
 from benchmarks.receptive_field import analytic_geometry, receptive_field, stack_table
+
+if TYPE_CHECKING:
+    from benchmarks.run import RunPlan
 
 CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large")
 """Methods the papers also report with dense-CRF post-processing (SPEC section 2): ``NAME+crf``."""
@@ -186,13 +191,42 @@ def _import_modules(names: list[str]) -> None:
         importlib.import_module(name)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks.data import resolve_dataset
-    from benchmarks.engine import Distributed, TrainingError
-    from benchmarks.recipes import RecipeError, recipe_methods
-    from benchmarks.run import CRF_SUFFIX, RunPlan, run
+def _harness_errors(action: Callable[[], None]) -> int:
+    """Run ``action``; a known failure (data, recipe, divergence, offline weights) is one line on
+    stderr and exit status 2."""
+    from benchmarks.engine import TrainingError
+    from benchmarks.recipes import RecipeError
     from benchmarks.voc import DataError
     from methods.vgg import WeightsUnavailable
+
+    try:
+        action()
+    except WeightsUnavailable as error:
+        print(f"error: {error} From the command line: --set pretrained=false (the run is then marked not "
+              "comparable to the papers).", file=sys.stderr)
+        return 2
+    except (DataError, RecipeError, TrainingError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _plan(args: argparse.Namespace, profile: str) -> RunPlan:
+    from benchmarks.run import RunPlan
+
+    return RunPlan(profile, tuple(args.seeds), tuple(args.set), Path(args.results), Path(args.runs), args.workers,
+                   getattr(args, "rerun", False), args.crf_backend)
+
+
+def _profile(args: argparse.Namespace) -> str:
+    return args.profile or ("paper" if (args.data or os.environ.get("SEGREPRO_DATA")) else "quick")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks.data import resolve_dataset
+    from benchmarks.engine import Distributed
+    from benchmarks.recipes import recipe_methods
+    from benchmarks.run import CRF_SUFFIX, run
 
     _import_modules(args.imports)
     if args.all:
@@ -202,29 +236,78 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print("error: name methods to run, or pass --all", file=sys.stderr)
         return 2
-    profile = args.profile or ("paper" if (args.data or os.environ.get("SEGREPRO_DATA")) else "quick")
     dist_info = Distributed.from_environment(args.device)
-    try:
+
+    def action() -> None:
         source = resolve_dataset(args.data)
         if not source.comparable_to_paper and dist_info.is_main:
             print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
                   f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
-        plan = RunPlan(profile, tuple(args.seeds), tuple(args.set), Path(args.results), Path(args.runs),
-                       args.workers, args.rerun)
-        run(targets, source, plan, dist_info, progress=print if dist_info.is_main else (lambda _: None))
-    except WeightsUnavailable as error:
-        print(f"error: {error} From the command line: --set pretrained=false (the run is then marked not "
-              "comparable to the papers).", file=sys.stderr)
-        return 2
-    except (DataError, RecipeError, TrainingError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if dist_info.is_main and not args.no_report:
+        run(targets, source, _plan(args, _profile(args)), dist_info,
+            progress=print if dist_info.is_main else (lambda _: None))
+
+    status = _harness_errors(action)
+    if status == 0 and dist_info.is_main and not args.no_report:
         from benchmarks.report import write_report
 
         for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
             print(f"wrote {path}")
-    return 0
+    return status
+
+
+def cmd_crf_search(args: argparse.Namespace) -> int:
+    from benchmarks.crf import CRFParams
+    from benchmarks.crf_search import SEARCHED, search
+    from benchmarks.data import resolve_dataset
+    from benchmarks.engine import Distributed, build_model, class_probabilities, load_weights
+    from benchmarks.recipes import apply_overrides, get_recipe
+    from benchmarks.records import record_path, update_record
+    from benchmarks.run import architecture_recipe, file_sha256, run
+
+    _import_modules(args.imports)
+    dist_info = Distributed.from_environment(args.device)
+    if dist_info.world_size > 1:
+        print("error: crf-search runs in one process (it is a loop over a small grid); launch it without torchrun",
+              file=sys.stderr)
+        return 2
+
+    def action() -> None:
+        source = resolve_dataset(args.data)
+        profile = _profile(args)
+        plan = _plan(args, profile)
+        recipe = apply_overrides(get_recipe(args.method, profile), list(args.set))
+        grid = {**dict(recipe.crf_grid), **{name: values for name in SEARCHED
+                                            if (values := getattr(args, name)) is not None}}
+        split = source.split(args.split)
+        ids = split.ids[: args.images]
+        if len(ids) < args.images:
+            print(f"warning: split {args.split!r} has only {len(ids)} images (asked for {args.images})",
+                  file=sys.stderr)
+        in_training = len(set(ids) & set(source.split(recipe.train_split).ids))
+        run([args.method], source, plan, dist_info)
+        for seed in plan.seeds:
+            weights = plan.runs / f"{profile}-{source.name}" / args.method / f"seed{seed}" / "weights.pt"
+            model = build_model(architecture_recipe(recipe))
+            model.load_state_dict(load_weights(weights))
+            model.to(dist_info.device).eval()
+            samples = [split[split.ids.index(image_id)] for image_id in ids]
+            probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
+                             for s in samples]
+            result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
+                            CRFParams.from_pairs(recipe.crf), args.crf_backend)
+            path = record_path(plan.results, profile, source.name, args.method, seed)
+            update_record(path, {"crf_search": {
+                "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": args.split,
+                "images": len(ids), "images_in_training_split": in_training, "grid": grid,
+                "backend": args.crf_backend, "trained_weights_sha256": file_sha256(weights),
+                "protocol": "DeepLab v1 Sec 4.1: w2, theta_gamma fixed; coarse grid, then half steps around the best",
+                "evaluations": result.evaluations}})
+            print(f"{args.method} seed {seed}: w1={result.best.w1:g} theta_alpha={result.best.theta_alpha:g} "
+                  f"theta_beta={result.best.theta_beta:g} (mIoU {100 * result.best_miou:.2f} on {len(ids)} "
+                  f"{args.split} images, {in_training} of them in the training split) -> {path}; "
+                  f"`run {args.method}+crf` uses them")
+
+    return _harness_errors(action)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -276,11 +359,11 @@ def _compare(args: argparse.Namespace) -> int:
     from benchmarks.engine import Distributed
     from benchmarks.recipes import PROFILES, get_recipe
     from benchmarks.records import load_counts, load_records, record_path
-    from benchmarks.run import RunPlan, run
+    from benchmarks.run import run
 
     _import_modules(args.imports)
     baselines = [b for b in args.baseline.split(",") if b]
-    profile = args.profile or ("paper" if (args.data or os.environ.get("SEGREPRO_DATA")) else "quick")
+    profile = _profile(args)
     source = resolve_dataset(args.data)
     base_recipe = get_recipe(args.recipe_from or baselines[0], profile)
     if args.new not in PROFILES[profile]:  # a new head runs with the baseline's recipe, on the same data
@@ -288,7 +371,7 @@ def _compare(args: argparse.Namespace) -> int:
         PROFILES[profile][args.new] = dataclasses.replace(
             base_recipe, method=args.new, init_from=None, train_only=None, cached_features=False,
             source=f"the {base_recipe.method} recipe ({base_recipe.source}), applied to {args.new}")
-    plan = RunPlan(profile, tuple(args.seeds), tuple(args.set), Path(args.results), Path(args.runs), args.workers)
+    plan = _plan(args, profile)
     run([args.new, *baselines], source, plan, Distributed.from_environment(args.device))
     records = {(r["method"], r["seed"]): r for r in load_records(Path(args.results))
                if r["profile"] == profile and r["dataset"]["name"] == source.name}
@@ -313,7 +396,7 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf") -> None:
     p.add_argument("--data", help="folder holding VOCdevkit (default $SEGREPRO_DATA; else the embedded dataset)")
     p.add_argument("--profile", choices=["paper", "quick"], help="default: paper with VOC data, quick without")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -322,7 +405,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs", help="checkpoints, weights and logs (not committed)")
     p.add_argument("--import", dest="imports", action="append", default=[], help="module registering new methods")
+    p.add_argument("--crf-backend", choices=["pydensecrf", "torch"], default=crf_backend,
+                   help=f"dense CRF: pydensecrf (the reference) or torch (same lattice, runs on the GPU); "
+                        f"default {crf_backend}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports")
     p.add_argument("--no-report", action="store_true")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("crf-search", help="DeepLab's CRF parameter search for METHOD; +crf then uses the result")
+    p.add_argument("method")
+    p.add_argument("--split", default="crfholdout", help="images to search on (default: the held-out list)")
+    p.add_argument("--images", type=int, default=100)
+    for name in ("w1", "theta_alpha", "theta_beta"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_floats, help="coarse grid (default: recipe)")
+    _add_run_options(p, crf_backend="torch")
+    p.set_defaults(func=cmd_crf_search)
     p = sub.add_parser("report", help="regenerate tables and reports/report.md from the records")
     p.add_argument("--results", default="results")
     p.add_argument("--reports", default="reports")

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["CRFParams", "dense_crf"]
+from benchmarks.permutohedral import PermutohedralLattice
+
+__all__ = ["BACKENDS", "CRFParams", "TorchDenseCRF", "check_inputs", "dense_crf", "dense_crf_batch"]
 
 
 @dataclass(frozen=True)
@@ -41,37 +43,59 @@ class CRFParams:
         return cls(**values)
 
 
-def _check(image: np.ndarray, probabilities: torch.Tensor | np.ndarray) -> np.ndarray:
+BACKENDS = ("pydensecrf", "torch")
+
+
+def check_inputs(image: np.ndarray, probabilities: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The probabilities as a float32 tensor on their device, or a ValueError saying what is wrong."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be an H x W x 3 uint8 RGB array, got {getattr(image, 'dtype', type(image))} "
                          f"{getattr(image, 'shape', '')}")
-    probs = probabilities.detach().float().cpu().numpy() if isinstance(probabilities, torch.Tensor) \
-        else np.asarray(probabilities)
-    if probs.dtype not in (np.float32, np.float64) or probs.ndim != 3:
-        raise ValueError(f"probabilities must be a float C x H x W array, got {probs.dtype} {probs.shape}")
-    if probs.shape[1:] != image.shape[:2]:
+    probs = probabilities if isinstance(probabilities, torch.Tensor) else torch.from_numpy(np.asarray(probabilities))
+    if probs.dtype not in (torch.float32, torch.float64) or probs.ndim != 3:
+        raise ValueError(f"probabilities must be a float32/float64 C x H x W array, got {probs.dtype} "
+                         f"{tuple(probs.shape)}")
+    if tuple(probs.shape[1:]) != image.shape[:2]:
         raise ValueError(f"probabilities are {probs.shape[2]}x{probs.shape[1]} but the image is "
                          f"{image.shape[1]}x{image.shape[0]}; they must match")
-    if not np.isfinite(probs).all():
+    probs = probs.detach().float()
+    if not bool(torch.isfinite(probs).all()):
         raise ValueError("probabilities contain NaN or infinity")
     sums = probs.sum(0)
-    if (probs < 0).any() or np.abs(sums - 1).max() > 1e-3:
+    if bool((probs < 0).any()) or float((sums - 1).abs().max()) > 1e-3:
         raise ValueError(f"probabilities must be a softmax (non-negative, summing to 1 over classes); sums range "
-                         f"{sums.min():.4f}..{sums.max():.4f}")
-    return probs.astype(np.float32)
+                         f"{float(sums.min()):.4f}..{float(sums.max()):.4f}")
+    return probs
 
 
 def dense_crf(image: np.ndarray, probabilities: torch.Tensor | np.ndarray, params: CRFParams = CRFParams(),
               backend: str = "pydensecrf") -> torch.Tensor:
     """Refined ``C x H x W`` probabilities for ``image`` (``H x W x 3`` uint8 RGB) and the
-    network's softmax ``probabilities`` (``C x H x W``)."""
-    probs = _check(image, probabilities)
-    if backend != "pydensecrf":
-        raise ValueError(f"unknown CRF backend {backend!r}; available: pydensecrf")
+    network's softmax ``probabilities`` (``C x H x W``), on the probabilities' device."""
+    return dense_crf_batch([image], [probabilities], params, backend)[0]
+
+
+def dense_crf_batch(images: list[np.ndarray], probabilities: list[torch.Tensor | np.ndarray],
+                    params: CRFParams = CRFParams(), backend: str = "pydensecrf") -> list[torch.Tensor]:
+    """``dense_crf`` of several images (sizes may differ). The ``torch`` backend builds one lattice
+    for all of them (they never interact) and runs their mean-field iterations together."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown CRF backend {backend!r}; available: {', '.join(BACKENDS)}")
+    if len(images) != len(probabilities):
+        raise ValueError(f"{len(images)} images but {len(probabilities)} probability maps")
+    checked = [check_inputs(image, probs) for image, probs in zip(images, probabilities, strict=True)]
+    if backend == "torch":
+        return TorchDenseCRF(images, checked).refine(params)
+    return [_pydensecrf(image, probs, params).to(probs.device) for image, probs in zip(images, checked, strict=True)]
+
+
+def _pydensecrf(image: np.ndarray, probs: torch.Tensor, params: CRFParams) -> torch.Tensor:
     try:
         import pydensecrf.densecrf as densecrf
     except ImportError:
-        raise ImportError("the pydensecrf backend needs `pip install pydensecrf2` (builds from source)") from None
+        raise ImportError("the pydensecrf backend needs `pip install pydensecrf2` (builds from source); "
+                          "or use backend='torch'") from None
+    probs = probs.cpu().numpy()
     classes, height, width = probs.shape
     crf = densecrf.DenseCRF2D(width, height, classes)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(probs, 1e-8, 1.0)).reshape(classes, -1)))
@@ -79,5 +103,60 @@ def dense_crf(image: np.ndarray, probabilities: torch.Tensor | np.ndarray, param
     crf.addPairwiseBilateral(sxy=params.theta_alpha, srgb=params.theta_beta, rgbim=np.ascontiguousarray(image),
                              compat=params.w1)
     refined = np.array(crf.inference(params.iterations), dtype=np.float32).reshape(classes, height, width)
-    device = probabilities.device if isinstance(probabilities, torch.Tensor) else "cpu"
-    return torch.from_numpy(refined).to(device)
+    return torch.from_numpy(refined)
+
+
+class _NormalizedKernel:
+    """``K v`` with the reference's symmetric normalisation ``D^-1/2 K D^-1/2``, ``D = K 1``."""
+
+    def __init__(self, features: torch.Tensor, segments: torch.Tensor) -> None:
+        self.lattice = PermutohedralLattice(features, segments)
+        ones = torch.ones(features.shape[0], 1, device=features.device)
+        self.norm = torch.rsqrt(self.lattice.filter(ones) + 1e-20)
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        return self.lattice.filter(values * self.norm) * self.norm
+
+
+class TorchDenseCRF:
+    """The ``torch`` backend for a fixed batch of images: the lattices are built once per kernel
+    width and reused across ``refine`` calls (a parameter search changes only the weights most of
+    the time). Krähenbühl & Koltun's mean field:
+    ``Q = softmax(-U + w2 K_gauss Q + w1 K_bilateral Q)``, ``U = -log p``."""
+
+    def __init__(self, images: list[np.ndarray], probabilities: list[torch.Tensor]) -> None:
+        self.device = probabilities[0].device
+        self.shapes = [tuple(p.shape) for p in probabilities]
+        classes = self.shapes[0][0]
+        if any(shape[0] != classes for shape in self.shapes):
+            raise ValueError("all probability maps of a batch must have the same number of classes")
+        positions, colours, segments = [], [], []
+        for index, (image, (_, height, width)) in enumerate(zip(images, self.shapes, strict=True)):
+            rows, cols = torch.meshgrid(torch.arange(height, device=self.device, dtype=torch.float32),
+                                        torch.arange(width, device=self.device, dtype=torch.float32), indexing="ij")
+            positions.append(torch.stack([cols.reshape(-1), rows.reshape(-1)], 1))
+            colours.append(torch.from_numpy(image.reshape(-1, 3)).to(self.device).float())
+            segments.append(torch.full((height * width,), index, device=self.device, dtype=torch.long))
+        self.position, self.colour, self.segment = torch.cat(positions), torch.cat(colours), torch.cat(segments)
+        self.unary = torch.cat([-torch.log(p.clamp(1e-8, 1.0)).reshape(classes, -1).t() for p in probabilities])
+        self._kernels: dict[tuple[float, ...], _NormalizedKernel] = {}
+
+    def _kernel(self, *widths: float) -> _NormalizedKernel:
+        if widths not in self._kernels:
+            if len(self._kernels) >= 2:  # the smoothness kernel and the current appearance kernel
+                self._kernels = {k: v for k, v in self._kernels.items() if len(k) == 1}
+            if len(widths) == 1:
+                features = self.position / widths[0]
+            else:
+                features = torch.cat([self.position / widths[0], self.colour / widths[1]], 1)
+            self._kernels[widths] = _NormalizedKernel(features, self.segment)
+        return self._kernels[widths]
+
+    def refine(self, params: CRFParams) -> list[torch.Tensor]:
+        smoothness = self._kernel(params.theta_gamma)
+        appearance = self._kernel(params.theta_alpha, params.theta_beta)
+        q = torch.softmax(-self.unary, 1)
+        for _ in range(params.iterations):
+            q = torch.softmax(-self.unary + params.w2 * smoothness(q) + params.w1 * appearance(q), 1)
+        parts = q.split([height * width for _, height, width in self.shapes])
+        return [part.t().reshape(shape).contiguous() for part, shape in zip(parts, self.shapes, strict=True)]

@@ -44,7 +44,7 @@ from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, voc_palette
 
 __all__ = ["CACHE_ENV_VAR", "CONTEXT_PAIRS", "EmbeddedConfig", "embedded_root", "generate", "render_sample"]
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 CACHE_ENV_VAR = "SEGREPRO_CACHE"
 
 CONTEXT_PAIRS = ((4, 7), (3, 1), (17, 10))
@@ -63,6 +63,7 @@ class EmbeddedConfig:
     seed: int = 0
     train_images: int = 300
     val_images: int = 100
+    crf_holdout_images: int = 100  # `crfholdout`: never trained on, for `crf-search`
     height: int = 96
     width: int = 128
     cue_height: int = 20  # the top strip holding the scene's cue object
@@ -228,6 +229,7 @@ def generate(config: EmbeddedConfig, destination: Path) -> dict[str, object]:
         folder.mkdir(parents=True, exist_ok=True)
     splits = {"train": range(config.train_images),
               "val": range(config.train_images, config.train_images + config.val_images)}
+    splits["crfholdout"] = range(splits["val"].stop, splits["val"].stop + config.crf_holdout_images)
     digest: dict[str, str] = {}
     scenes: dict[str, int] = {}
     for split, indices in splits.items():
@@ -237,12 +239,13 @@ def generate(config: EmbeddedConfig, destination: Path) -> dict[str, object]:
             jpeg, png = _encode(image, label, config.jpeg_quality)
             files = {folders["JPEGImages"] / f"{image_id}.jpg": jpeg,
                      folders["SegmentationClass"] / f"{image_id}.png": png}
-            if split == "train":
+            if split != "val":
                 files[folders["SegmentationClassAug"] / f"{image_id}.png"] = png
             for path, data in files.items():
                 path.write_bytes(data)
                 digest[str(path.relative_to(destination))] = hashlib.sha256(data).hexdigest()
-    lists = {"train.txt": splits["train"], "val.txt": splits["val"], "trainaug.txt": splits["train"]}
+    lists = {"train.txt": splits["train"], "val.txt": splits["val"], "trainaug.txt": splits["train"],
+             "crfholdout.txt": splits["crfholdout"]}
     for name, indices in lists.items():
         path = voc / "ImageSets" / "Segmentation" / name
         data = "".join(f"embedded_{i:06d}\n" for i in indices).encode()

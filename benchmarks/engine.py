@@ -372,6 +372,16 @@ class Evaluation:
     confusion: np.ndarray
 
 
+def class_probabilities(model: nn.Module, image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The softmax (``C x H x W``, float32) of ``model`` on one ``3 x H x W`` uint8 image, in
+    bf16 autocast on CUDA."""
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
+        scores = model(model.input_convention.normalize(image[None].to(device)))
+    return torch.softmax(scores.float(), dim=1)[0]
+
+
 def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
              refine: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None,
              progress: Callable[[str], None] = print) -> Evaluation:
@@ -382,14 +392,10 @@ def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
     confusion = ConfusionMatrix(NUM_CLASSES, device=device)
     dataset = SegmentationDataset(split)
     ids, counts = [], []
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     with torch.inference_mode():
         for index in ShardSampler(len(dataset), dist_info.rank, dist_info.world_size):
             image, label, image_id = dataset[index]
-            with autocast:
-                scores = model(model.input_convention.normalize(image[None].to(device)))
-            probabilities = torch.softmax(scores.float(), dim=1)[0]
+            probabilities = class_probabilities(model, image, device)
             if refine is not None:
                 probabilities = refine(image.permute(1, 2, 0).numpy(), probabilities)
             prediction = probabilities.argmax(0)

@@ -54,6 +54,9 @@ class Recipe:
     cached_features: bool = False  # train the head on cached outputs of the frozen part
     crf: tuple[tuple[str, float], ...] = (("w1", 5.0), ("theta_alpha", 50.0), ("theta_beta", 3.0),
                                           ("w2", 3.0), ("theta_gamma", 3.0), ("iterations", 10.0))
+    crf_grid: tuple[tuple[str, tuple[float, ...]], ...] = (  # crf-search: DeepLab's coarse grid (SPEC 5)
+        ("w1", (5.0, 6.0, 7.0, 8.0, 9.0, 10.0)), ("theta_alpha", (50.0, 60.0, 70.0, 80.0, 90.0, 100.0)),
+        ("theta_beta", (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)))
     log_every: int = 20
     checkpoint_every: int = 500
 
@@ -99,6 +102,7 @@ def _quick(recipe: Recipe) -> Recipe:
         flip=True, pretrained=False, width=1 / 16, dropout=0.0, log_every=20, checkpoint_every=100,
         crf=(("w1", 5.0), ("theta_alpha", 20.0), ("theta_beta", 5.0), ("w2", 3.0), ("theta_gamma", 3.0),
              ("iterations", 10.0)),
+        crf_grid=(("w1", (3.0, 5.0, 8.0)), ("theta_alpha", (10.0, 20.0, 40.0)), ("theta_beta", (3.0, 5.0, 10.0))),
     )
 
 

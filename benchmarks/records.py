@@ -65,6 +65,14 @@ def write_record(path: Path, record: dict[str, object], counts: np.ndarray, imag
     os.replace(temporary, path)
 
 
+def update_record(path: Path, fields: dict[str, object]) -> None:
+    """Add or replace top-level ``fields`` of the record at ``path`` (atomically; counts untouched)."""
+    record = {**json.loads(path.read_text()), **fields}
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(record, indent=1))
+    os.replace(temporary, path)
+
+
 def load_records(results: Path) -> list[dict[str, object]]:
     """Every record under ``results/records`` (plus ``path``), sorted by method and seed."""
     records = []

@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from benchmarks.engine import Distributed, Evaluation, build_model, evaluate, lo
 from benchmarks.recipes import Recipe, apply_overrides, get_recipe
 from benchmarks.records import git_commit, hardware, record_path, write_record
 
-__all__ = ["RunPlan", "expand_targets", "run"]
+__all__ = ["RunPlan", "expand_targets", "run", "searched_crf"]
 
 CRF_SUFFIX = "+crf"
 
@@ -32,6 +32,7 @@ class RunPlan:
     runs: Path = Path("runs")
     workers: int = 0
     rerun: bool = False
+    crf_backend: str = "pydensecrf"  # the reference; "torch" agrees with it (tests/test_crf.py) and runs on the GPU
 
 
 def expand_targets(names: list[str], profile: str, overrides: tuple[str, ...] = ()) -> list[str]:
@@ -85,13 +86,16 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
             run_dir = plan.runs / f"{plan.profile}-{source.name}" / base / f"seed{seed}"
             weights = run_dir / "weights.pt"
             supersede = plan.rerun
+            crf, crf_source = searched_crf(plan, source, base, seed, recipe) if target.endswith(CRF_SUFFIX) \
+                else (None, None)
             if path.exists() and not plan.rerun and target in targets:
-                if weights.is_file() and _recorded_weights(path) == file_sha256(weights):
+                if weights.is_file() and _recorded_weights(path) == file_sha256(weights) and \
+                        _recorded_crf(path) == (asdict(crf) if crf else None):
                     progress(f"{target} seed {seed}: record {path} exists; reusing it (--rerun to replace)")
                     continue
                 progress(f"{target} seed {seed}: record {path} was not produced from {weights} (missing or "
-                         "retrained, e.g. the record shipped with the repository); scoring again, the old record is "
-                         "kept as .json.superseded")
+                         "retrained, e.g. the record shipped with the repository) or with other CRF parameters; "
+                         "scoring again, the old record is kept as .json.superseded")
                 supersede = True
             train_seconds = 0.0
             if not weights.is_file() or (plan.rerun and target == base and target in targets):
@@ -106,17 +110,19 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
                 continue  # a dependency only: trained, not scored
             if path.exists() and not supersede:
                 continue
-            model = build_model(_fresh(recipe))
+            model = build_model(architecture_recipe(recipe))
             model.load_state_dict(load_weights(weights))
             model.to(dist_info.device)
-            crf = CRFParams.from_pairs(recipe.crf) if target.endswith(CRF_SUFFIX) else None
-            refine = (lambda image, probs, params=crf: dense_crf(image, probs, params)) if crf else None
+            refine = (lambda image, probs, params=crf: dense_crf(image, probs, params, plan.crf_backend)) \
+                if crf else None
             started = time.perf_counter()
             result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, progress)
             eval_seconds = time.perf_counter() - started
             if dist_info.is_main:
                 record = _record(target, recipe, source, plan, seed, result, model, crf, dist_info, weights,
                                  {"train": round(train_seconds, 1), "evaluate": round(eval_seconds, 1)})
+                if crf is not None:
+                    record.update(crf_source=crf_source, crf_backend=plan.crf_backend)
                 write_record(path, record, result.counts, result.image_ids, overwrite=supersede)
                 written.append(path)
                 progress(f"{target} seed {seed}: mIoU {100 * result.metrics['miou']:.2f} -> {path}")
@@ -135,7 +141,24 @@ def _recorded_weights(path: Path) -> str | None:
     return json.loads(path.read_text()).get("trained_weights_sha256")
 
 
-def _fresh(recipe: Recipe) -> Recipe:
+def _recorded_crf(path: Path) -> dict[str, object] | None:
+    return json.loads(path.read_text()).get("crf")
+
+
+def searched_crf(plan: RunPlan, source: DatasetSource, base: str, seed: int, recipe: Recipe) -> tuple[CRFParams, str]:
+    """The CRF parameters of ``base``'s ``+crf`` variant: those ``crf-search`` wrote into the base
+    record when it matches the trained weights, else the recipe's."""
+    path = record_path(plan.results, plan.profile, source.name, base, seed)
+    weights = plan.runs / f"{plan.profile}-{source.name}" / base / f"seed{seed}" / "weights.pt"
+    if path.is_file() and weights.is_file():
+        record = json.loads(path.read_text())
+        found = record.get("crf_search")
+        if found and found["trained_weights_sha256"] == file_sha256(weights):
+            return CRFParams(**found["best"]), f"crf-search on {found['images']} {found['split']} images ({path})"
+    return CRFParams.from_pairs(recipe.crf), "recipe"
+
+
+def architecture_recipe(recipe: Recipe) -> Recipe:
     """The architecture alone (weights come from the trained run), without ImageNet download."""
     from dataclasses import replace
 
@@ -145,8 +168,6 @@ def _fresh(recipe: Recipe) -> Recipe:
 def _record(target: str, recipe: Recipe, source: DatasetSource, plan: RunPlan, seed: int, result: Evaluation,
             model: torch.nn.Module, crf: CRFParams | None, dist_info: Distributed, weights: Path,
             wall_time: dict[str, float]) -> dict[str, object]:
-    from dataclasses import asdict
-
     comparable, reason = _comparable(source, recipe, plan.overrides, recipe.pretrained)
     return {
         "schema": 1,

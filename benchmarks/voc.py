@@ -44,6 +44,7 @@ SPLITS = {
                  "SegmentationClassAug"),
     "seg11valid": (("Segmentation/seg11valid.txt",), "SegmentationClass"),
     "sbdtrain": (("Segmentation/sbdtrain.txt",), "SegmentationClassAug"),
+    "crfholdout": (("Segmentation/crfholdout.txt",), "SegmentationClassAug"),
 }
 
 

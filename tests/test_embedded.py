@@ -18,7 +18,7 @@ from benchmarks.embedded import (
 )
 from benchmarks.voc import VOCSplit, read_image, read_label
 
-SMALL = EmbeddedConfig(seed=3, train_images=12, val_images=6, height=64, width=80)
+SMALL = EmbeddedConfig(seed=3, train_images=12, val_images=6, crf_holdout_images=4, height=64, width=80)
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -31,17 +31,17 @@ def test_two_generations_are_byte_identical(tmp_path):
     generate(SMALL, tmp_path / "b")
     first, second = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
     assert first == second
-    assert len([p for p in first if p.endswith(".jpg")]) == 18
+    assert len([p for p in first if p.endswith(".jpg")]) == 22
     generate(EmbeddedConfig(**{**SMALL.__dict__, "seed": 4}), tmp_path / "c")
     assert _tree_digest(tmp_path / "c") != first
 
 
 def test_loader_round_trips_the_generated_tree(tmp_path):
     root = embedded_root(SMALL, cache_dir=tmp_path)
-    train, val = VOCSplit(root, "train"), VOCSplit(root, "val")
-    assert (len(train), len(val), len(VOCSplit(root, "trainaug"))) == (12, 6, 12)
-    assert not set(train.ids) & set(val.ids)
-    for split, offset in ((train, 0), (val, 12)):
+    train, val, holdout = VOCSplit(root, "train"), VOCSplit(root, "val"), VOCSplit(root, "crfholdout")
+    assert (len(train), len(val), len(VOCSplit(root, "trainaug")), len(holdout)) == (12, 6, 12, 4)
+    assert not set(train.ids) & set(val.ids) and not set(holdout.ids) & (set(train.ids) | set(val.ids))
+    for split, offset in ((train, 0), (val, 12), (holdout, 18)):
         for index in range(len(split)):
             sample = split[index]
             image, label, _ = render_sample(SMALL, offset + index)

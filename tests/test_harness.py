@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.check import check_records, load_references
 from benchmarks.compare import miou_from_counts, paired_bootstrap, seed_interval
@@ -274,3 +275,48 @@ def test_compare_bad_input_is_a_clear_error(tmp_path, env):
     assert "Traceback" not in unknown.stderr
     missing = _cli(["compare", "deeplab_v1", "--baseline", "fcn8s", "--data", str(tmp_path / "nowhere")], env)
     assert missing.returncode == 2 and "holds no VOC 2012 tree" in missing.stderr
+
+
+def test_crf_search_writes_parameters_that_crf_runs_use(tmp_path, env, monkeypatch):
+    """DeepLab's protocol on the held-out images: coarse grid then half steps around the best; the
+    chosen point is written into the network's record and `run NAME+crf` scores with it. The
+    recorded mIoU of the best point is recomputed here with the reference backend."""
+    from benchmarks.crf import CRFParams, dense_crf
+    from benchmarks.data import resolve_dataset
+    from benchmarks.engine import build_model, class_probabilities, load_weights
+    from benchmarks.evaluation import ConfusionMatrix
+
+    dirs = ["--results", str(tmp_path / "r"), "--runs", str(tmp_path / "w")]
+    search = _cli(["crf-search", "deeplab_v1", *TINY, *dirs, "--images", "6", "--w1", "3,6", "--theta-alpha",
+                   "10,20", "--theta-beta", "5"], env)
+    assert search.returncode == 0, search.stderr[-2000:]
+    record = next(r for r in load_records(tmp_path / "r") if r["method"] == "deeplab_v1")
+    found = record["crf_search"]
+    assert found["split"] == "crfholdout" and found["images"] == 6 and found["images_in_training_split"] == 0
+    tried = [(e["w1"], e["theta_alpha"], e["theta_beta"]) for e in found["evaluations"]]
+    assert set(tried[:4]) == {(3.0, 10.0, 5.0), (6.0, 10.0, 5.0), (3.0, 20.0, 5.0), (6.0, 20.0, 5.0)}
+    best = found["best"]
+    coarse_best = max(found["evaluations"][:4], key=lambda e: e["miou"])
+    fine = {(w1, ta) for w1 in (coarse_best["w1"] - 1.5, coarse_best["w1"], coarse_best["w1"] + 1.5)
+            for ta in (coarse_best["theta_alpha"] - 5, coarse_best["theta_alpha"], coarse_best["theta_alpha"] + 5)}
+    assert {(w1, ta) for w1, ta, _ in tried[4:]} == fine - {(coarse_best["w1"], coarse_best["theta_alpha"])}
+    assert found["miou"] == max(e["miou"] for e in found["evaluations"])
+    assert (best["w2"], best["theta_gamma"], best["iterations"]) == (3.0, 3.0, 10)
+
+    monkeypatch.setenv("SEGREPRO_CACHE", env["SEGREPRO_CACHE"])
+    split = resolve_dataset(None).split("crfholdout")
+    model = build_model(apply_overrides(get_recipe("deeplab_v1", "quick"), ["pretrained=false"]))
+    model.load_state_dict(load_weights(tmp_path / "w" / "quick-embedded" / "deeplab_v1" / "seed0" / "weights.pt"))
+    matrix = ConfusionMatrix(21)
+    for image_id in split.ids[:6]:
+        sample = split[split.ids.index(image_id)]
+        probs = class_probabilities(model.eval(), torch.from_numpy(sample.image).permute(2, 0, 1), torch.device("cpu"))
+        matrix.update(dense_crf(sample.image, probs, CRFParams(**best), "pydensecrf").argmax(0),
+                      torch.from_numpy(sample.label))
+    assert matrix.metrics()["miou"] == pytest.approx(found["miou"], abs=2e-3)
+
+    scored = _cli(["run", "deeplab_v1+crf", *TINY, *dirs, "--no-report"], env)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    crf_record = next(r for r in load_records(tmp_path / "r") if r["method"] == "deeplab_v1+crf")
+    assert crf_record["crf"] == best and crf_record["crf_source"].startswith("crf-search on 6 crfholdout images")
+    assert crf_record["crf_backend"] == "pydensecrf"

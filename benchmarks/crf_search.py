@@ -1,0 +1,89 @@
+"""DeepLab v1's dense-CRF parameter search (Chen et al., ICLR 2015, Sec 4.1; SPEC section 5):
+w2 = 3 and θγ = 3 fixed; w1, θα, θβ chosen by mIoU on 100 held-out images, coarse to fine (a
+grid, then a grid of half the step around the best point)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchmarks.crf import CRFParams, TorchDenseCRF, check_inputs, dense_crf
+from benchmarks.evaluation import ConfusionMatrix
+
+__all__ = ["SEARCHED", "SearchResult", "candidates", "finer_grid", "search"]
+
+SEARCHED = ("w1", "theta_alpha", "theta_beta")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    best: CRFParams
+    best_miou: float
+    evaluations: list[dict[str, float]]  # every point tried, in order, with its mIoU
+
+
+def candidates(grid: dict[str, Sequence[float]], fixed: CRFParams) -> list[CRFParams]:
+    """Every point of ``grid`` (over ``SEARCHED``), the other parameters from ``fixed``; ordered
+    so that points sharing an appearance kernel (θα, θβ) are adjacent."""
+    unknown = set(grid) - set(SEARCHED)
+    if unknown or not all(grid.get(name) for name in SEARCHED):
+        raise ValueError(f"a CRF search grid needs values for {SEARCHED}, got {sorted(grid)}")
+    return [dataclasses.replace(fixed, theta_alpha=ta, theta_beta=tb, w1=w1)
+            for ta, tb, w1 in itertools.product(grid["theta_alpha"], grid["theta_beta"], grid["w1"])]
+
+
+def finer_grid(grid: dict[str, Sequence[float]], best: CRFParams) -> dict[str, tuple[float, ...]]:
+    """Around ``best``: half the coarse step on each side (a single coarse value stays fixed)."""
+    finer = {}
+    for name in SEARCHED:
+        values = sorted(set(grid[name]))
+        centre = getattr(best, name)
+        if len(values) == 1:
+            finer[name] = (centre,)
+            continue
+        half = min(b - a for a, b in itertools.pairwise(values)) / 2
+        finer[name] = tuple(v for v in (centre - half, centre, centre + half) if v > 0)
+    return finer
+
+
+def _scores(images: list[np.ndarray], probabilities: list[torch.Tensor], labels: list[np.ndarray],
+            points: list[CRFParams], backend: str, chunk: int) -> list[float]:
+    matrices = [ConfusionMatrix(probabilities[0].shape[0], device=probabilities[0].device) for _ in points]
+    for start in range(0, len(images), chunk):
+        part = slice(start, start + chunk)
+        targets = [torch.from_numpy(label).to(probabilities[0].device) for label in labels[part]]
+        crf = TorchDenseCRF(images[part], probabilities[part]) if backend == "torch" else None
+        for point, matrix in zip(points, matrices, strict=True):
+            refined = crf.refine(point) if crf is not None else \
+                [dense_crf(image, p, point, backend) for image, p in zip(images[part], probabilities[part],
+                                                                            strict=True)]
+            for q, target in zip(refined, targets, strict=True):
+                matrix.update(q.argmax(0), target)
+    return [float(matrix.metrics()["miou"]) for matrix in matrices]
+
+
+def search(images: list[np.ndarray], probabilities: list[torch.Tensor], labels: list[np.ndarray],
+           grid: dict[str, Sequence[float]], fixed: CRFParams | None = None, backend: str = "torch",
+           chunk: int = 16, progress: Callable[[str], None] = print) -> SearchResult:
+    """The coarse grid, then the finer grid around its best point; ties go to the earlier point.
+    ``fixed`` supplies w2, θγ and the iterations (default: DeepLab's w2 = 3, θγ = 3, 10)."""
+    fixed = fixed or CRFParams()
+    probabilities = [check_inputs(image, p) for image, p in zip(images, probabilities, strict=True)]
+    evaluations: list[dict[str, float]] = []
+    best, best_miou = fixed, -1.0
+    for stage, stage_grid in (("coarse", grid), ("fine", None)):
+        points = candidates(stage_grid or finer_grid(grid, best), fixed)
+        points = [p for p in points if not any(all(e[n] == getattr(p, n) for n in SEARCHED) for e in evaluations)]
+        progress(f"crf-search {stage}: {len(points)} points x {len(images)} images ({backend} backend)")
+        for point, miou in zip(points, _scores(images, probabilities, labels, points, backend, chunk), strict=True):
+            evaluations.append({**{n: getattr(point, n) for n in SEARCHED}, "miou": miou})
+            if miou > best_miou:
+                best, best_miou = point, miou
+        progress(f"crf-search {stage}: best w1={best.w1:g} theta_alpha={best.theta_alpha:g} "
+                 f"theta_beta={best.theta_beta:g}, mIoU {100 * best_miou:.2f}")
+    return SearchResult(best, best_miou, evaluations)
