@@ -61,7 +61,7 @@ class EmbeddedConfig:
     """The knobs of the generated dataset (all sizes in pixels)."""
 
     seed: int = 0
-    train_images: int = 300
+    train_images: int = 1500  # 300 let the context modules memorise their cached inputs (measured)
     val_images: int = 100
     crf_holdout_images: int = 100  # `crfholdout`: never trained on, for `crf-search`
     height: int = 96

@@ -1,0 +1,116 @@
+"""Dense-CRF speed: ms per 500x375 image, 21 labels, 10 mean-field iterations, for each backend,
+as a ratio against pydensecrf measured in the same run.
+
+    python -m benchmarks.bench_crf [--repeats 5] [--batch 8] [--json]
+
+The probabilities are a smooth random field (blurred random logits); the image is a genuine VOC
+image when ``../shared/data/voc-real-mini`` or ``--image`` is there, else a synthetic one. The
+time includes building the lattices (they depend on the image) and excludes the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmarks.crf import CRFParams, TorchDenseCRF, dense_crf
+
+__all__ = ["crf_timings"]
+
+HEIGHT, WIDTH, CLASSES = 375, 500, 21
+_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/voc-real-mini/VOCdevkit/VOC2012/JPEGImages/2007_000123.jpg"
+
+
+def _inputs(image_path: Path | None, seed: int = 0) -> tuple[np.ndarray, torch.Tensor, str]:
+    generator = torch.Generator().manual_seed(seed)
+    path = image_path or (_SAMPLE if _SAMPLE.is_file() else None)
+    if path is not None:
+        from PIL import Image
+
+        with Image.open(path) as opened:
+            image = np.array(opened.convert("RGB").resize((WIDTH, HEIGHT)))
+        origin = str(path)
+    else:
+        image = torch.randint(0, 256, (HEIGHT // 25, WIDTH // 25, 3), generator=generator, dtype=torch.uint8)
+        image = F.interpolate(image.permute(2, 0, 1)[None].float(), (HEIGHT, WIDTH), mode="bilinear")[0]
+        image = image.permute(1, 2, 0).round().to(torch.uint8).numpy()
+        origin = "synthetic"
+    logits = torch.randn(1, CLASSES, HEIGHT // 8, WIDTH // 8, generator=generator) * 3
+    probs = torch.softmax(F.interpolate(logits, (HEIGHT, WIDTH), mode="bilinear")[0], 0)
+    return image, probs, origin
+
+
+def _time(call, device: torch.device, repeats: int) -> float:
+    call()  # warm-up (allocations, cuSPARSE handles)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def crf_timings(repeats: int = 3, batch: int = 8, image_path: Path | None = None,
+                devices: list[str] | None = None) -> dict[str, object]:
+    """Median ms per image for pydensecrf (when installed) and the torch backend on each device
+    (one image per call, and ``batch`` images per call)."""
+    image, probs, origin = _inputs(image_path)
+    params = CRFParams()
+    devices = devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    rows = []
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+        seconds = _time(lambda: dense_crf(image, probs, params, "pydensecrf"), torch.device("cpu"), repeats)
+        rows.append({"backend": "pydensecrf", "device": "cpu (1 thread)", "images_per_call": 1,
+                     "ms_per_image": 1000 * seconds})
+    except ImportError:
+        pass
+    for name in devices:
+        device = torch.device(name)
+        on_device = probs.to(device)
+        for count in sorted({1, batch}):
+            images, maps = [image] * count, [on_device] * count
+            seconds = _time(lambda images=images, maps=maps: TorchDenseCRF(images, maps).refine(params), device,
+                            repeats)
+            label = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+                f"cpu ({torch.get_num_threads()} threads)"
+            rows.append({"backend": "torch", "device": label, "images_per_call": count,
+                         "ms_per_image": 1000 * seconds / count})
+    reference = next((r["ms_per_image"] for r in rows if r["backend"] == "pydensecrf"), None)
+    for row in rows:
+        row["speedup_vs_pydensecrf"] = reference / row["ms_per_image"] if reference else None
+    return {"image": origin, "size": f"{WIDTH}x{HEIGHT}", "labels": CLASSES, "iterations": params.iterations,
+            "params": params.__dict__, "repeats": repeats, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image", type=Path)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = crf_timings(args.repeats, args.batch, args.image)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"dense CRF, {result['size']}, {result['labels']} labels, {result['iterations']} iterations, "
+          f"image: {result['image']}")
+    for row in result["rows"]:
+        ratio = f"{row['speedup_vs_pydensecrf']:.2f}x" if row["speedup_vs_pydensecrf"] else "n/a"
+        print(f"  {row['backend']:<11} {row['device']:<28} {row['images_per_call']:>2} img/call  "
+              f"{row['ms_per_image']:9.1f} ms/image  {ratio} vs pydensecrf")
+
+
+if __name__ == "__main__":
+    main()
