@@ -21,28 +21,32 @@ import torch.nn.functional as F
 
 from benchmarks.crf import CRFParams, TorchDenseCRF, dense_crf
 
-__all__ = ["crf_timings"]
+__all__ = ["crf_inputs", "crf_timings"]
 
 HEIGHT, WIDTH, CLASSES = 375, 500, 21
 _SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/voc-real-mini/VOCdevkit/VOC2012/JPEGImages/2007_000123.jpg"
 
 
-def _inputs(image_path: Path | None, seed: int = 0) -> tuple[np.ndarray, torch.Tensor, str]:
+def crf_inputs(image_path: Path | None = None, height: int = HEIGHT, width: int = WIDTH, seed: int = 0
+               ) -> tuple[np.ndarray, torch.Tensor, str]:
+    """An image (``image_path``, else the genuine VOC sample when present, else smooth synthetic
+    colours; never i.i.d. noise, which gives the lattice one vertex per pixel) and a smooth
+    random softmax, ``height x width``."""
     generator = torch.Generator().manual_seed(seed)
     path = image_path or (_SAMPLE if _SAMPLE.is_file() else None)
     if path is not None:
         from PIL import Image
 
         with Image.open(path) as opened:
-            image = np.array(opened.convert("RGB").resize((WIDTH, HEIGHT)))
+            image = np.array(opened.convert("RGB").resize((width, height)))
         origin = str(path)
     else:
-        image = torch.randint(0, 256, (HEIGHT // 25, WIDTH // 25, 3), generator=generator, dtype=torch.uint8)
-        image = F.interpolate(image.permute(2, 0, 1)[None].float(), (HEIGHT, WIDTH), mode="bilinear")[0]
+        image = torch.randint(0, 256, (3, max(2, height // 25), max(2, width // 25)), generator=generator)
+        image = F.interpolate(image[None].float(), (height, width), mode="bilinear")[0]
         image = image.permute(1, 2, 0).round().to(torch.uint8).numpy()
         origin = "synthetic"
-    logits = torch.randn(1, CLASSES, HEIGHT // 8, WIDTH // 8, generator=generator) * 3
-    probs = torch.softmax(F.interpolate(logits, (HEIGHT, WIDTH), mode="bilinear")[0], 0)
+    logits = torch.randn(1, CLASSES, max(2, height // 8), max(2, width // 8), generator=generator) * 3
+    probs = torch.softmax(F.interpolate(logits, (height, width), mode="bilinear")[0], 0)
     return image, probs, origin
 
 
@@ -64,7 +68,7 @@ def crf_timings(repeats: int = 3, batch: int = 8, image_path: Path | None = None
                 devices: list[str] | None = None) -> dict[str, object]:
     """Median ms per image for pydensecrf (when installed) and the torch backend on each device
     (one image per call, and ``batch`` images per call)."""
-    image, probs, origin = _inputs(image_path)
+    image, probs, origin = crf_inputs(image_path)
     params = CRFParams()
     devices = devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
     rows = []

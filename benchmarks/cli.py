@@ -215,7 +215,7 @@ def _plan(args: argparse.Namespace, profile: str) -> RunPlan:
     from benchmarks.run import RunPlan
 
     return RunPlan(profile, tuple(args.seeds), tuple(args.set), Path(args.results), Path(args.runs), args.workers,
-                   getattr(args, "rerun", False), args.crf_backend)
+                   getattr(args, "rerun", False), args.crf_backend, args.eval_batch)
 
 
 def _profile(args: argparse.Namespace) -> str:
@@ -308,6 +308,41 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
                   f"`run {args.method}+crf` uses them")
 
     return _harness_errors(action)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.bench import SIZES, run_bench
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size = SIZES[args.size or ("paper" if device.type == "cuda" else "reduced")]
+    steps = args.steps or (10 if device.type == "cuda" else 2)
+    eval_images = args.eval_images or (50 if device.type == "cuda" else 4)
+    names = [n for n in args.methods.split(",") if n] if args.methods else None
+    eval_batch = args.eval_batch or (8 if device.type == "cuda" else 1)
+    result = run_bench(names, size, device, steps, eval_images, CRF_STAGE_METHODS, eval_batch,
+                       progress=lambda line: print(line, file=sys.stderr))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    peak = result["bf16_matmul_peak_tflops"]
+    print(f"device {result['device']}, torch {result['torch']}, {result['date']}, size {size.name} "
+          f"(images x{size.image_scale:g}, width {size.width:g}"
+          f"{f', batch <= {size.max_batch}' if size.max_batch else ''}); bf16 matmul peak "
+          f"{f'{peak:.0f} TFLOP/s' if peak else 'n/a (CPU)'}")
+    print("| method | batch | input | train img/s | GFLOP/step | TFLOP/s | of peak | eval 1,449 (s) | CRF ms/img |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        fraction = f"{100 * r['fraction_of_peak']:.0f}%" if r["fraction_of_peak"] else "n/a"
+        crf = f"{r['crf_ms_per_image']:.1f}" if "crf_ms_per_image" in r else ""
+        print(f"| {r['method']} | {r['batch']} | {'x'.join(map(str, r['input']))} | {r['train_images_per_s']:.1f} | "
+              f"{r['train_gflop_per_step']:.1f} | {r['train_tflops']:.3f} | {fraction} | {r['eval_s_1449']:.1f} | "
+              f"{crf} |")
+    if "projected_paper_profile_hours" in result:
+        print(f"projected paper profile (all methods, their recipes' iterations, scoring, +crf): "
+              f"{result['projected_paper_profile_hours']:.2f} h")
+    if size.name != "paper":
+        print("(reduced size: these figures are not the paper-size speed)")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -405,6 +440,7 @@ def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf"
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs", help="checkpoints, weights and logs (not committed)")
     p.add_argument("--import", dest="imports", action="append", default=[], help="module registering new methods")
+    p.add_argument("--eval-batch", type=int, default=1, help="images of one size scored together (GPU: 8-16)")
     p.add_argument("--crf-backend", choices=["pydensecrf", "torch"], default=crf_backend,
                    help=f"dense CRF: pydensecrf (the reference) or torch (same lattice, runs on the GPU); "
                         f"default {crf_backend}")
@@ -453,6 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_floats, help="coarse grid (default: recipe)")
     _add_run_options(p, crf_backend="torch")
     p.set_defaults(func=cmd_crf_search)
+    p = sub.add_parser("bench", help="training/evaluation/CRF speed of each paper recipe on synthetic VOC-size data")
+    p.add_argument("--methods", help="comma-separated (default: every method with a recipe)")
+    p.add_argument("--device", help="cuda, cpu (default: cuda when available)")
+    p.add_argument("--size", choices=["paper", "reduced"], help="default: paper on CUDA, reduced on the CPU")
+    p.add_argument("--steps", type=int, help="timed training steps per method (default 10 CUDA / 2 CPU)")
+    p.add_argument("--eval-images", type=int, help="images timed for the 1,449-image figure (default 50 / 4)")
+    p.add_argument("--eval-batch", type=int, help="images per forward pass when scoring (default 8 CUDA / 1 CPU)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("report", help="regenerate tables and reports/report.md from the records")
     p.add_argument("--results", default="results")
     p.add_argument("--reports", default="reports")

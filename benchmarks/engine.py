@@ -119,7 +119,8 @@ def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict[str, object]
             for (scale, decay), params in groups.items()]
 
 
-def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """SGD with momentum (the papers), or Adam (a named quick-profile option), over ``parameter_groups``."""
     groups = parameter_groups(model, recipe)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
@@ -247,6 +248,33 @@ def _frozen_features(model: nn.Module, dataset: SegmentationDataset, device: tor
     return cached
 
 
+def training_step(model: nn.Module, train_module: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                  labels: torch.Tensor, recipe: Recipe, dist_info: Distributed) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward (bf16 autocast, channels_last on CUDA), loss and backward of one batch; returns the
+    loss and the gradient norm as device tensors (no host sync). The caller steps ``optimizer``.
+    ``inputs`` are uint8 images, or cached stem outputs when ``recipe.cached_features``."""
+    device = dist_info.device
+    inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    with autocast:
+        if recipe.cached_features:
+            scores = model.final_upsample(train_module(inputs), labels[:, None])
+        else:
+            images = model.input_convention.normalize(inputs)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            scores = train_module(images)
+            if recipe.loss_on_score_map:
+                scores = scores[..., : labels.shape[-2], : labels.shape[-1]]
+        loss = _loss(scores, labels, recipe, dist_info.world_size)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                               float("inf"))
+    return loss, grad_norm
+
+
 def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_info: Distributed,
           dependency_weights: Path | None = None, workers: int = 0,
           progress: Callable[[str], None] = print) -> nn.Module:
@@ -258,7 +286,8 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
     model = build_model(recipe, dependency_weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, recipe)
+        torch.backends.cudnn.benchmark = recipe.crop is not None  # fixed input size: autotune once
+    optimizer = build_optimizer(model, recipe)
     checkpoint_path, start = run_dir / "checkpoint.pt", 0
     if checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -290,29 +319,12 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
     if recipe.train_only is not None:
         model.eval()
         train_module.train()
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     started, seen = time.perf_counter(), 0
     try:
         for iteration, (inputs, labels) in zip(range(start, recipe.iterations), batches, strict=False):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(recipe, iteration) * group["lr_scale"]
-            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast:
-                if recipe.cached_features:
-                    scores = model.final_upsample(wrapped(inputs), labels[:, None])
-                else:
-                    images = convention(inputs)
-                    if device.type == "cuda":
-                        images = images.contiguous(memory_format=torch.channels_last)
-                    scores = wrapped(images)
-                    if recipe.loss_on_score_map:
-                        scores = scores[..., : labels.shape[-2], : labels.shape[-1]]
-                loss = _loss(scores, labels, recipe, dist_info.world_size)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], float("inf"))
+            loss, grad_norm = training_step(model, wrapped, optimizer, inputs, labels, recipe, dist_info)
             seen += recipe.batch_size
             last = iteration + 1 == recipe.iterations
             checkpoint_due = (iteration + 1) % recipe.checkpoint_every == 0 and not last
@@ -372,46 +384,73 @@ class Evaluation:
     confusion: np.ndarray
 
 
-def class_probabilities(model: nn.Module, image: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The softmax (``C x H x W``, float32) of ``model`` on one ``3 x H x W`` uint8 image, in
-    bf16 autocast on CUDA."""
+def class_probabilities(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The softmax (float32) of ``model`` on uint8 ``images``: ``3 x H x W`` -> ``C x H x W``, or a
+    batch ``N x 3 x H x W`` -> ``N x C x H x W``; bf16 autocast and channels_last on CUDA."""
+    batch = images if images.ndim == 4 else images[None]
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
     with torch.inference_mode(), autocast:
-        scores = model(model.input_convention.normalize(image[None].to(device)))
-    return torch.softmax(scores.float(), dim=1)[0]
+        inputs = model.input_convention.normalize(batch.to(device, non_blocking=True))
+        if device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        probabilities = torch.softmax(model(inputs).float(), dim=1)
+    return probabilities if images.ndim == 4 else probabilities[0]
+
+
+def _image_counts(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """``3 x C`` (intersection, ground truth, prediction) pixel counts of one image, on the device
+    and without a host sync (ignored pixels go to an extra bin that is dropped)."""
+    valid = label != IGNORE_INDEX
+    bins = NUM_CLASSES + 1
+
+    def count(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(torch.where(keep, values, NUM_CLASSES).flatten(), minlength=bins)[:NUM_CLASSES]
+
+    return torch.stack([count(label, valid & (prediction == label)), count(label, valid), count(prediction, valid)])
 
 
 def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
              refine: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None,
-             progress: Callable[[str], None] = print) -> Evaluation:
+             progress: Callable[[str], None] = print, batch_size: int = 1) -> Evaluation:
     """Score ``split`` at full resolution, each image once (sharded under DDP). ``refine(image,
-    probabilities)`` post-processes the softmax (the dense CRF) before the argmax."""
+    probabilities)`` post-processes the softmax (the dense CRF) before the argmax. Images of the
+    same size go through the network ``batch_size`` at a time; counts stay on the device until
+    the end."""
     device = dist_info.device
     model.eval()
     confusion = ConfusionMatrix(NUM_CLASSES, device=device)
     dataset = SegmentationDataset(split)
     ids, counts = [], []
-    with torch.inference_mode():
-        for index in ShardSampler(len(dataset), dist_info.rank, dist_info.world_size):
-            image, label, image_id = dataset[index]
-            probabilities = class_probabilities(model, image, device)
+    buckets: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor, str]]] = {}
+
+    def score(bucket: list[tuple[torch.Tensor, torch.Tensor, str]]) -> None:
+        probabilities = class_probabilities(model, torch.stack([image for image, _, _ in bucket]), device)
+        for (image, label, image_id), probs in zip(bucket, probabilities, strict=True):
             if refine is not None:
-                probabilities = refine(image.permute(1, 2, 0).numpy(), probabilities)
-            prediction = probabilities.argmax(0)
-            label = label.to(device)
+                probs = refine(image.permute(1, 2, 0).numpy(), probs)
+            prediction = probs.argmax(0)
+            label = label.to(device, non_blocking=True)
             confusion.update(prediction, label, image_id)
-            valid = label != IGNORE_INDEX
-            gt = torch.bincount(label[valid], minlength=NUM_CLASSES)
-            pred = torch.bincount(prediction[valid], minlength=NUM_CLASSES)
-            inter = torch.bincount(label[valid & (prediction == label)], minlength=NUM_CLASSES)
             ids.append(image_id)
-            counts.append(torch.stack([inter, gt, pred]).cpu().numpy())
+            counts.append(_image_counts(prediction, label))
+
+    for index in ShardSampler(len(dataset), dist_info.rank, dist_info.world_size):
+        sample = dataset[index]
+        bucket = buckets.setdefault(tuple(sample[0].shape), [])
+        bucket.append(sample)
+        if len(bucket) == batch_size:
+            score(buckets.pop(tuple(sample[0].shape)))
+    for bucket in buckets.values():
+        score(bucket)
+    position = {image_id: i for i, image_id in enumerate(split.ids)}
+    host_counts = torch.stack(counts).cpu().numpy() if counts else []
+    pairs = sorted(zip(ids, host_counts, strict=True), key=lambda p: position[p[0]])
     confusion.all_reduce()
     if dist_info.world_size > 1:
         gathered: list[list] = [[] for _ in range(dist_info.world_size)]
-        dist.all_gather_object(gathered, list(zip(ids, counts, strict=True)))
-        pairs = sorted((p for part in gathered for p in part), key=lambda p: p[0])
-        ids, counts = [p[0] for p in pairs], [p[1] for p in pairs]
+        dist.all_gather_object(gathered, pairs)
+        pairs = sorted((p for part in gathered for p in part), key=lambda p: position[p[0]])
+    ids, counts = [p[0] for p in pairs], [p[1] for p in pairs]
     confusion.check_complete(split.ids)
     return Evaluation(confusion.metrics(), ids, np.stack(counts), confusion.matrix.cpu().numpy())

@@ -33,6 +33,7 @@ class RunPlan:
     workers: int = 0
     rerun: bool = False
     crf_backend: str = "pydensecrf"  # the reference; "torch" agrees with it (tests/test_crf.py) and runs on the GPU
+    eval_batch: int = 1  # images of one size scored together
 
 
 def expand_targets(names: list[str], profile: str, overrides: tuple[str, ...] = ()) -> list[str]:
@@ -116,7 +117,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
             refine = (lambda image, probs, params=crf: dense_crf(image, probs, params, plan.crf_backend)) \
                 if crf else None
             started = time.perf_counter()
-            result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, progress)
+            result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, progress, plan.eval_batch)
             eval_seconds = time.perf_counter() - started
             if dist_info.is_main:
                 record = _record(target, recipe, source, plan, seed, result, model, crf, dist_info, weights,

@@ -1,6 +1,7 @@
 """The evaluator under DDP: two gloo processes, each scoring its shard, give the single-process
 confusion matrix, and the exactly-once check sees every image."""
 
+import shutil
 import socket
 
 import torch
@@ -65,3 +66,33 @@ def test_shard_sampler_covers_each_index_once():
     shards = [list(ShardSampler(10, rank, 3)) for rank in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(10))
     assert [len(ShardSampler(10, rank, 3)) for rank in range(3)] == [4, 3, 3]
+
+
+def test_batched_evaluation_by_size_gives_the_per_image_counts(shared_dir, tmp_path):
+    """``evaluate(batch_size=4)`` groups the genuine VOC images by size (several sizes, partial
+    buckets) and gives the same confusion matrix and per-image counts, in split order, as one
+    image at a time; the counts add up to the matrix."""
+    import methods
+    from benchmarks.engine import Distributed, evaluate
+    from benchmarks.voc import VOCSplit
+
+    source = VOCSplit(shared_dir / "data/voc-real-mini", "val")
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    chosen = source.ids[:10]
+    for image_id in chosen:
+        shutil.copy(source.image_path(image_id), root / "JPEGImages")
+        shutil.copy(source.label_path(image_id), root / "SegmentationClass")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(chosen) + "\n")
+    split = VOCSplit(tmp_path, "val")
+    torch.manual_seed(0)
+    model = methods.create("deeplab_v1", 21, width=1 / 16, pretrained=False)
+    one = evaluate(model, split, Distributed(), progress=lambda _: None)
+    four = evaluate(model, split, Distributed(), progress=lambda _: None, batch_size=4)
+    sizes = [tuple(split[i].image.shape) for i in range(len(split))]
+    assert len(set(sizes)) > 2 and max(sizes.count(size) for size in sizes) >= 2  # partial and shared buckets
+    assert one.image_ids == four.image_ids == split.ids
+    assert (one.confusion == four.confusion).all() and (one.counts == four.counts).all()
+    assert (four.counts[:, 1].sum(0) == four.confusion.sum(1)).all()  # ground-truth pixels per class
+    assert (four.counts[:, 0].sum(0) == four.confusion.diagonal()).all()

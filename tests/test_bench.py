@@ -1,0 +1,50 @@
+"""`bench`: the layer FLOP count against a hand count and torch's own FLOP counter, and the
+command on the CPU at the reduced size."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import methods
+from benchmarks.bench import forward_flops
+
+
+def test_flops_of_one_convolution_by_hand():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    assert forward_flops(conv, torch.zeros(1, 3, 8, 8)) == 2 * (3 * 3 * 3) * 4 * 8 * 8  # 13,824
+    transposed = nn.ConvTranspose2d(2, 2, 4, stride=2, bias=False)
+    assert forward_flops(transposed, torch.zeros(1, 2, 5, 5)) == 2 * 2 * 2 * 16 * 25
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "deeplab_v1", "context_large"])
+def test_flops_agree_with_torch_flop_counter(name):
+    model = methods.create(name, 21, width=1 / 8, pretrained=False).eval()
+    x = torch.zeros(1, 3, 64, 80)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    assert forward_flops(model, x) == counter.get_total_flops()
+
+
+def test_bench_command_on_the_cpu():
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "bench", "--methods", "deeplab_v1,fcn32s", "--json",
+                             "--steps", "1", "--eval-images", "2"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    bench = json.loads(result.stdout)
+    assert bench["size"]["name"] == "reduced" and bench["bf16_matmul_peak_tflops"] is None
+    assert "projected_paper_profile_hours" not in bench  # only at paper size
+    rows = {r["method"]: r for r in bench["rows"]}
+    assert set(rows) == {"deeplab_v1", "fcn32s"}
+    deeplab = rows["deeplab_v1"]
+    assert deeplab["batch"] == 2 and deeplab["input"] == [3, 80, 80]  # crop 321 x 0.25, batch capped
+    assert deeplab["train_images_per_s"] > 0 and deeplab["eval_s_1449"] > 0 and deeplab["crf_ms_per_image"] > 0
+    step_tflops = deeplab["train_gflop_per_step"] / deeplab["train_step_ms"]
+    assert deeplab["train_tflops"] == pytest.approx(step_tflops, rel=1e-6)
+    assert "crf_ms_per_image" not in rows["fcn32s"]  # FCN-32s has no CRF stage in the papers
