@@ -91,6 +91,18 @@ def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
     return rows
 
 
+def crf_settings(records: list[dict[str, object]]) -> pd.DataFrame:
+    """One row per distinct (method, CRF parameters, source, backend) among the ``+crf`` records."""
+    rows = {}
+    for r in records:
+        if r.get("crf"):
+            params = ", ".join(f"{k} {v:g}" for k, v in r["crf"].items())
+            key = (r["method"], params, r.get("crf_source", "recipe"), r.get("crf_backend", "pydensecrf"))
+            rows.setdefault(key, []).append(str(r["seed"]))
+    return pd.DataFrame([{"method": m, "parameters": p, "from": src, "backend": b, "seeds": ",".join(seeds)}
+                         for (m, p, src, b), seeds in sorted(rows.items())])
+
+
 def _save_figure(path: Path) -> str:
     """Save and close the current matplotlib figure; its file name, for the Markdown link."""
     import matplotlib.pyplot as plt
@@ -246,6 +258,9 @@ def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
         claims = pd.DataFrame(claims_table(group))
         lines += [("" if comparable else "(Measured here, not comparable to the papers.)\n\n") +
                   claims.to_markdown(index=False, floatfmt=".2f"), ""]
+        crf_rows = crf_settings(group)
+        if not crf_rows.empty:
+            lines += ["### Dense-CRF settings of the `+crf` records", "", crf_rows.to_markdown(index=False), ""]
         lines += ["### Per-class IoU", "", per_class.to_markdown(), ""]
         overlay = _overlays(group, runs, stem, reports)
         if overlay:

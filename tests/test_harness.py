@@ -320,3 +320,8 @@ def test_crf_search_writes_parameters_that_crf_runs_use(tmp_path, env, monkeypat
     crf_record = next(r for r in load_records(tmp_path / "r") if r["method"] == "deeplab_v1+crf")
     assert crf_record["crf"] == best and crf_record["crf_source"].startswith("crf-search on 6 crfholdout images")
     assert crf_record["crf_backend"] == "pydensecrf"
+    write_report(tmp_path / "r", tmp_path / "reports", tmp_path / "w")
+    text = (tmp_path / "reports" / "report.md").read_text()
+    settings = text[text.index("### Dense-CRF settings"):text.index("### Per-class IoU")]
+    assert "deeplab_v1+crf" in settings and "crf-search on 6 crfholdout images" in settings
+    assert f"w1 {best['w1']:g}, theta_alpha {best['theta_alpha']:g}" in settings
