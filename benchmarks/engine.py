@@ -248,21 +248,29 @@ def _frozen_features(model: nn.Module, dataset: SegmentationDataset, device: tor
     return cached
 
 
+def fast_path(device: torch.device, enabled: bool | None = None) -> tuple[contextlib.AbstractContextManager, bool]:
+    """``(bf16 autocast context, use channels_last)``: on by default on CUDA only; ``enabled``
+    forces it (the tests run the CUDA path's arithmetic on the CPU this way)."""
+    enabled = device.type == "cuda" if enabled is None else enabled
+    return (torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()), enabled
+
+
 def training_step(model: nn.Module, train_module: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-                  labels: torch.Tensor, recipe: Recipe, dist_info: Distributed) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward (bf16 autocast, channels_last on CUDA), loss and backward of one batch; returns the
-    loss and the gradient norm as device tensors (no host sync). The caller steps ``optimizer``.
-    ``inputs`` are uint8 images, or cached stem outputs when ``recipe.cached_features``."""
+                  labels: torch.Tensor, recipe: Recipe, dist_info: Distributed,
+                  fast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward (``fast_path``: bf16 autocast and channels_last on CUDA), loss and backward of one
+    batch; returns the loss and the gradient norm as device tensors (no host sync). The caller
+    steps ``optimizer``. ``inputs`` are uint8 images, or cached stem outputs when
+    ``recipe.cached_features``."""
     device = dist_info.device
     inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast, channels_last = fast_path(device, fast)
     with autocast:
         if recipe.cached_features:
             scores = model.final_upsample(train_module(inputs), labels[:, None])
         else:
             images = model.input_convention.normalize(inputs)
-            if device.type == "cuda":
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             scores = train_module(images)
             if recipe.loss_on_score_map:
@@ -384,15 +392,15 @@ class Evaluation:
     confusion: np.ndarray
 
 
-def class_probabilities(model: nn.Module, images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def class_probabilities(model: nn.Module, images: torch.Tensor, device: torch.device,
+                        fast: bool | None = None) -> torch.Tensor:
     """The softmax (float32) of ``model`` on uint8 ``images``: ``3 x H x W`` -> ``C x H x W``, or a
-    batch ``N x 3 x H x W`` -> ``N x C x H x W``; bf16 autocast and channels_last on CUDA."""
+    batch ``N x 3 x H x W`` -> ``N x C x H x W``; ``fast_path`` (bf16, channels_last) on CUDA."""
     batch = images if images.ndim == 4 else images[None]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    autocast, channels_last = fast_path(device, fast)
     with torch.inference_mode(), autocast:
         inputs = model.input_convention.normalize(batch.to(device, non_blocking=True))
-        if device.type == "cuda":
+        if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         probabilities = torch.softmax(model(inputs).float(), dim=1)
     return probabilities if images.ndim == 4 else probabilities[0]

@@ -48,3 +48,33 @@ def test_bench_command_on_the_cpu():
     step_tflops = deeplab["train_gflop_per_step"] / deeplab["train_step_ms"]
     assert deeplab["train_tflops"] == pytest.approx(step_tflops, rel=1e-6)
     assert "crf_ms_per_image" not in rows["fcn32s"]  # FCN-32s has no CRF stage in the papers
+
+
+def test_the_cuda_fast_path_arithmetic_runs_on_the_cpu():
+    """bf16 autocast + channels_last (what training and scoring use on CUDA), forced on the CPU:
+    the loss, the gradients and the class probabilities stay close to float32."""
+    import copy
+
+    from benchmarks.engine import Distributed, build_model, build_optimizer, class_probabilities, training_step
+    from benchmarks.recipes import get_recipe
+
+    recipe = get_recipe("deeplab_v1", "quick")
+    torch.manual_seed(0)
+    model = build_model(recipe)
+    fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    labels = torch.randint(0, 21, (2, 8, 8))
+    results = []
+    for net, fast in ((model, False), (fast_model, True)):
+        optimizer = build_optimizer(net, recipe)
+        loss, norm = training_step(net, net, optimizer, images, labels, recipe, Distributed(), fast=fast)
+        grads = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+        results.append((float(loss.detach()), float(norm), grads))
+    (loss32, norm32, grads32), (loss16, norm16, grads16) = results
+    assert loss16 == pytest.approx(loss32, rel=2e-2) and norm16 == pytest.approx(norm32, rel=5e-2)
+    assert torch.nn.functional.cosine_similarity(grads16, grads32, dim=0) > 0.99
+    image = torch.randint(0, 256, (3, 48, 56), dtype=torch.uint8)
+    p32 = class_probabilities(model, image, torch.device("cpu"), fast=False)
+    p16 = class_probabilities(fast_model, image, torch.device("cpu"), fast=True)
+    assert p16.dtype == torch.float32 and p16.shape == (21, 48, 56)
+    assert (p16 - p32).abs().max() < 2e-2
