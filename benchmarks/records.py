@@ -28,12 +28,18 @@ def record_path(results: Path, profile: str, dataset: str, method: str, seed: in
     return results / "records" / f"{profile}-{dataset}" / method / f"seed{seed}.json"
 
 
+OUTPUT_FOLDERS = ("results", "reports", "runs")
+"""What the harness itself writes: changes there do not make the code that produced a record dirty."""
+
+
 def git_commit() -> dict[str, object]:
+    """HEAD and whether tracked files outside ``OUTPUT_FOLDERS`` differ from it."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPOSITORY,
-                                    capture_output=True, text=True, check=True).stdout.strip())
+        outputs = [f":(exclude){folder}" for folder in OUTPUT_FOLDERS]
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *outputs],
+                                    cwd=REPOSITORY, capture_output=True, text=True, check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}

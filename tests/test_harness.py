@@ -325,3 +325,25 @@ def test_crf_search_writes_parameters_that_crf_runs_use(tmp_path, env, monkeypat
     settings = text[text.index("### Dense-CRF settings"):text.index("### Per-class IoU")]
     assert "deeplab_v1+crf" in settings and "crf-search on 6 crfholdout images" in settings
     assert f"w1 {best['w1']:g}, theta_alpha {best['theta_alpha']:g}" in settings
+
+
+def test_records_call_the_code_dirty_only_for_changes_outside_the_outputs(tmp_path, monkeypatch):
+    """A run rewrites tracked results/ and reports/ files; that must not mark its records dirty."""
+    from benchmarks import records
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a.json").write_text("1")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(records, "REPOSITORY", tmp_path)
+    assert records.git_commit()["dirty"] is False
+    (tmp_path / "results" / "a.json").write_text("2")
+    assert records.git_commit()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert records.git_commit()["dirty"] is True
