@@ -279,6 +279,8 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
         grid = {**dict(recipe.crf_grid), **{name: values for name in SEARCHED
                                             if (values := getattr(args, name)) is not None}}
         split = source.split(args.split)
+        if args.images < 1:
+            raise ValueError(f"--images must be at least 1, got {args.images}")
         ids = split.ids[: args.images]
         if len(ids) < args.images:
             print(f"warning: split {args.split!r} has only {len(ids)} images (asked for {args.images})",
@@ -290,7 +292,7 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
             model = build_model(architecture_recipe(recipe))
             model.load_state_dict(load_weights(weights))
             model.to(dist_info.device).eval()
-            samples = [split[split.ids.index(image_id)] for image_id in ids]
+            samples = [split[index] for index in range(len(ids))]
             probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
                              for s in samples]
             result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
