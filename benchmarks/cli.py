@@ -262,7 +262,7 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
     from benchmarks.engine import Distributed, build_model, class_probabilities, load_weights
     from benchmarks.recipes import apply_overrides, get_recipe
     from benchmarks.records import record_path, update_record
-    from benchmarks.run import architecture_recipe, file_sha256, run
+    from benchmarks.run import architecture_recipe, file_sha256, run, weights_path
 
     _import_modules(args.imports)
     dist_info = Distributed.from_environment(args.device)
@@ -288,7 +288,7 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
         in_training = len(set(ids) & set(source.split(recipe.train_split).ids))
         run([args.method], source, plan, dist_info)
         for seed in plan.seeds:
-            weights = plan.runs / f"{profile}-{source.name}" / args.method / f"seed{seed}" / "weights.pt"
+            weights = weights_path(plan, source, args.method, seed)
             model = build_model(architecture_recipe(recipe))
             model.load_state_dict(load_weights(weights))
             model.to(dist_info.device).eval()

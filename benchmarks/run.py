@@ -18,7 +18,7 @@ from benchmarks.engine import Distributed, Evaluation, build_model, evaluate, lo
 from benchmarks.recipes import Recipe, apply_overrides, get_recipe
 from benchmarks.records import git_commit, hardware, record_path, write_record
 
-__all__ = ["RunPlan", "expand_targets", "run", "searched_crf"]
+__all__ = ["RunPlan", "expand_targets", "run", "searched_crf", "weights_path"]
 
 CRF_SUFFIX = "+crf"
 
@@ -84,14 +84,15 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
             base = target.removesuffix(CRF_SUFFIX)
             recipe = apply_overrides(get_recipe(base, plan.profile), list(plan.overrides))
             path = record_path(plan.results, plan.profile, source.name, target, seed)
-            run_dir = plan.runs / f"{plan.profile}-{source.name}" / base / f"seed{seed}"
-            weights = run_dir / "weights.pt"
+            weights = weights_path(plan, source, base, seed)
+            weights_sha = file_sha256(weights) if weights.is_file() else None
             supersede = plan.rerun
-            crf, crf_source = searched_crf(plan, source, base, seed, recipe) if target.endswith(CRF_SUFFIX) \
-                else (None, None)
+            crf, crf_source = searched_crf(record_path(plan.results, plan.profile, source.name, base, seed),
+                                           weights_sha, recipe) if target.endswith(CRF_SUFFIX) else (None, None)
             if path.exists() and not plan.rerun and target in targets:
-                if weights.is_file() and _recorded_weights(path) == file_sha256(weights) and \
-                        _recorded_crf(path) == (asdict(crf) if crf else None):
+                recorded = json.loads(path.read_text())
+                if weights_sha is not None and recorded.get("trained_weights_sha256") == weights_sha and \
+                        recorded.get("crf") == (asdict(crf) if crf else None):
                     progress(f"{target} seed {seed}: record {path} exists; reusing it (--rerun to replace)")
                     continue
                 progress(f"{target} seed {seed}: record {path} was not produced from {weights} (missing or "
@@ -102,10 +103,9 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
             if not weights.is_file() or (plan.rerun and target == base and target in targets):
                 dependency = None
                 if recipe.init_from is not None:
-                    dependency = plan.runs / f"{plan.profile}-{source.name}" / recipe.init_from / f"seed{seed}" / \
-                        "weights.pt"
+                    dependency = weights_path(plan, source, recipe.init_from, seed)
                 started = time.perf_counter()
-                train(recipe, source, run_dir, seed, dist_info, dependency, plan.workers, progress)
+                train(recipe, source, weights.parent, seed, dist_info, dependency, plan.workers, progress)
                 train_seconds = time.perf_counter() - started
             if target not in targets and not (target == base and f"{base}{CRF_SUFFIX}" in targets):
                 continue  # a dependency only: trained, not scored
@@ -138,24 +138,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _recorded_weights(path: Path) -> str | None:
-    return json.loads(path.read_text()).get("trained_weights_sha256")
+def weights_path(plan: RunPlan, source: DatasetSource, method: str, seed: int) -> Path:
+    """``runs/<profile>-<dataset>/<method>/seed<k>/weights.pt``: the trained network of one run."""
+    return plan.runs / f"{plan.profile}-{source.name}" / method / f"seed{seed}" / "weights.pt"
 
 
-def _recorded_crf(path: Path) -> dict[str, object] | None:
-    return json.loads(path.read_text()).get("crf")
-
-
-def searched_crf(plan: RunPlan, source: DatasetSource, base: str, seed: int, recipe: Recipe) -> tuple[CRFParams, str]:
-    """The CRF parameters of ``base``'s ``+crf`` variant: those ``crf-search`` wrote into the base
-    record when it matches the trained weights, else the recipe's."""
-    path = record_path(plan.results, plan.profile, source.name, base, seed)
-    weights = plan.runs / f"{plan.profile}-{source.name}" / base / f"seed{seed}" / "weights.pt"
-    if path.is_file() and weights.is_file():
-        record = json.loads(path.read_text())
-        found = record.get("crf_search")
-        if found and found["trained_weights_sha256"] == file_sha256(weights):
-            return CRFParams(**found["best"]), f"crf-search on {found['images']} {found['split']} images ({path})"
+def searched_crf(base_record: Path, weights_sha256: str | None, recipe: Recipe) -> tuple[CRFParams, str]:
+    """The CRF parameters of a ``+crf`` variant: those ``crf-search`` wrote into the base network's
+    record when they were searched with these weights (``weights_sha256``), else the recipe's."""
+    if weights_sha256 is not None and base_record.is_file():
+        found = json.loads(base_record.read_text()).get("crf_search")
+        if found and found["trained_weights_sha256"] == weights_sha256:
+            source = f"crf-search on {found['images']} {found['split']} images ({base_record})"
+            return CRFParams(**found["best"]), source
     return CRFParams.from_pairs(recipe.crf), "recipe"
 
 
