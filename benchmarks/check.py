@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.records import software_summary
+
 __all__ = ["REFERENCES", "check_records", "load_references"]
 
 REFERENCES = Path(__file__).with_name("references.json")
@@ -28,7 +30,7 @@ def verdict(record: dict[str, object], reference: dict[str, object]) -> dict[str
     published, measured = reference["miou"][method], 100 * record["metrics"]["miou"]
     row = {"authoritative": reference.get("authoritative", True), "record": record["path"], "method": method,
            "seed": record["seed"], "reference": reference["id"],
-           "published": published, "measured": round(measured, 2)}
+           "published": published, "measured": round(measured, 2), "software": software_summary(record)}
     reasons = []
     if not record["comparable_to_paper"]:
         reasons.append(record["comparable_reason"])

@@ -259,10 +259,11 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
     from benchmarks.crf import CRFParams
     from benchmarks.crf_search import SEARCHED, search
     from benchmarks.data import resolve_dataset
-    from benchmarks.engine import Distributed, build_model, class_probabilities, load_weights
+    from benchmarks.engine import Distributed, class_probabilities
+    from benchmarks.networks import build_trained, file_sha256
     from benchmarks.recipes import apply_overrides, get_recipe
     from benchmarks.records import record_path, update_record
-    from benchmarks.run import architecture_recipe, file_sha256, run, weights_path
+    from benchmarks.run import run, weights_path
 
     _import_modules(args.imports)
     dist_info = Distributed.from_environment(args.device)
@@ -289,9 +290,7 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
         run([args.method], source, plan, dist_info)
         for seed in plan.seeds:
             weights = weights_path(plan, source, args.method, seed)
-            model = build_model(architecture_recipe(recipe))
-            model.load_state_dict(load_weights(weights))
-            model.to(dist_info.device).eval()
+            model = build_trained(recipe, weights).to(dist_info.device).eval()
             samples = [split[index] for index in range(len(ids))]
             probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
                              for s in samples]
@@ -369,7 +368,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         for v in verdicts:
             print(f"{v['method']:<20} seed {v['seed']}  {v['reference']:<20} published {v['published']:6.2f}  "
-                  f"measured {v['measured']:6.2f}  {v['verdict']}: {v['reason']}")
+                  f"measured {v['measured']:6.2f}  {v['verdict']}: {v['reason']}  [{v['software']}]")
     failed = [v for v in verdicts if v["verdict"] in ("below", "above") and v["authoritative"]]
     return 1 if failed else 0
 

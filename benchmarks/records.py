@@ -5,6 +5,8 @@ Written atomically; an existing record is never overwritten silently."""
 from __future__ import annotations
 
 import datetime
+import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -14,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RecordExists", "git_commit", "hardware", "load_records", "record_path", "write_record"]
+__all__ = ["RecordExists", "environment", "git_commit", "hardware", "load_records", "record_path",
+           "software_summary", "write_record"]
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-RESULTS = REPOSITORY / "results"
+LOCK_FILE = REPOSITORY / "uv.lock"
+RECORDED_PACKAGES = ("torch", "torchvision", "numpy", "pydensecrf2")
 
 
 class RecordExists(FileExistsError):
@@ -43,6 +47,29 @@ def git_commit() -> dict[str, object]:
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
+
+
+def environment() -> dict[str, object]:
+    """The software a record ran with: the sha256 of ``uv.lock`` (the pinned environment) and the
+    installed versions of the packages that decide its numbers (``None`` where not installed)."""
+    lock = hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest() if LOCK_FILE.is_file() else None
+    versions: dict[str, str | None] = {}
+    for package in RECORDED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"uv_lock_sha256": lock, "python": platform.python_version(), "packages": versions}
+
+
+def software_summary(record: dict[str, object]) -> str:
+    """One line naming the software a record ran with (what ``check`` and the report show)."""
+    env = record.get("environment")
+    if not env:
+        return "software not recorded (schema 1 record)"
+    packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items() if version)
+    lock = env["uv_lock_sha256"]
+    return f"{packages}; uv.lock {lock[:12] if lock else 'absent'}"
 
 
 def hardware(device: torch.device, world_size: int) -> dict[str, object]:

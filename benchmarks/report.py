@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.check import check_records, load_references
 from benchmarks.compare import seed_interval
-from benchmarks.records import load_records
+from benchmarks.records import load_records, software_summary
 from benchmarks.voc import VOC_CLASSES
 
 __all__ = ["CLAIMS", "claims_table", "write_report"]
@@ -161,47 +161,65 @@ def _receptive_field_figure(out: Path) -> str:
     return _save_figure(out / "receptive-field-context.png")
 
 
-def _trained_networks(group: list[dict[str, object]], runs: Path, stem: str,
-                      images: int) -> Iterator[tuple[str, torch.nn.Module, torch.Tensor, torch.Tensor]]:
-    """(method, network with its seed-0 weights, first ``images`` evaluation images and labels)
-    for every network of ``group`` whose weights are still under ``runs``."""
-    import dataclasses
+Samples = list[tuple[torch.Tensor, torch.Tensor]]
 
-    from benchmarks.data import SegmentationDataset
-    from benchmarks.engine import build_model, load_weights
-    from benchmarks.recipes import apply_overrides, get_recipe
-    from benchmarks.voc import VOCSplit
 
-    for record in sorted({r["base_method"]: r for r in group if r["seed"] == 0}.values(), key=lambda r: r["method"]):
-        weights = runs / stem / record["base_method"] / "seed0" / "weights.pt"
+def _trained_networks(group: list[dict[str, object]], runs: Path, images: int,
+                      skipped: list[tuple[str, str]]) -> Iterator[tuple[str, torch.nn.Module, Samples]]:
+    """(method, network with its seed-0 weights, the first ``images`` evaluation (image, label)
+    pairs) for every network of ``group`` whose weights under ``runs`` are the ones its record
+    scored and whose dataset can still be had; why a network is left out goes to ``skipped``."""
+    from benchmarks.data import SegmentationDataset, source_from_facts
+    from benchmarks.networks import build_trained, file_sha256, recipe_from_record, run_folder
+    from benchmarks.voc import DataError
+
+    records = {r["base_method"]: r for r in group if r["seed"] == 0 and r["method"] == r["base_method"]}
+    for method, record in sorted(records.items()):
+        weights = run_folder(runs, record["profile"], record["dataset"]["name"], method, 0) / "weights.pt"
         if not weights.is_file():
+            skipped.append((method, "no seed-0 weights under the runs folder (records produced elsewhere: `run` "
+                                    "them here to draw them)"))
             continue
-        recipe = apply_overrides(get_recipe(record["base_method"], record["profile"]), record["overrides"])
-        model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
-        model.load_state_dict(load_weights(weights))
+        if file_sha256(weights) != record["trained_weights_sha256"]:
+            skipped.append((method, "the weights under the runs folder are not the ones the record scored"))
+            continue
+        try:
+            source = source_from_facts(record["dataset"])
+        except DataError as error:
+            skipped.append((method, f"the evaluation images cannot be had: {error}"))
+            continue
+        try:
+            model = build_trained(recipe_from_record(record["recipe"]), weights)
+        except KeyError as error:  # a user's method whose module was not imported
+            skipped.append((method, f"{error.args[0]} (pass --import MODULE)"))
+            continue
         model.eval()
-        split = SegmentationDataset(VOCSplit(record["dataset"]["root"], record["dataset"]["split"]))
-        samples = [split[i] for i in range(min(images, len(split)))]
-        yield (record["base_method"], model, torch.stack([s[0] for s in samples]),
-               torch.stack([s[1] for s in samples]))
+        split = SegmentationDataset(source.split(record["dataset"]["split"]))
+        yield method, model, [split[i][:2] for i in range(min(images, len(split)))]
 
 
-def effective_fields(group: list[dict[str, object]], runs: Path, stem: str, images: int = 8) -> pd.DataFrame:
+def effective_fields(group: list[dict[str, object]], runs: Path, images: int = 8,
+                     skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Effective receptive field of each trained network (seed 0) at the centre of the lower half
-    of the first ``images`` evaluation images."""
+    of those of the first ``images`` evaluation images that share the first image's size."""
     from benchmarks.receptive_field import effective_receptive_field
 
     rows = []
-    for method, model, batch, _ in _trained_networks(group, runs, stem, images):
+    for method, model, samples in _trained_networks(group, runs, images, [] if skipped is None else skipped):
+        size = samples[0][0].shape
+        batch = torch.stack([image for image, _ in samples if image.shape == size])
         height, width = batch.shape[-2:]
         radii = effective_receptive_field(model, model.input_convention.normalize(batch), 3 * height // 4, width // 2)
         rows.append({"method": method, "50% of gradient (px)": radii[0.5], "90% of gradient (px)": radii[0.9],
-                     "unit (row, col)": f"({3 * height // 4}, {width // 2})", "image": f"{height}x{width}"})
+                     "unit (row, col)": f"({3 * height // 4}, {width // 2})",
+                     "images": f"{len(batch)} of {height}x{width}"})
     return pd.DataFrame(rows)
 
 
-def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, images: int = 4) -> str | None:
-    """Image / ground truth / each trained network's prediction (seed 0) for the first images."""
+def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, skipped: list[tuple[str, str]],
+              images: int = 4) -> str | None:
+    """Image / ground truth / each trained network's prediction (seed 0) for the first images
+    (of any sizes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,13 +228,14 @@ def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, 
     from benchmarks.voc import voc_palette
 
     palette = voc_palette()
-    columns: list[tuple[str, np.ndarray]] = []
-    for method, model, batch, labels in _trained_networks(group, runs, stem, images):
+    columns: list[tuple[str, list[np.ndarray]]] = []
+    for method, model, samples in _trained_networks(group, runs, images, skipped):
         if not columns:
-            columns = [("image", batch.permute(0, 2, 3, 1).numpy()), ("ground truth", palette[labels.numpy()])]
+            columns = [("image", [image.permute(1, 2, 0).numpy() for image, _ in samples]),
+                       ("ground truth", [palette[label.numpy()] for _, label in samples])]
         with torch.inference_mode():
-            prediction = model(model.input_convention.normalize(batch)).argmax(1)
-        columns.append((method, palette[prediction.numpy()]))
+            predictions = [model(model.input_convention.normalize(image[None]))[0].argmax(0) for image, _ in samples]
+        columns.append((method, [palette[prediction.numpy()] for prediction in predictions]))
     if not columns:
         return None
     count = len(columns[0][1])
@@ -252,9 +271,12 @@ def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
         lines += [f"## Profile `{profile}`, dataset `{dataset}`", ""]
         if not comparable:
             lines += [NOT_COMPARABLE, ""]
+        software = "; ".join(f"{count} records: {summary}"
+                             for summary, count in Counter(software_summary(r) for r in group).items())
         lines += [f"Evaluated on split `{first['dataset']['split']}` ({first['dataset']['images']} images); "
                   f"hardware: {first['hardware']['name']} ({first['hardware']['device']}); weights: "
-                  f"{first['weights_source']}.", "", markdown, "", "### The papers' qualitative claims", ""]
+                  f"{first['weights_source']}.", "", f"Software: {software}.", "", markdown, "",
+                  "### The papers' qualitative claims", ""]
         claims = pd.DataFrame(claims_table(group))
         lines += [("" if comparable else "(Measured here, not comparable to the papers.)\n\n") +
                   claims.to_markdown(index=False, floatfmt=".2f"), ""]
@@ -262,17 +284,21 @@ def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
         if not crf_rows.empty:
             lines += ["### Dense-CRF settings of the `+crf` records", "", crf_rows.to_markdown(index=False), ""]
         lines += ["### Per-class IoU", "", per_class.to_markdown(), ""]
-        overlay = _overlays(group, runs, stem, reports)
+        skipped: list[tuple[str, str]] = []
+        overlay = _overlays(group, runs, stem, reports, skipped)
         if overlay:
             lines += ["### Qualitative results (seed 0; columns: image, ground truth, each network)", "",
                       f"![qualitative]({overlay})", ""]
-        fields = effective_fields(group, runs, stem)
+        for reason in dict.fromkeys(reason for _, reason in skipped):
+            names = ", ".join(method for method, why in skipped if why == reason)
+            lines += [f"Qualitative results and effective receptive fields leave out {names}: {reason}.", ""]
+        fields = effective_fields(group, runs)
         if not fields.empty:
             lines += ["### Effective receptive fields of the trained networks (Luo et al. 2016)", "",
                       "Half-width of the square centred on one output unit in the object region that holds 50% / "
-                      "90% of the input-gradient mass (mean over 8 images; reflection padding folds gradient back "
-                      "into the image); the scene cue of the embedded dataset lies at least `context_distance` "
-                      "px above every object.", "", fields.to_markdown(index=False), ""]
+                      "90% of the input-gradient mass (mean over up to 8 images of one size; reflection padding "
+                      "folds gradient back into the image); the scene cue of the embedded dataset lies at least "
+                      "`context_distance` px above every object.", "", fields.to_markdown(index=False), ""]
         for figure in _figures(group, reports, runs, stem):
             lines += [f"![{figure}]({figure})", ""]
     lines += ["## Receptive fields (SPEC section 3)", "", f"![receptive field]({_receptive_field_figure(reports)})", ""]

@@ -3,7 +3,6 @@ write one record per (method, seed); ``NAME+crf`` reuses the trained network and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -13,10 +12,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.crf import CRFParams, dense_crf
-from benchmarks.data import DatasetSource, split_checksum
-from benchmarks.engine import Distributed, Evaluation, build_model, evaluate, load_weights, train
+from benchmarks.data import DatasetSource
+from benchmarks.engine import Distributed, Evaluation, evaluate, train
+from benchmarks.networks import build_trained, file_sha256, run_folder
 from benchmarks.recipes import Recipe, apply_overrides, get_recipe
-from benchmarks.records import git_commit, hardware, record_path, write_record
+from benchmarks.records import environment, git_commit, hardware, record_path, write_record
 
 __all__ = ["RunPlan", "expand_targets", "run", "searched_crf", "weights_path"]
 
@@ -53,12 +53,6 @@ def expand_targets(names: list[str], profile: str, overrides: tuple[str, ...] = 
     for name in names:
         visit(name)
     return ordered
-
-
-def _dataset_facts(source: DatasetSource, split_name: str) -> dict[str, object]:
-    split = source.split(split_name)
-    return {"name": source.name, "split": split_name, "images": len(split), "list_sha256": split_checksum(split),
-            "root": str(source.root)}
 
 
 def _comparable(source: DatasetSource, recipe: Recipe, overrides: tuple[str, ...], pretrained_ok: bool) -> tuple[
@@ -111,9 +105,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
                 continue  # a dependency only: trained, not scored
             if path.exists() and not supersede:
                 continue
-            model = build_model(architecture_recipe(recipe))
-            model.load_state_dict(load_weights(weights))
-            model.to(dist_info.device)
+            model = build_trained(recipe, weights).to(dist_info.device)
             refine = (lambda image, probs, params=crf: dense_crf(image, probs, params, plan.crf_backend)) \
                 if crf else None
             started = time.perf_counter()
@@ -130,17 +122,9 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
     return written
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_path(plan: RunPlan, source: DatasetSource, method: str, seed: int) -> Path:
     """``runs/<profile>-<dataset>/<method>/seed<k>/weights.pt``: the trained network of one run."""
-    return plan.runs / f"{plan.profile}-{source.name}" / method / f"seed{seed}" / "weights.pt"
+    return run_folder(plan.runs, plan.profile, source.name, method, seed) / "weights.pt"
 
 
 def searched_crf(base_record: Path, weights_sha256: str | None, recipe: Recipe) -> tuple[CRFParams, str]:
@@ -154,25 +138,18 @@ def searched_crf(base_record: Path, weights_sha256: str | None, recipe: Recipe) 
     return CRFParams.from_pairs(recipe.crf), "recipe"
 
 
-def architecture_recipe(recipe: Recipe) -> Recipe:
-    """The architecture alone (weights come from the trained run), without ImageNet download."""
-    from dataclasses import replace
-
-    return replace(recipe, pretrained=False, init_from=None)
-
-
 def _record(target: str, recipe: Recipe, source: DatasetSource, plan: RunPlan, seed: int, result: Evaluation,
             model: torch.nn.Module, crf: CRFParams | None, dist_info: Distributed, weights: Path,
             wall_time: dict[str, float]) -> dict[str, object]:
     comparable, reason = _comparable(source, recipe, plan.overrides, recipe.pretrained)
     return {
-        "schema": 1,
+        "schema": 2,
         "method": target,
         "base_method": recipe.method,
         "paper": model.paper,
         "profile": recipe.profile,
-        "dataset": _dataset_facts(source, recipe.eval_split),
-        "train_dataset": _dataset_facts(source, recipe.train_split),
+        "dataset": source.facts(recipe.eval_split),
+        "train_dataset": source.facts(recipe.train_split),
         "weights_source": "ImageNet VGG-16 (torchvision)" if recipe.pretrained else
                           "random initialisation (He normal trunk; no ImageNet weights)",
         "init_from": recipe.init_from,
@@ -182,6 +159,7 @@ def _record(target: str, recipe: Recipe, source: DatasetSource, plan: RunPlan, s
         "crf": asdict(crf) if crf else None,
         "seed": seed,
         "git": git_commit(),
+        "environment": environment(),
         "hardware": hardware(dist_info.device, dist_info.world_size),
         "wall_time_s": wall_time,
         "metrics": result.metrics,
