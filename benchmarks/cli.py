@@ -195,6 +195,7 @@ def _harness_errors(action: Callable[[], None]) -> int:
     """Run ``action``; a known failure (data, recipe, divergence, offline weights) is one line on
     stderr and exit status 2."""
     from benchmarks.engine import TrainingError
+    from benchmarks.networks import RunLocked
     from benchmarks.recipes import RecipeError
     from benchmarks.voc import DataError
     from methods.vgg import WeightsUnavailable
@@ -205,7 +206,7 @@ def _harness_errors(action: Callable[[], None]) -> int:
         print(f"error: {error} From the command line: --set pretrained=false (the run is then marked not "
               "comparable to the papers).", file=sys.stderr)
         return 2
-    except (DataError, RecipeError, TrainingError, FileNotFoundError, ValueError) as error:
+    except (DataError, RecipeError, TrainingError, RunLocked, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -214,8 +215,10 @@ def _harness_errors(action: Callable[[], None]) -> int:
 def _plan(args: argparse.Namespace, profile: str) -> RunPlan:
     from benchmarks.run import RunPlan
 
-    return RunPlan(profile, tuple(args.seeds), tuple(args.set), Path(args.results), Path(args.runs), args.workers,
-                   getattr(args, "rerun", False), args.crf_backend, args.eval_batch)
+    return RunPlan(profile=profile, seeds=tuple(args.seeds), overrides=tuple(args.set), results=Path(args.results),
+                   runs=Path(args.runs), workers=args.workers, rerun=getattr(args, "rerun", False),
+                   crf_backend=args.crf_backend, eval_batch=args.eval_batch,
+                   allow_overlap=args.allow_train_eval_overlap)
 
 
 def _profile(args: argparse.Namespace) -> str:
@@ -262,8 +265,8 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
     from benchmarks.engine import Distributed, class_probabilities
     from benchmarks.networks import build_trained, file_sha256
     from benchmarks.recipes import apply_overrides, get_recipe
-    from benchmarks.records import record_path, update_record
-    from benchmarks.run import run, weights_path
+    from benchmarks.records import update_record
+    from benchmarks.run import run, target_record_path, weights_path
 
     _import_modules(args.imports)
     dist_info = Distributed.from_environment(args.device)
@@ -296,7 +299,7 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
                              for s in samples]
             result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
                             CRFParams.from_pairs(recipe.crf), args.crf_backend)
-            path = record_path(plan.results, profile, source.name, args.method, seed)
+            path = target_record_path(plan, source, args.method, seed)
             update_record(path, {"crf_search": {
                 "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": args.split,
                 "images": len(ids), "images_in_training_split": in_training, "grid": grid,
@@ -394,7 +397,7 @@ def _compare(args: argparse.Namespace) -> int:
     from benchmarks.data import resolve_dataset
     from benchmarks.engine import Distributed
     from benchmarks.recipes import PROFILES, get_recipe
-    from benchmarks.records import load_counts, load_records, record_path
+    from benchmarks.records import load_counts
     from benchmarks.run import run
 
     _import_modules(args.imports)
@@ -408,17 +411,15 @@ def _compare(args: argparse.Namespace) -> int:
             base_recipe, method=args.new, init_from=None, train_only=None, cached_features=False,
             source=f"the {base_recipe.method} recipe ({base_recipe.source}), applied to {args.new}")
     plan = _plan(args, profile)
-    run([args.new, *baselines], source, plan, Distributed.from_environment(args.device))
-    records = {(r["method"], r["seed"]): r for r in load_records(Path(args.results))
-               if r["profile"] == profile and r["dataset"]["name"] == source.name}
+    paths = run([args.new, *baselines], source, plan, Distributed.from_environment(args.device))
     rows = []
     for baseline in baselines:
         for seed in args.seeds:
-            new_ids, new_counts = load_counts(records[(args.new, seed)])
-            base_ids, base_counts = load_counts(records[(baseline, seed)])
+            new_ids, new_counts = load_counts(paths[(args.new, seed)])
+            base_ids, base_counts = load_counts(paths[(baseline, seed)])
             if new_ids != base_ids:
-                print(f"error: {record_path(Path(args.results), profile, source.name, args.new, seed)} and the "
-                      f"{baseline} record scored different images", file=sys.stderr)
+                print(f"error: {paths[(args.new, seed)]} and the {baseline} record scored different images",
+                      file=sys.stderr)
                 return 2
             result = paired_bootstrap(new_counts, base_counts, args.resamples, seed)
             rows.append({"new": args.new, "baseline": baseline, "seed": seed, **result})
@@ -446,6 +447,8 @@ def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf"
                    help=f"dense CRF: pydensecrf (the reference) or torch (same lattice, runs on the GPU); "
                         f"default {crf_backend}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    p.add_argument("--allow-train-eval-overlap", action="store_true",
+                   help="score on a split that shares images with the training split (the record is not comparable)")
 
 
 def _floats(text: str) -> tuple[float, ...]:

@@ -4,6 +4,7 @@ torch datasets, and the evaluation sampler that scores each image exactly once u
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -40,9 +41,8 @@ class DatasetSource:
     def facts(self, split_name: str) -> dict[str, object]:
         """What a record says of one split: name, split, image count, list checksum, and how to
         find the data again (the generator's identity, or the root as given)."""
-        split = self.split(split_name)
-        facts: dict[str, object] = {"name": self.name, "split": split_name, "images": len(split),
-                                    "list_sha256": split_checksum(split)}
+        images, checksum = _split_summary(self.root, split_name)
+        facts: dict[str, object] = {"name": self.name, "split": split_name, "images": images, "list_sha256": checksum}
         if self.embedded is not None:
             facts["generator"] = {"version": GENERATOR_VERSION, "fingerprint": self.embedded.fingerprint(),
                                   "config": dataclasses.asdict(self.embedded)}
@@ -88,6 +88,12 @@ def source_from_facts(facts: dict[str, object]) -> DatasetSource:
         raise DataError(f"split {facts['split']!r} under {source.root} is not the list the record was scored on "
                         "(its sha256 differs)")
     return source
+
+
+@functools.cache
+def _split_summary(root: Path, split_name: str) -> tuple[int, str]:
+    split = VOCSplit(root, split_name)
+    return len(split), split_checksum(split)
 
 
 def split_checksum(split: VOCSplit) -> str:

@@ -28,8 +28,9 @@ class RecordExists(FileExistsError):
     pass
 
 
-def record_path(results: Path, profile: str, dataset: str, method: str, seed: int) -> Path:
-    return results / "records" / f"{profile}-{dataset}" / method / f"seed{seed}.json"
+def record_path(results: Path, profile: str, dataset: str, method: str, seed: int, *, key: str | None = None) -> Path:
+    """``results/records/<profile>-<dataset>/<method>/seed<k>[-<key>].json``."""
+    return results / "records" / f"{profile}-{dataset}" / method / f"seed{seed}{f'-{key}' if key else ''}.json"
 
 
 OUTPUT_FOLDERS = ("results", "reports", "runs")
@@ -82,18 +83,24 @@ def hardware(device: torch.device, world_size: int) -> dict[str, object]:
 
 def write_record(path: Path, record: dict[str, object], counts: np.ndarray, image_ids: list[str],
                  overwrite: bool = False) -> None:
-    """Write ``record`` (JSON) and its per-image counts (``.npz``) atomically."""
+    """Write ``record`` (JSON) and its per-image counts (``.npz``) atomically; a record replaced
+    (``overwrite``) is kept with its counts as generation ``<stem>.<n>.{json,npz}.superseded``."""
     if path.exists() and not overwrite:
         raise RecordExists(f"{path} exists; pass --rerun to replace it (the old record is kept as .superseded)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        os.replace(path, path.with_suffix(".json.superseded"))
-    record = {**record, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     counts_path = path.with_suffix(".npz")
-    temporary = counts_path.with_name(f".{counts_path.stem}.tmp.npz")
+    if path.exists():
+        generation = 1
+        while path.with_name(f"{path.stem}.{generation}.json.superseded").exists():
+            generation += 1
+        if counts_path.exists():
+            os.replace(counts_path, path.with_name(f"{path.stem}.{generation}.npz.superseded"))
+        os.replace(path, path.with_name(f"{path.stem}.{generation}.json.superseded"))
+    record = {**record, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    temporary = counts_path.with_name(f".{counts_path.stem}.tmp{os.getpid()}.npz")
     np.savez_compressed(temporary, counts=counts, image_ids=np.array(image_ids))
     os.replace(temporary, counts_path)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     temporary.write_text(json.dumps(record, indent=1))
     os.replace(temporary, path)
 
@@ -116,6 +123,7 @@ def load_records(results: Path) -> list[dict[str, object]]:
     return sorted(records, key=lambda r: (r["profile"], r["dataset"]["name"], r["method"], r["seed"]))
 
 
-def load_counts(record: dict[str, object]) -> tuple[list[str], np.ndarray]:
-    with np.load(Path(record["path"]).with_suffix(".npz")) as data:
+def load_counts(record: Path) -> tuple[list[str], np.ndarray]:
+    """The per-image ids and counts stored beside the record at ``record``."""
+    with np.load(record.with_suffix(".npz")) as data:
         return data["image_ids"].tolist(), data["counts"]

@@ -44,10 +44,17 @@ def _group(records: list[dict[str, object]]) -> dict[tuple[str, str], list[dict[
     return groups
 
 
+def row_label(record: dict[str, object]) -> str:
+    """A table row: the method, with its overrides when the recipe was overridden (such records
+    are never pooled with the recipe's own)."""
+    overrides = record.get("overrides") or []
+    return f"{record['method']} [{', '.join(overrides)}]" if overrides else record["method"]
+
+
 def summary_table(records: list[dict[str, object]]) -> pd.DataFrame:
     rows = defaultdict(list)
     for record in records:
-        rows[record["method"]].append(record)
+        rows[row_label(record)].append(record)
     table = []
     for method, items in sorted(rows.items()):
         mious = [100 * r["metrics"]["miou"] for r in items]
@@ -63,7 +70,8 @@ def summary_table(records: list[dict[str, object]]) -> pd.DataFrame:
 def per_class_table(records: list[dict[str, object]]) -> pd.DataFrame:
     rows = defaultdict(list)
     for record in records:
-        rows[record["method"]].append([np.nan if v is None else 100 * v for v in record["metrics"]["per_class_iou"]])
+        rows[row_label(record)].append([np.nan if v is None else 100 * v
+                                        for v in record["metrics"]["per_class_iou"]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a class absent on every seed stays NaN
         means = {m: np.nanmean(np.array(v), axis=0).round(1) for m, v in sorted(rows.items())}
@@ -71,14 +79,23 @@ def per_class_table(records: list[dict[str, object]]) -> pd.DataFrame:
 
 
 def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Each claim: per-seed paired mIoU differences (better − worse, same seed) and the 95% t
-    interval; ``held`` when the whole interval is above 0, ``not held`` when below, else
+    """Each claim: per-seed paired mIoU differences (better − worse, same seed) of the recipes'
+    own records (no overrides) and the 95% t interval; a CRF claim pairs only records of the same
+    trained weights. ``held`` when the whole interval is above 0, ``not held`` when below, else
     ``undecided``."""
-    by_key = {(r["method"], r["seed"]): 100 * r["metrics"]["miou"] for r in records}
+    by_key = {(r["method"], r["seed"]): r for r in records if not r.get("overrides")}
     rows = []
     for statement, better, worse in CLAIMS:
-        seeds = sorted(s for (m, s) in by_key if m == better and (worse, s) in by_key)
-        interval = seed_interval([by_key[(better, s)] - by_key[(worse, s)] for s in seeds])
+        def paired(seed: int, better: str = better, worse: str = worse) -> bool:
+            if (better, seed) not in by_key or (worse, seed) not in by_key:
+                return False
+            first, second = by_key[(better, seed)], by_key[(worse, seed)]
+            return first.get("base_method") != worse or \
+                first.get("trained_weights_sha256") == second.get("trained_weights_sha256")
+
+        seeds = sorted(s for (m, s) in by_key if m == better and paired(s))
+        interval = seed_interval([100 * (by_key[(better, s)]["metrics"]["miou"] - by_key[(worse, s)]["metrics"]["miou"])
+                                  for s in seeds])
         if interval["low"] is None:
             status = "not enough seeds" if seeds else "not run"
         elif interval["low"] > 0:
@@ -127,15 +144,19 @@ def _figures(records: list[dict[str, object]], out: Path, runs: Path, stem: str)
     axes.legend(fontsize=7, ncol=4)
     made.append(_save_figure(out / f"{stem}-per-class-iou.png"))
 
-    logs = sorted(runs.glob(f"{stem}/*/seed*/log.csv"))
+    from benchmarks.networks import run_folder
+
+    logs = {(row_label(r), r["seed"]): log for r in records if r["method"] == r["base_method"] and r.get("run_key")
+            and (log := run_folder(runs, r["profile"], r["dataset"]["name"], r["method"], r["seed"],
+                                   key=r["run_key"]) / "log.csv").is_file()}
     if logs:
         _figure, axes = plt.subplots(figsize=(8, 4))
-        for log in logs:
+        for (label, seed), log in sorted(logs.items()):
             with log.open() as file:
                 rows = list(csv.DictReader(file))
             if rows:
                 axes.plot([int(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows],
-                          label=f"{log.parent.parent.name} {log.parent.name}", linewidth=0.8)
+                          label=f"{label} seed{seed}", linewidth=0.8)
         axes.set_xlabel("iteration")
         axes.set_ylabel("training loss")
         axes.legend(fontsize=6, ncol=3)
@@ -173,10 +194,12 @@ def _trained_networks(group: list[dict[str, object]], runs: Path, images: int,
     from benchmarks.networks import build_trained, file_sha256, recipe_from_record, run_folder
     from benchmarks.voc import DataError
 
-    records = {r["base_method"]: r for r in group if r["seed"] == 0 and r["method"] == r["base_method"]}
+    records = {r["base_method"]: r for r in group
+               if r["seed"] == 0 and r["method"] == r["base_method"] and not r["overrides"]}
     for method, record in sorted(records.items()):
-        weights = run_folder(runs, record["profile"], record["dataset"]["name"], method, 0) / "weights.pt"
-        if not weights.is_file():
+        key = record.get("run_key")
+        weights = run_folder(runs, record["profile"], record["dataset"]["name"], method, 0, key=key) / "weights.pt"
+        if key is None or not weights.is_file():
             skipped.append((method, "no seed-0 weights under the runs folder (records produced elsewhere: `run` "
                                     "them here to draw them)"))
             continue

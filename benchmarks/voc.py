@@ -185,6 +185,26 @@ class VOCSplit:
                 "restore them or remove the ids from the list"
             )
 
+    def check(self) -> None:
+        """Every label's pixels and every image's size (from its header) now, before a run spends
+        hours on the split; and at least one label with a pixel that is not ignored."""
+        labelled = 0
+        for image_id in self.ids:
+            label = read_label(self.label_path(image_id), self.num_classes)
+            path = self.image_path(image_id)
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+            except (OSError, UnidentifiedImageError, SyntaxError) as error:
+                raise DataError(f"image {path} is corrupt ({error}); re-extract it from the VOC archive") from None
+            if (height, width) != label.shape:
+                raise DataError(f"label {self.label_path(image_id)} is {label.shape[1]}x{label.shape[0]} but image "
+                                f"{path} is {width}x{height}; they must match pixel for pixel")
+            labelled += bool((label != IGNORE_INDEX).any())
+        if not labelled:
+            raise DataError(f"every label of split {self.split!r} ({self.list_path}) is {IGNORE_INDEX} (ignore): there "
+                            "is nothing to train or score on; check the label folder")
+
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / f"{image_id}.jpg"
 

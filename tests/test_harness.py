@@ -88,20 +88,22 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env, monkeypatch):
     process = subprocess.Popen([sys.executable, "-m", "benchmarks", *base, "--results", str(tmp_path / "r2"),
                                 "--runs", str(runs)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    checkpoint = runs / "quick-embedded" / "deeplab_v1" / "seed0" / "checkpoint.pt"
+    checkpoints = runs / "quick-embedded" / "deeplab_v1"
     deadline = time.time() + 300
-    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+    while not list(checkpoints.glob("seed0-*/checkpoint.pt")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert checkpoint.exists() and not (tmp_path / "r2" / "records").exists()
+    assert list(checkpoints.glob("seed0-*/checkpoint.pt")) and not (tmp_path / "r2" / "records").exists()
     resumed = _cli([*base, "--results", str(tmp_path / "r2"), "--runs", str(runs)], env)
     assert resumed.returncode == 0 and "resuming from iteration" in resumed.stdout, resumed.stdout + resumed.stderr
     first, second = load_records(tmp_path / "r1"), load_records(tmp_path / "r2")
     assert first[0]["metrics"] == second[0]["metrics"]
-    log = (runs / "quick-embedded" / "deeplab_v1" / "seed0" / "log.csv").read_text().splitlines()
+    (run_dir,) = checkpoints.glob("seed0-*")  # one run folder: the resumed run had the same identity
+    assert run_dir.name == f"seed0-{second[0]['run_key']}"
+    log = (run_dir / "log.csv").read_text().splitlines()
     assert [int(line.split(",")[0]) for line in log[1:]] == list(range(1, 9))
-    assert list((runs / "quick-embedded" / "deeplab_v1" / "seed0" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
     # records are not overwritten: a second run reuses it
     again = _cli([*base, "--results", str(tmp_path / "r1"), "--runs", str(tmp_path / "w1")], env)
@@ -146,7 +148,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env, monkeypatch):
     # a record that this checkout did not produce (no weights under runs/, e.g. shipped) is run again, the old kept
     shipped = _cli([*base, "--results", str(tmp_path / "r1"), "--runs", str(tmp_path / "fresh")], env)
     assert shipped.returncode == 0 and "was not produced from" in shipped.stdout
-    assert list((tmp_path / "r1").rglob("seed0.json.superseded"))
+    assert list((tmp_path / "r1").rglob("seed0.1.json.superseded"))
     assert load_records(tmp_path / "r1")[0]["metrics"] == first[0]["metrics"]
     # the CRF variant of retrained weights is scored again too, not reused from the old weights
     crf_args = ["run", "deeplab_v1+crf", *TINY, "--no-report", "--results", str(tmp_path / "r6")]
@@ -309,7 +311,8 @@ def test_crf_search_writes_parameters_that_crf_runs_use(tmp_path, env, monkeypat
     monkeypatch.setenv("SEGREPRO_CACHE", env["SEGREPRO_CACHE"])
     split = resolve_dataset(None).split("crfholdout")
     model = build_model(apply_overrides(get_recipe("deeplab_v1", "quick"), ["pretrained=false"]))
-    model.load_state_dict(load_weights(tmp_path / "w" / "quick-embedded" / "deeplab_v1" / "seed0" / "weights.pt"))
+    (weights,) = (tmp_path / "w" / "quick-embedded" / "deeplab_v1").glob("seed0-*/weights.pt")
+    model.load_state_dict(load_weights(weights))
     matrix = ConfusionMatrix(21)
     for image_id in split.ids[:6]:
         sample = split[split.ids.index(image_id)]
