@@ -27,7 +27,8 @@ DESIGN_NOTE_CLAIMS = Path(__file__).with_name("design_note_claims.json")
 
 def method_facts(name: str) -> dict[str, object]:
     """What ``list`` reports of one registered method, measured on the built model (width 1,
-    on the ``meta`` device: shapes and graph without allocating 134M parameters)."""
+    on the ``meta`` device: shapes and graph without allocating 134M parameters). The receptive
+    fields are pixels, ``"global"`` or ``"unknown (<op>)"`` (:func:`receptive_field`)."""
     with torch.device("meta"):
         model = methods.create(name)
     return {
@@ -78,6 +79,7 @@ def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    _import_modules(args.imports)
     rows = list_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -433,6 +435,10 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_import_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--import", dest="imports", action="append", default=[], help="module registering new methods")
+
+
 def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf") -> None:
     p.add_argument("--data", help="folder holding VOCdevkit (default $SEGREPRO_DATA; else the embedded dataset)")
     p.add_argument("--profile", choices=["paper", "quick"], help="default: paper with VOC data, quick without")
@@ -441,7 +447,7 @@ def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf"
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs", help="checkpoints, weights and logs (not committed)")
-    p.add_argument("--import", dest="imports", action="append", default=[], help="module registering new methods")
+    _add_import_option(p)
     p.add_argument("--eval-batch", type=int, default=1, help="images of one size scored together (GPU: 8-16)")
     p.add_argument("--crf-backend", choices=["pydensecrf", "torch"], default=crf_backend,
                    help=f"dense CRF: pydensecrf (the reference) or torch (same lattice, runs on the GPU); "
@@ -460,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="registered methods: paper, parameters, score stride, receptive field, CRF")
     p.add_argument("--json", action="store_true")
+    _add_import_option(p)
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("rf", help="per-layer receptive fields of a stack of dilated convolutions")
     p.add_argument("--dilations", type=_dilations, required=True, help="e.g. 1,2,4")
