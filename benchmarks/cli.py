@@ -260,6 +260,7 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
     from benchmarks.crf_search import SEARCHED, search
     from benchmarks.data import resolve_dataset
     from benchmarks.engine import Distributed, build_model, class_probabilities, load_weights
+    from benchmarks.progress import bar
     from benchmarks.recipes import apply_overrides, get_recipe
     from benchmarks.records import record_path, update_record
     from benchmarks.run import architecture_recipe, file_sha256, run, weights_path
@@ -294,7 +295,8 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
             model.to(dist_info.device).eval()
             samples = [split[index] for index in range(len(ids))]
             probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
-                             for s in samples]
+                             for s in bar(f"{args.method} seed {seed}: probabilities", len(samples), "img",
+                                          iterable=samples)]
             result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
                             CRFParams.from_pairs(recipe.crf), args.crf_backend)
             path = record_path(plan.results, profile, source.name, args.method, seed)

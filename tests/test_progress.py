@@ -1,13 +1,16 @@
 """Progress you can watch: on a terminal, tqdm bars with rate and ETA for training (from the resume
-iteration), feature caching and scoring, and the log lines still arrive one per log
+iteration), feature caching, scoring and crf-search, and the log lines still arrive one per log
 step; off a terminal, those lines alone, exactly as without bars."""
 
 import io
 import re
 import sys
 
+import numpy as np
 import pytest
+import torch
 
+from benchmarks.crf_search import search
 from benchmarks.data import DatasetSource
 from benchmarks.embedded import EmbeddedConfig, embedded_root
 from benchmarks.engine import Distributed, build_model, evaluate, save_atomic, train
@@ -70,6 +73,21 @@ def test_feature_caching_shows_a_bar_on_a_terminal(tmp_path, source, monkeypatch
     recipe = apply_overrides(get_recipe("context_basic", "quick"), TINY)
     train(recipe, source, tmp_path / "context", 0, Distributed(), frontend, progress=lambda _: None)
     assert _finished_bar(terminal.getvalue(), "context_basic: caching features", "8/8", "img"), terminal.getvalue()
+
+
+def test_crf_search_shows_a_bar_of_grid_points_on_a_terminal(monkeypatch):
+    terminal = _terminal(monkeypatch)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (16, 20, 3), dtype=np.uint8) for _ in range(3)]
+    labels = [rng.integers(0, 21, (16, 20)).astype(np.int64) for _ in range(3)]
+    probabilities = [torch.softmax(torch.from_numpy(rng.normal(size=(21, 16, 20)).astype(np.float32)), 0)
+                     for _ in range(3)]
+    lines: list[str] = []
+    search(images, probabilities, labels, {"w1": (3.0, 6.0), "theta_alpha": (10.0,), "theta_beta": (5.0,)},
+           chunk=2, progress=lines.append)
+    assert [line.split(":")[0] for line in lines] == ["crf-search coarse"] * 2 + ["crf-search fine"] * 2
+    assert _finished_bar(terminal.getvalue(), "crf-search coarse", "2.0/2 points", "point"), terminal.getvalue()
+    assert _finished_bar(terminal.getvalue(), "crf-search fine", "2.0/2 points", "point"), terminal.getvalue()
 
 
 def test_only_the_main_process_on_a_terminal_draws(monkeypatch):
