@@ -266,6 +266,7 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
     from benchmarks.data import resolve_dataset
     from benchmarks.engine import Distributed, class_probabilities
     from benchmarks.networks import build_trained, file_sha256
+    from benchmarks.progress import bar
     from benchmarks.recipes import apply_overrides, get_recipe
     from benchmarks.records import update_record
     from benchmarks.run import run, target_record_path, weights_path
@@ -298,7 +299,8 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
             model = build_trained(recipe, weights).to(dist_info.device).eval()
             samples = [split[index] for index in range(len(ids))]
             probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
-                             for s in samples]
+                             for s in bar(f"{args.method} seed {seed}: probabilities", len(samples), "img",
+                                          iterable=samples)]
             result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
                             CRFParams.from_pairs(recipe.crf), args.crf_backend)
             path = target_record_path(plan, source, args.method, seed)

@@ -11,13 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from benchmarks.crf import CRFParams, TorchDenseCRF, check_inputs, dense_crf
 from benchmarks.evaluation import ConfusionMatrix
+from benchmarks.progress import bar
 
 __all__ = ["SEARCHED", "SearchResult", "candidates", "finer_grid", "search"]
 
 SEARCHED = ("w1", "theta_alpha", "theta_beta")
+# The bar counts (point, image) refinements, shown as grid points to a tenth: the loop refines a
+# chunk of the images under every point before the next chunk.
+_POINTS = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} points [{elapsed}<{remaining}, {rate_fmt}]"
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,8 @@ def finer_grid(grid: dict[str, Sequence[float]], best: CRFParams) -> dict[str, t
 
 
 def _scores(images: list[np.ndarray], probabilities: list[torch.Tensor], labels: list[np.ndarray],
-            points: list[CRFParams], backend: str, chunk: int) -> list[float]:
+            points: list[CRFParams], backend: str, chunk: int, live: tqdm) -> list[float]:
+    """The mIoU of every point; ``live`` advances by one per image refined under one point."""
     matrices = [ConfusionMatrix(probabilities[0].shape[0], device=probabilities[0].device) for _ in points]
     for start in range(0, len(images), chunk):
         part = slice(start, start + chunk)
@@ -64,6 +70,7 @@ def _scores(images: list[np.ndarray], probabilities: list[torch.Tensor], labels:
                                                                             strict=True)]
             for q, target in zip(refined, targets, strict=True):
                 matrix.update(q.argmax(0), target)
+            live.update(len(targets))
     return [float(matrix.metrics()["miou"]) for matrix in matrices]
 
 
@@ -80,7 +87,10 @@ def search(images: list[np.ndarray], probabilities: list[torch.Tensor], labels: 
         points = candidates(stage_grid or finer_grid(grid, best), fixed)
         points = [p for p in points if not any(all(e[n] == getattr(p, n) for n in SEARCHED) for e in evaluations)]
         progress(f"crf-search {stage}: {len(points)} points x {len(images)} images ({backend} backend)")
-        for point, miou in zip(points, _scores(images, probabilities, labels, points, backend, chunk), strict=True):
+        with bar(f"crf-search {stage}", len(points) * len(images), "point", unit_scale=1 / len(images),
+                 bar_format=_POINTS) as live:
+            scores = _scores(images, probabilities, labels, points, backend, chunk, live)
+        for point, miou in zip(points, scores, strict=True):
             evaluations.append({**{n: getattr(point, n) for n in SEARCHED}, "miou": miou})
             if miou > best_miou:
                 best, best_miou = point, miou

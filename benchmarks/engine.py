@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 import methods
 from benchmarks.data import DatasetSource, SegmentationDataset, ShardSampler
 from benchmarks.evaluation import ConfusionMatrix
+from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe
 from benchmarks.transforms import train_transform
 from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, VOCSplit
@@ -234,14 +235,16 @@ class _CsvLog:
             self.tensorboard.close()
 
 
-def _frozen_features(model: nn.Module, dataset: SegmentationDataset, device: torch.device,
-                     convention: Callable[[torch.Tensor], torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _frozen_features(model: nn.Module, dataset: SegmentationDataset, dist_info: Distributed,
+                     convention: Callable[[torch.Tensor], torch.Tensor],
+                     description: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The frozen stem's output of every training image (computed once, kept in memory)."""
     stem, _ = model.staged_split()
+    device = dist_info.device
     cached = []
     model.eval()
     with torch.inference_mode():
-        for index in range(len(dataset)):
+        for index in bar(description, len(dataset), "img", main=dist_info.is_main, iterable=range(len(dataset))):
             image, label, _ = dataset[index]
             features = stem(convention(image[None].to(device)))
             cached.append((features[0].float().cpu(), label))
@@ -287,8 +290,10 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
           dependency_weights: Path | None = None, workers: int = 0,
           progress: Callable[[str], None] = print) -> nn.Module:
     """Train ``recipe`` (resuming from ``run_dir/checkpoint.pt`` if there) and write the final
-    weights to ``run_dir/weights.pt``; returns the trained model."""
+    weights to ``run_dir/weights.pt``; returns the trained model. ``progress`` gets one line per
+    log step (above the live bar on a terminal, see ``benchmarks.progress``)."""
     device = dist_info.device
+    progress = beside_bars(progress)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(recipe, dependency_weights).to(device)
@@ -309,7 +314,8 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
         recipe.crop, recipe.scale, recipe.flip, _mean_rgb(model), 8 if recipe.loss_on_score_map else 1))
     train_module: nn.Module = _ScoreMap(model) if recipe.loss_on_score_map else model
     if recipe.cached_features:
-        cached = _frozen_features(model, SegmentationDataset(dataset.split), device, convention)
+        cached = _frozen_features(model, SegmentationDataset(dataset.split), dist_info, convention,
+                                  f"{recipe.method}: caching features")
         train_module = model.staged_split()[1]
     wrapped = train_module
     if dist_info.world_size > 1:
@@ -328,6 +334,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
         model.eval()
         train_module.train()
     started, seen = time.perf_counter(), 0
+    live = bar(recipe.method, recipe.iterations, "it", main=dist_info.is_main, initial=start)
     try:
         for iteration, (inputs, labels) in zip(range(start, recipe.iterations), batches, strict=False):
             for group in optimizer.param_groups:
@@ -355,7 +362,9 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
             if dist_info.is_main and checkpoint_due:
                 save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "rng": torch.get_rng_state(), "iteration": iteration + 1}, checkpoint_path)
+            live.update()
     finally:
+        live.close()
         if log is not None:
             log.close()
     if dist_info.is_main:
@@ -424,13 +433,16 @@ def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
     """Score ``split`` at full resolution, each image once (sharded under DDP). ``refine(image,
     probabilities)`` post-processes the softmax (the dense CRF) before the argmax. Images of the
     same size go through the network ``batch_size`` at a time; counts stay on the device until
-    the end."""
+    the end. On a terminal, a bar counts this process's images."""
     device = dist_info.device
     model.eval()
     confusion = ConfusionMatrix(NUM_CLASSES, device=device)
     dataset = SegmentationDataset(split)
     ids, counts = [], []
     buckets: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor, str]]] = {}
+    shard = ShardSampler(len(dataset), dist_info.rank, dist_info.world_size)
+    shard_of = f" (shard 1 of {dist_info.world_size})" if dist_info.world_size > 1 else ""
+    live = bar(f"scoring {split.split}{shard_of}", len(shard), "img", main=dist_info.is_main)
 
     def score(bucket: list[tuple[torch.Tensor, torch.Tensor, str]]) -> None:
         probabilities = class_probabilities(model, torch.stack([image for image, _, _ in bucket]), device)
@@ -442,15 +454,17 @@ def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
             confusion.update(prediction, label, image_id)
             ids.append(image_id)
             counts.append(_image_counts(prediction, label))
+        live.update(len(bucket))
 
-    for index in ShardSampler(len(dataset), dist_info.rank, dist_info.world_size):
-        sample = dataset[index]
-        bucket = buckets.setdefault(tuple(sample[0].shape), [])
-        bucket.append(sample)
-        if len(bucket) == batch_size:
-            score(buckets.pop(tuple(sample[0].shape)))
-    for bucket in buckets.values():
-        score(bucket)
+    with live:
+        for index in shard:
+            sample = dataset[index]
+            bucket = buckets.setdefault(tuple(sample[0].shape), [])
+            bucket.append(sample)
+            if len(bucket) == batch_size:
+                score(buckets.pop(tuple(sample[0].shape)))
+        for bucket in buckets.values():
+            score(bucket)
     position = {image_id: i for i, image_id in enumerate(split.ids)}
     host_counts = torch.stack(counts).cpu().numpy() if counts else []
     pairs = sorted(zip(ids, host_counts, strict=True), key=lambda p: position[p[0]])
