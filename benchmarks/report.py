@@ -187,38 +187,38 @@ Samples = list[tuple[torch.Tensor, torch.Tensor]]
 
 def _trained_networks(group: list[dict[str, object]], runs: Path, images: int,
                       skipped: list[tuple[str, str]]) -> Iterator[tuple[str, torch.nn.Module, Samples]]:
-    """(method, network with its seed-0 weights, the first ``images`` evaluation (image, label)
+    """(table row, network with its seed-0 weights, the first ``images`` evaluation (image, label)
     pairs) for every network of ``group`` whose weights under ``runs`` are the ones its record
     scored and whose dataset can still be had; why a network is left out goes to ``skipped``."""
     from benchmarks.data import SegmentationDataset, source_from_facts
     from benchmarks.networks import build_trained, file_sha256, recipe_from_record, run_folder
     from benchmarks.voc import DataError
 
-    records = {r["base_method"]: r for r in group
-               if r["seed"] == 0 and r["method"] == r["base_method"] and not r["overrides"]}
-    for method, record in sorted(records.items()):
+    records = {row_label(r): r for r in group if r["seed"] == 0 and r["method"] == r["base_method"]}
+    for label, record in sorted(records.items()):
         key = record.get("run_key")
-        weights = run_folder(runs, record["profile"], record["dataset"]["name"], method, 0, key=key) / "weights.pt"
+        weights = run_folder(runs, record["profile"], record["dataset"]["name"], record["method"], 0,
+                             key=key) / "weights.pt"
         if key is None or not weights.is_file():
-            skipped.append((method, "no seed-0 weights under the runs folder (records produced elsewhere: `run` "
+            skipped.append((label, "no seed-0 weights under the runs folder (records produced elsewhere: `run` "
                                     "them here to draw them)"))
             continue
         if file_sha256(weights) != record["trained_weights_sha256"]:
-            skipped.append((method, "the weights under the runs folder are not the ones the record scored"))
+            skipped.append((label, "the weights under the runs folder are not the ones the record scored"))
             continue
         try:
             source = source_from_facts(record["dataset"])
         except DataError as error:
-            skipped.append((method, f"the evaluation images cannot be had: {error}"))
+            skipped.append((label, f"the evaluation images cannot be had: {error}"))
             continue
         try:
             model = build_trained(recipe_from_record(record["recipe"]), weights)
         except KeyError as error:  # a user's method whose module was not imported
-            skipped.append((method, f"{error.args[0]} (pass --import MODULE)"))
+            skipped.append((label, f"{error.args[0]} (pass --import MODULE)"))
             continue
         model.eval()
         split = SegmentationDataset(source.split(record["dataset"]["split"]))
-        yield method, model, [split[i][:2] for i in range(min(images, len(split)))]
+        yield label, model, [split[i][:2] for i in range(min(images, len(split)))]
 
 
 def effective_fields(group: list[dict[str, object]], runs: Path, images: int = 8,
