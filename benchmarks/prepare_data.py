@@ -12,7 +12,8 @@ val.txt}``). Output, inside ``VOC2012``:
   ``sbdval.txt``.
 
 Every file is written to a temporary name and renamed, so an interrupted run can be repeated and
-resumes where it stopped (existing PNGs are kept).
+resumes where it stopped (existing PNGs are kept). Ids are plain file stems
+(:func:`benchmarks.voc.check_image_id`), so nothing is read or written outside the two trees.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, DataError, read_label, read_split, resolve_voc_root, voc_palette
+from benchmarks.voc import (
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    DataError,
+    id_path,
+    read_label,
+    read_split,
+    resolve_voc_root,
+    voc_palette,
+)
 
 __all__ = ["PreparedData", "prepare_data", "read_sbd_mat", "resolve_sbd_root", "trainaug_ids"]
 
@@ -103,7 +113,7 @@ def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str
     sbd_train, sbd_val = read_split(sbd_root / "train.txt"), read_split(sbd_root / "val.txt")
     ids = trainaug_ids(voc_train, voc_val, sbd_train, sbd_val)
     labelled = sorted(set(ids) | set(sbd_train))
-    missing_images = [i for i in labelled if not (voc / "JPEGImages" / f"{i}.jpg").is_file()]
+    missing_images = [i for i in labelled if not id_path(voc / "JPEGImages", i, ".jpg").is_file()]
     if missing_images:
         raise DataError(f"{len(missing_images)} trainaug/sbdtrain ids have no image in {voc / 'JPEGImages'}, e.g. "
                         f"{missing_images[:5]}; is the VOC 2012 trainval archive fully extracted?")
@@ -112,15 +122,15 @@ def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str
     in_voc = set(voc_train)
     counts = {"voc": 0, "sbd": 0, "kept": 0}
     for image_id in labelled:
-        target = out / f"{image_id}.png"
+        target = id_path(out, image_id, ".png")
         if target.is_file():
             counts["kept"] += 1
             continue
         if image_id in in_voc:
-            label = read_label(voc / "SegmentationClass" / f"{image_id}.png")
+            label = read_label(id_path(voc / "SegmentationClass", image_id, ".png"))
             counts["voc"] += 1
         else:
-            label = read_sbd_mat(sbd_root / "cls" / f"{image_id}.mat")
+            label = read_sbd_mat(id_path(sbd_root / "cls", image_id, ".mat"))
             counts["sbd"] += 1
         _write_atomic(target, _palette_png(label))
     for name, content in (("trainaug.txt", ids), ("sbdtrain.txt", sbd_train), ("sbdval.txt", sbd_val)):

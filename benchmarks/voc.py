@@ -8,6 +8,7 @@ be the ``VOC2012`` folder itself. Every failure names the file and the fix.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,8 @@ __all__ = [
     "VOC_CLASSES",
     "DataError",
     "VOCSplit",
+    "check_image_id",
+    "id_path",
     "read_image",
     "read_label",
     "read_split",
@@ -35,6 +38,11 @@ VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
+
+IMAGE_ID = re.compile(r"\w[\w.-]*")
+"""An image id is a plain file stem: letters, digits, ``_``, ``-`` and ``.``, not starting with
+``.`` or ``-`` (so no path separator, ``..`` component, NUL or absolute path); VOC's and SBD's
+ids (``2007_000032``) all are."""
 
 # split -> (candidate list files under ImageSets, label folder)
 SPLITS = {
@@ -83,11 +91,30 @@ def resolve_voc_root(data: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
+def check_image_id(image_id: str, where: str) -> str:
+    """``image_id`` if it is a plain file stem (:data:`IMAGE_ID`), else a DataError naming ``where``."""
+    if not IMAGE_ID.fullmatch(image_id):
+        raise DataError(f"{where}: image id {image_id!r} is not a plain file name (letters, digits, '_', '-' and '.', "
+                        "not starting with '.' or '-'; no path separator); correct or remove that line")
+    return image_id
+
+
+def id_path(folder: Path, image_id: str, suffix: str) -> Path:
+    """``folder/<image_id><suffix>``, or a DataError if that would lie outside ``folder``. The check
+    normalises ``..`` without following symlinks, so a tree of symlinked files still reads."""
+    path = folder / f"{image_id}{suffix}"
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder)):
+        raise DataError(f"image id {image_id!r} names {path}, outside {folder}; ids must be plain file names")
+    return path
+
+
 def read_split(path: Path) -> list[str]:
-    """Ids of one split list, checked: present, non-empty, no duplicates."""
+    """Ids of one split list, checked: present, non-empty, every id a plain file stem, no duplicates."""
     if not path.is_file():
         raise DataError(f"split list {path} does not exist")
-    ids = [line.strip().split()[0] for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    ids = [check_image_id(line.split()[0], f"split list {path} line {number}")
+           for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not ids:
         raise DataError(f"split list {path} is empty; it should list one image id per line")
     seen: set[str] = set()
@@ -186,10 +213,10 @@ class VOCSplit:
             )
 
     def image_path(self, image_id: str) -> Path:
-        return self.image_dir / f"{image_id}.jpg"
+        return id_path(self.image_dir, image_id, ".jpg")
 
     def label_path(self, image_id: str) -> Path:
-        return self.label_dir / f"{image_id}.png"
+        return id_path(self.label_dir, image_id, ".png")
 
     def __len__(self) -> int:
         return len(self.ids)

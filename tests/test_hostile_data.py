@@ -1,0 +1,89 @@
+"""Hostile data and recipes (issue 12): ids that would leave their folders, odd encodings, huge
+images, non-.mat annotations, file modes, killed generations, out-of-range recipe and CRF values,
+and the embedded dataset passed as --data. Each is a clear one-line error or the right behaviour."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.io import savemat
+
+from benchmarks.prepare_data import prepare_data
+from benchmarks.voc import DataError, VOCSplit, id_path, read_split
+
+
+@pytest.fixture
+def trees(tmp_path):
+    """VOC (train a,b; val c,d) and SBD (train e; val f) trees inside ``tmp_path/data``, with an
+    image and an annotation planted in ``tmp_path`` itself, outside both."""
+    base = tmp_path / "data"
+    voc = base / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    for image_id in "abcdef":
+        Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(voc / "JPEGImages" / f"{image_id}.jpg")
+    for image_id in "abcd":
+        Image.fromarray(np.ones((6, 8), np.uint8), mode="L").save(voc / "SegmentationClass" / f"{image_id}.png")
+    (voc / "ImageSets/Segmentation/train.txt").write_text("a\nb\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("c\nd\n")
+    sbd = base / "benchmark_RELEASE" / "dataset"
+    (sbd / "cls").mkdir(parents=True)
+    for image_id in "ef":
+        savemat(sbd / "cls" / f"{image_id}.mat", {"GTcls": {"Segmentation": np.full((6, 8), 2, np.uint8)}})
+    (sbd / "train.txt").write_text("e\n")
+    (sbd / "val.txt").write_text("f\n")
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "outside.jpg")
+    savemat(tmp_path / "outside.mat", {"GTcls": {"Segmentation": np.full((6, 8), 2, np.uint8)}})
+    return base, voc, sbd
+
+
+@pytest.fixture
+def umask():
+    """Sets the process umask for one test and restores it."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+# 1. ids from lists are plain file stems; paths built from ids stay inside their folder
+
+def test_every_genuine_voc_and_sbd_id_is_accepted(shared_dir):
+    splits = shared_dir / "data" / "voc2012-splits"
+    ids = {i for name in ("train.txt", "val.txt", "trainval.txt", "train_aug.txt") for i in read_split(splits / name)}
+    assert len(ids) == 12031 and {"2007_000032", "2008_000002"} <= ids
+
+
+@pytest.mark.parametrize("bad", ["../../outside/x", "/abs/x", "sub/x", "..\\x", ".hidden", "-x", "a\x00b"])
+def test_split_list_id_that_is_not_a_plain_stem_is_refused(trees, bad):
+    base, voc, _ = trees
+    split = voc / "ImageSets/Segmentation/train.txt"
+    split.write_text(f"a\n{bad}\nb\n")
+    with pytest.raises(DataError, match=rf"^split list {re.escape(str(split))} line 2: image id .* is not a plain "
+                                        "file name .*; correct or remove that line$"):
+        VOCSplit(base, "train")
+
+
+def test_sbd_ids_cannot_make_prepare_data_write_outside_the_tree(trees, tmp_path):
+    base, voc, sbd = trees
+    escape = os.path.relpath(tmp_path / "outside", voc / "JPEGImages")  # ../../../../outside from every folder
+    (sbd / "train.txt").write_text(f"e\n{escape}\n")
+    with pytest.raises(DataError, match=rf"split list {re.escape(str(sbd / 'train.txt'))} line 2: image id "
+                                        rf"'{re.escape(escape)}' is not a plain file name"):
+        prepare_data(base, base)
+    (sbd / "train.txt").write_text(f"{tmp_path / 'outside'}\n")
+    with pytest.raises(DataError, match=rf"{re.escape(str(sbd / 'train.txt'))} line 1: .* not a plain file name"):
+        prepare_data(base, base)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "outside.jpg", "outside.mat"]
+    assert not (voc / "SegmentationClassAug").exists()
+
+
+def test_a_path_built_from_an_id_stays_inside_its_folder(trees, tmp_path):
+    base, voc, _ = trees
+    split = VOCSplit(base, "train")
+    assert split.image_path("a") == voc / "JPEGImages" / "a.jpg"
+    with pytest.raises(DataError, match=r"'\.\./\.\./x' names .*, outside .*JPEGImages; ids must be plain"):
+        split.image_path("../../x")
+    with pytest.raises(DataError, match="outside"):
+        id_path(voc / "SegmentationClass", str(tmp_path / "outside"), ".png")
