@@ -109,10 +109,16 @@ def id_path(folder: Path, image_id: str, suffix: str) -> Path:
 
 
 def read_split(path: Path) -> list[str]:
-    """Ids of one split list, checked: present, non-empty, every id a plain file stem, no duplicates."""
+    """Ids of one split list (UTF-8, a BOM allowed), checked: present, non-empty, every id a plain
+    file stem, no duplicates."""
     if not path.is_file():
         raise DataError(f"split list {path} does not exist")
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"split list {path} is not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); "
+                        "save it as UTF-8 or ASCII, one image id per line") from None
     ids = [check_image_id(line.split()[0], f"split list {path} line {number}")
            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not ids:

@@ -87,3 +87,20 @@ def test_a_path_built_from_an_id_stays_inside_its_folder(trees, tmp_path):
         split.image_path("../../x")
     with pytest.raises(DataError, match="outside"):
         id_path(voc / "SegmentationClass", str(tmp_path / "outside"), ".png")
+
+
+# 2. split-list encodings
+
+def test_split_list_with_a_utf8_bom_reads(trees):
+    base, voc, _ = trees
+    (voc / "ImageSets/Segmentation/train.txt").write_bytes(b"\xef\xbb\xbfa\r\nb\r\n")
+    assert VOCSplit(base, "train").ids == ["a", "b"]
+
+
+def test_split_list_that_is_not_utf8_names_the_file_and_the_encoding(trees):
+    base, voc, _ = trees
+    split = voc / "ImageSets/Segmentation/train.txt"
+    split.write_bytes("a\nb\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"split list {re.escape(str(split))} is not UTF-8 text \(byte 0xe9 at "
+                                        r"offset 3\); save it as UTF-8"):
+        VOCSplit(base, "train")
