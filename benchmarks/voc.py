@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 __all__ = [
     "DATA_ENV_VAR",
     "IGNORE_INDEX",
+    "MAX_IMAGE_PIXELS",
     "NUM_CLASSES",
     "VOC_CLASSES",
     "DataError",
@@ -38,6 +40,11 @@ VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
+
+MAX_IMAGE_PIXELS = 10_000 * 10_000
+"""The largest image (or label) read, checked from its header before any pixel is decoded: VOC
+images are at most 500 x 500; a bigger file is a mistake or a decompression bomb. PIL's own
+checks (a warning above 89 Mpx, an error above 179 Mpx) give way to it: one DataError either way."""
 
 IMAGE_ID = re.compile(r"\w[\w.-]*")
 """An image id is a plain file stem: letters, digits, ``_``, ``-`` and ``.``, not starting with
@@ -130,10 +137,27 @@ def read_split(path: Path) -> list[str]:
     return ids
 
 
+def _open(path: Path, kind: str) -> Image.Image:
+    """``Image.open`` (the header only), refusing more than :data:`MAX_IMAGE_PIXELS` before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the explicit limit below decides
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError:
+            size = "beyond PIL's decompression-bomb limit"
+        else:
+            if image.width * image.height <= MAX_IMAGE_PIXELS:
+                return image
+            size = f"{image.width} x {image.height} pixels"
+            image.close()
+    raise DataError(f"{kind} {path} is {size}, more than the {MAX_IMAGE_PIXELS:,} pixels (10,000 x 10,000) read "
+                    "here; downscale it (VOC images are at most 500 x 500) or remove its id from the split list")
+
+
 def read_image(path: Path) -> np.ndarray:
     """An image as ``H x W x 3`` uint8 RGB, fully decoded (a truncated JPEG is an error)."""
     try:
-        with Image.open(path) as image:
+        with _open(path, "image") as image:
             image.load()
             return np.array(image.convert("RGB"))
     except FileNotFoundError:
@@ -147,7 +171,7 @@ def read_label(path: Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
     indices; an RGB-coloured PNG is converted through the VOC colour map when every colour is a
     VOC colour. Values other than 0..num_classes-1 and 255 are an error."""
     try:
-        with Image.open(path) as image:
+        with _open(path, "label") as image:
             image.load()
             if image.mode in ("P", "L"):
                 label = np.array(image)

@@ -4,6 +4,9 @@ and the embedded dataset passed as --data. Each is a clear one-line error or the
 
 import os
 import re
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from benchmarks.prepare_data import prepare_data
-from benchmarks.voc import DataError, VOCSplit, id_path, read_split
+from benchmarks.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 
 
 @pytest.fixture
@@ -104,3 +107,35 @@ def test_split_list_that_is_not_utf8_names_the_file_and_the_encoding(trees):
     with pytest.raises(DataError, match=rf"split list {re.escape(str(split))} is not UTF-8 text \(byte 0xe9 at "
                                         r"offset 3\); save it as UTF-8"):
         VOCSplit(base, "train")
+
+
+# 3. images past the size limit are refused from the header, before decoding
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` RGB and holds no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(("width", "height"), [(10_001, 10_000), (20_000, 20_000)])  # under / over PIL's own error
+def test_huge_image_or_label_is_a_one_line_error(tmp_path, width, height):
+    assert MAX_IMAGE_PIXELS == 10_000 * 10_000
+    path = tmp_path / "huge.png"
+    path.write_bytes(_png_header(width, height))
+    for reader, kind in ((read_image, "image"), (read_label, "label")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(DataError, match=rf"^{kind} {re.escape(str(path))} is .*more than the 100,000,000 "
+                                                r"pixels \(10,000 x 10,000\) read here; downscale it") as error:
+                reader(path)
+        assert "\n" not in str(error.value) and not caught
+
+
+def test_image_at_the_limit_is_read_past_the_header(tmp_path):
+    path = tmp_path / "limit.png"
+    path.write_bytes(_png_header(10_000, 10_000))  # allowed: decoding starts, and finds no pixel data
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        read_image(path)
