@@ -62,7 +62,7 @@ def read_sbd_mat(path: Path) -> np.ndarray:
         raise DataError(f"SBD annotation {path} does not exist; the SBD archive looks incomplete")
     try:
         content = loadmat(path, squeeze_me=True, struct_as_record=False)
-    except (MatReadError, ValueError, OSError, TypeError) as error:
+    except (MatReadError, ValueError, OSError, TypeError, NotImplementedError) as error:  # NotImplemented: v7.3
         raise DataError(f"SBD annotation {path} is not a readable .mat file ({error}); re-extract benchmark.tgz") \
             from None
     if "GTcls" not in content or not hasattr(content["GTcls"], "Segmentation"):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from benchmarks.prepare_data import prepare_data
+from benchmarks.prepare_data import prepare_data, read_sbd_mat
 from benchmarks.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 
 
@@ -139,3 +139,18 @@ def test_image_at_the_limit_is_read_past_the_header(tmp_path):
     path.write_bytes(_png_header(10_000, 10_000))  # allowed: decoding starts, and finds no pixel data
     with pytest.raises(DataError, match="corrupt or truncated"):
         read_image(path)
+
+
+# 4. an SBD annotation that is not a .mat file
+
+def test_text_or_hdf5_file_given_as_sbd_mat_is_a_one_line_error(trees):
+    base, _, sbd = trees
+    path = sbd / "cls" / "e.mat"
+    path.write_text("image_id,class\n" + "2008_000002,15\n" * 20)
+    with pytest.raises(DataError, match=rf"^SBD annotation {re.escape(str(path))} is not a readable \.mat file "
+                                        ".*re-extract") as error:
+        prepare_data(base, base)
+    assert "\n" not in str(error.value)
+    path.write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(124) + b"\x00\x02IM")
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))} is not a readable \.mat file \(Please use HDF"):
+        read_sbd_mat(path)
