@@ -12,7 +12,8 @@ val.txt}``). Output, inside ``VOC2012``:
   ``sbdval.txt``.
 
 Every file is written to a temporary name and renamed, so an interrupted run can be repeated and
-resumes where it stopped (existing PNGs are kept). Ids are plain file stems
+resumes where it stopped (existing PNGs are kept); files get the usual mode (0666 less the umask),
+so a shared data tree stays readable by others. Ids are plain file stems
 (:func:`benchmarks.voc.check_image_id`), so nothing is read or written outside the two trees.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +82,15 @@ def trainaug_ids(voc_train: list[str], voc_val: list[str], sbd_train: list[str],
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "wb") as file:
-        file.write(data)
-    os.replace(temporary, path)
+    """``data`` into a new temporary file beside ``path`` (mode 0666 less the umask, as ``open``
+    gives; ``mkstemp`` would give 0600), renamed over ``path``."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _palette_png(label: np.ndarray) -> bytes:

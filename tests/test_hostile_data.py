@@ -154,3 +154,16 @@ def test_text_or_hdf5_file_given_as_sbd_mat_is_a_one_line_error(trees):
     path.write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 .".ljust(124) + b"\x00\x02IM")
     with pytest.raises(DataError, match=rf"{re.escape(str(path))} is not a readable \.mat file \(Please use HDF"):
         read_sbd_mat(path)
+
+
+# 5. files written for users honour the umask
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_prepare_data_files_honour_the_umask(trees, umask, mask, mode):
+    base, voc, _ = trees
+    umask(mask)
+    prepare_data(base, base)
+    written = [*(voc / "SegmentationClassAug").iterdir(),  # a, b, e, f
+               *(voc / "ImageSets/Segmentation" / name for name in ("trainaug.txt", "sbdtrain.txt", "sbdval.txt"))]
+    assert len(written) == 7 and {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}
+    assert not list(voc.rglob(".*"))  # no temporary file left
