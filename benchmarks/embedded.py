@@ -32,8 +32,10 @@ import hashlib
 import io
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,8 @@ __all__ = ["CACHE_ENV_VAR", "CONTEXT_PAIRS", "EmbeddedConfig", "embedded_root", 
 
 GENERATOR_VERSION = 4
 CACHE_ENV_VAR = "SEGREPRO_CACHE"
+_STAGING = re.compile(r"\.embedded-staging-(\d{1,9})-[0-9a-f]+@(.+)")
+"""A generation in progress: ``.embedded-staging-<pid>-<random>@<host>`` in the cache folder."""
 
 CONTEXT_PAIRS = ((4, 7), (3, 1), (17, 10))
 """(class in scene 0, class in scene 1) pairs with one shared appearance: boat/car, bird/aeroplane,
@@ -258,16 +262,41 @@ def generate(config: EmbeddedConfig, destination: Path) -> dict[str, object]:
     return manifest
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    return True
+
+
+def _remove_stale_staging(cache: Path) -> None:
+    """Remove staging folders of generations whose process died (a SIGKILL skips the cleanup);
+    those of live processes, and of other hosts sharing the cache, are left alone."""
+    host = socket.gethostname()
+    for folder in cache.glob(".embedded-staging-*"):
+        match = _STAGING.fullmatch(folder.name)
+        if match and match[2] == host and not _process_alive(int(match[1])):
+            shutil.rmtree(folder, ignore_errors=True)  # another process may be removing it too
+
+
 def embedded_root(config: EmbeddedConfig | None = None, cache_dir: Path | None = None) -> Path:
-    """The folder holding ``VOCdevkit`` for ``config``, generated on first use (into a temporary
-    folder renamed into place, so an interrupted generation leaves nothing half-written)."""
+    """The folder holding ``VOCdevkit`` for ``config``, generated on first use (into a staging
+    folder renamed into place, so an interrupted generation leaves nothing half-written; the
+    staging folders of killed generations are removed by the next call). Folders get the usual
+    mode (0777 less the umask), so a shared cache stays readable."""
     config = config or EmbeddedConfig()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     root = cache / f"embedded-{config.fingerprint()}"
+    if cache.is_dir():
+        _remove_stale_staging(cache)
     if (root / "embedded.json").is_file():
         return root
     cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".embedded-", dir=cache))
+    staging = cache / f".embedded-staging-{os.getpid()}-{secrets.token_hex(4)}@{socket.gethostname()}"
+    staging.mkdir()
     try:
         generate(config, staging)
         try:

@@ -4,17 +4,26 @@ and the embedded dataset passed as --data. Each is a clear one-line error or the
 
 import os
 import re
+import signal
 import struct
+import subprocess
+import sys
+import time
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from scipy.io import savemat
 
+from benchmarks.embedded import EmbeddedConfig, embedded_root
 from benchmarks.prepare_data import prepare_data, read_sbd_mat
 from benchmarks.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = EmbeddedConfig(seed=5, train_images=3, val_images=2, crf_holdout_images=1, height=64, width=80)
 
 
 @pytest.fixture
@@ -167,3 +176,35 @@ def test_prepare_data_files_honour_the_umask(trees, umask, mask, mode):
                *(voc / "ImageSets/Segmentation" / name for name in ("trainaug.txt", "sbdtrain.txt", "sbdval.txt"))]
     assert len(written) == 7 and {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}
     assert not list(voc.rglob(".*"))  # no temporary file left
+
+
+def test_embedded_cache_honours_the_umask(tmp_path, umask):
+    root = embedded_root(TINY, cache_dir=tmp_path)
+    assert oct(root.stat().st_mode & 0o777) == oct(0o755)
+    assert oct((root / "VOCdevkit" / "VOC2012" / "JPEGImages" / "embedded_000000.jpg").stat().st_mode & 0o777) == \
+        oct(0o644)
+
+
+# 6. a killed generation's staging folder is removed by the next start
+
+def test_staging_folder_of_a_killed_generation_is_removed(tmp_path):
+    big = "EmbeddedConfig(train_images=100_000, height=64, width=80)"  # far longer than the test waits
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from benchmarks.embedded "
+                              f"import EmbeddedConfig, embedded_root; embedded_root({big}, Path(sys.argv[1]))",
+                              str(tmp_path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.time() + 60
+        while not list(tmp_path.glob(".embedded-*/VOCdevkit")) and time.time() < deadline and child.poll() is None:
+            time.sleep(0.02)
+        child.send_signal(signal.SIGSTOP)  # alive, mid-generation
+        (staging,) = tmp_path.glob(".embedded-*")
+        root = embedded_root(TINY, cache_dir=tmp_path)
+        assert staging.is_dir(), "the staging folder of a live generation was removed"
+    finally:
+        child.kill()
+        child.wait()
+    other_host = staging.with_name(staging.name.rpartition("@")[0] + "@elsewhere.invalid")
+    other_host.mkdir()  # a killed pid's folder, but of another host sharing the cache
+    assert embedded_root(TINY, cache_dir=tmp_path) == root
+    assert not staging.exists() and other_host.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, other_host.name])
