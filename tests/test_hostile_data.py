@@ -4,6 +4,7 @@ and the embedded dataset passed as --data. Each is a clear one-line error or the
 
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -18,7 +19,8 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from benchmarks.embedded import EmbeddedConfig, embedded_root
+from benchmarks.data import resolve_dataset
+from benchmarks.embedded import MARKER, EmbeddedConfig, embedded_root
 from benchmarks.prepare_data import prepare_data, read_sbd_mat
 from benchmarks.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 
@@ -208,3 +210,20 @@ def test_staging_folder_of_a_killed_generation_is_removed(tmp_path):
     assert embedded_root(TINY, cache_dir=tmp_path) == root
     assert not staging.exists() and other_host.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, other_host.name])
+
+
+# 9. the embedded dataset given as --data is the embedded dataset
+
+def test_embedded_folder_given_as_data_is_labelled_embedded(tmp_path, shared_dir):
+    root = embedded_root(TINY, cache_dir=tmp_path / "cache")
+    voc = root / "VOCdevkit" / "VOC2012"
+    for given in (root, root / "VOCdevkit", voc):
+        source = resolve_dataset(given)
+        assert (source.name, source.comparable_to_paper, source.root) == ("embedded", False, voc)
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "VOCdevkit", copy / "VOCdevkit")  # without embedded.json: the marker tells
+    assert resolve_dataset(copy).name == "embedded"
+    (voc / MARKER).unlink()  # a generation from before the marker: embedded.json beside VOCdevkit tells
+    assert resolve_dataset(root).name == "embedded"
+    real = resolve_dataset(shared_dir / "data" / "voc-real-mini")
+    assert (real.name, real.comparable_to_paper) == ("voc2012", True)
