@@ -2,6 +2,9 @@
 images, non-.mat annotations, file modes, killed generations, out-of-range recipe and CRF values,
 and the embedded dataset passed as --data. Each is a clear one-line error or the right behaviour."""
 
+import dataclasses
+import json
+import math
 import os
 import re
 import shutil
@@ -19,9 +22,13 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
+from benchmarks.cli import build_parser
+from benchmarks.crf import CRFParams
 from benchmarks.data import resolve_dataset
 from benchmarks.embedded import MARKER, EmbeddedConfig, embedded_root
 from benchmarks.prepare_data import prepare_data, read_sbd_mat
+from benchmarks.recipes import get_recipe
+from benchmarks.run import searched_crf
 from benchmarks.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,6 +217,46 @@ def test_staging_folder_of_a_killed_generation_is_removed(tmp_path):
     assert embedded_root(TINY, cache_dir=tmp_path) == root
     assert not staging.exists() and other_host.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, other_host.name])
+
+
+# 8. CRF parameters: finite and in range, in CRFParams, crf-search's options and a record
+
+@pytest.mark.parametrize(("change", "allowed"), [
+    ({"w1": math.nan}, "a finite number >= 0"), ({"w2": -1.0}, "a finite number >= 0"),
+    ({"theta_alpha": 0.0}, "a finite number > 0"), ({"theta_beta": math.inf}, "a finite number > 0"),
+    ({"theta_gamma": -3.0}, "a finite number > 0"), ({"iterations": 0}, "a whole number >= 1"),
+    ({"iterations": 2.5}, "a whole number >= 1"),
+])
+def test_crf_params_out_of_range_are_refused(change, allowed):
+    (name, value), = change.items()
+    with pytest.raises(ValueError, match=rf"^CRF parameter {name}={value!r} is out of range: it must be {allowed}$"):
+        CRFParams(**change)
+    with pytest.raises(ValueError, match=f"CRF parameter {name}="):
+        CRFParams.from_pairs(tuple(change.items()))
+
+
+def test_crf_pairs_of_a_recipe_give_whole_iterations():
+    assert CRFParams.from_pairs((("iterations", 5.0), ("w1", 0.0))) == CRFParams(w1=0.0, iterations=5)
+
+
+@pytest.mark.parametrize(("option", "text", "message"), [
+    ("--w1", "5,nan", "argument --w1: CRF parameter w1=nan is out of range"),
+    ("--theta-alpha", "0", "argument --theta-alpha: CRF parameter theta_alpha=0.0 is out of range"),
+    ("--theta-beta", "3,-inf", "argument --theta-beta: CRF parameter theta_beta=-inf is out of range"),
+])
+def test_crf_search_options_refuse_non_finite_values(capsys, option, text, message):
+    with pytest.raises(SystemExit) as exit_status:
+        build_parser().parse_args(["crf-search", "deeplab_v1", option, text])  # parsing only: never searches
+    assert exit_status.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_record_with_nan_crf_parameters_is_not_used(tmp_path):
+    record = tmp_path / "deeplab_v1.json"
+    best = {**dataclasses.asdict(CRFParams()), "w1": math.nan}
+    record.write_text(json.dumps({"crf_search": {"best": best, "trained_weights_sha256": "abc", "images": 4,
+                                                 "split": "crfholdout"}}))
+    with pytest.raises(ValueError, match="w1=nan is out of range"):
+        searched_crf(record, "abc", get_recipe("deeplab_v1", "quick"))
 
 
 # 9. the embedded dataset given as --data is the embedded dataset
