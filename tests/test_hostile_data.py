@@ -27,7 +27,7 @@ from benchmarks.crf import CRFParams
 from benchmarks.data import resolve_dataset
 from benchmarks.embedded import MARKER, EmbeddedConfig, embedded_root
 from benchmarks.prepare_data import prepare_data, read_sbd_mat
-from benchmarks.recipes import get_recipe
+from benchmarks.recipes import RecipeError, apply_overrides, get_recipe
 from benchmarks.run import searched_crf
 from benchmarks.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 
@@ -217,6 +217,39 @@ def test_staging_folder_of_a_killed_generation_is_removed(tmp_path):
     assert embedded_root(TINY, cache_dir=tmp_path) == root
     assert not staging.exists() and other_host.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, other_host.name])
+
+
+# 7. recipe values are checked at construction
+
+COUNT = "a whole number >= 1"
+
+
+@pytest.mark.parametrize(("override", "allowed"), [
+    ("iterations=0", COUNT), ("iterations=-5", COUNT), ("batch_size=0", COUNT), ("crop=0", f"none or {COUNT}"),
+    ("checkpoint_every=0", COUNT), ("log_every=0", COUNT),
+    ("loss=bogus", "mean or sum"), ("optimizer=rmsprop", "sgd or adam"), ("schedule=cosine", "fixed, step or poly"),
+    ("lr=nan", "a finite number > 0"), ("lr=0", "a finite number > 0"), ("lr=inf", "a finite number > 0"),
+    ("momentum=1", "a number in [0, 1)"), ("weight_decay=-1e-4", "a finite number >= 0"),
+    ("dropout=1", "none or a number in [0, 1)"), ("width=0", "a finite number > 0"),
+    ("scale=1.5,0.5", "none or low,high with 0 < low <= high"), ("scale=0,1", "none or low,high with 0 < low <= high"),
+    ("init_from=deeplab_v1", "another method than deeplab_v1 (or none)"),
+    ("cached_features=true", "false unless train_only names the part trained on them (the staged context_basic and "
+                             "context_large recipes)"),
+])
+def test_out_of_range_recipe_value_is_a_one_line_error(override, allowed):
+    key = override.partition("=")[0]
+    with pytest.raises(RecipeError, match=rf"^recipe deeplab_v1 \(quick\): {key}=[^\n]* is not allowed; it must be "
+                                          rf"{re.escape(allowed)}$"):
+        apply_overrides(get_recipe("deeplab_v1", "quick"), [override])
+
+
+def test_step_schedule_needs_a_step_size_and_crf_values_are_checked():
+    fcn = get_recipe("fcn32s", "paper")
+    with pytest.raises(RecipeError, match=r"fcn32s \(paper\): step_size=0 is not allowed; .* with schedule=step"):
+        apply_overrides(fcn, ["schedule=step"])
+    assert apply_overrides(fcn, ["schedule=step", "step_size=10"]).step_size == 10
+    with pytest.raises(RecipeError, match=r"crf: CRF parameter w1=nan is out of range"):
+        apply_overrides(fcn, ["crf=w1:nan"])
 
 
 # 8. CRF parameters: finite and in range, in CRFParams, crf-search's options and a record
