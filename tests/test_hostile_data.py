@@ -24,11 +24,12 @@ from scipy.io import savemat
 
 from benchmarks.cli import build_parser
 from benchmarks.crf import CRFParams
-from benchmarks.data import resolve_dataset
+from benchmarks.data import DatasetSource, resolve_dataset
 from benchmarks.embedded import MARKER, EmbeddedConfig, embedded_root
+from benchmarks.engine import Distributed, train
 from benchmarks.prepare_data import prepare_data, read_sbd_mat
-from benchmarks.recipes import RecipeError, apply_overrides, get_recipe
-from benchmarks.run import searched_crf
+from benchmarks.recipes import PROFILES, RecipeError, apply_overrides, get_recipe
+from benchmarks.run import expand_targets, searched_crf
 from benchmarks.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,6 +251,24 @@ def test_step_schedule_needs_a_step_size_and_crf_values_are_checked():
     assert apply_overrides(fcn, ["schedule=step", "step_size=10"]).step_size == 10
     with pytest.raises(RecipeError, match=r"crf: CRF parameter w1=nan is out of range"):
         apply_overrides(fcn, ["crf=w1:nan"])
+
+
+def test_dependency_cycle_is_a_recipe_error(monkeypatch):
+    paper = PROFILES["paper"]
+    cycle = {**paper, "fcn32s": dataclasses.replace(paper["fcn32s"], init_from="fcn8s")}
+    monkeypatch.setitem(PROFILES, "cycle", cycle)
+    with pytest.raises(RecipeError, match=r"cycle: fcn8s -> fcn16s -> fcn32s -> fcn8s \(init_from\); set init_from"):
+        expand_targets(["fcn8s+crf"], "cycle")
+    with pytest.raises(RecipeError, match="init_from='fcn16s' is not allowed"):
+        expand_targets(["fcn8s"], "paper", ("init_from=fcn16s",))
+
+
+def test_cached_features_on_a_method_not_trained_in_stages_stops_before_training(tmp_path):
+    recipe = apply_overrides(get_recipe("deeplab_v1", "quick"), ["cached_features=true", "train_only=fc8"])
+    source = DatasetSource("embedded", embedded_root(TINY, cache_dir=tmp_path / "cache"), comparable_to_paper=False)
+    with pytest.raises(RecipeError, match=r"cached_features=True .* needs init_from and a method trained in stages"):
+        train(recipe, source, tmp_path / "run", 0, Distributed())
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 # 8. CRF parameters: finite and in range, in CRFParams, crf-search's options and a record
