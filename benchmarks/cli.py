@@ -459,8 +459,20 @@ def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf"
                    help="score on a split that shares images with the training split (the record is not comparable)")
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
+def _crf_values(name: str) -> Callable[[str], tuple[float, ...]]:
+    """The parser of ``--NAME v1,v2,...``: each value a valid CRF parameter ``name`` (finite, in range)."""
+    from benchmarks.crf import CRFParams
+
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+            for value in values:
+                CRFParams(**{name: value})
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return values
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -499,7 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="crfholdout", help="images to search on (default: the held-out list)")
     p.add_argument("--images", type=int, default=100)
     for name in ("w1", "theta_alpha", "theta_beta"):
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_floats, help="coarse grid (default: recipe)")
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_crf_values(name),
+                       help="coarse grid (default: recipe)")
     _add_run_options(p, crf_backend="torch")
     p.set_defaults(func=cmd_crf_search)
     p = sub.add_parser("bench", help="training/evaluation/CRF speed of each paper recipe on synthetic VOC-size data")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks.permutohedral import PermutohedralLattice
+from benchmarks.validate import is_finite_number, is_whole_number
 
 __all__ = ["BACKENDS", "CRFParams", "TorchDenseCRF", "check_inputs", "dense_crf", "dense_crf_batch"]
 
@@ -23,7 +24,8 @@ __all__ = ["BACKENDS", "CRFParams", "TorchDenseCRF", "check_inputs", "dense_crf"
 @dataclass(frozen=True)
 class CRFParams:
     """Kernel weights and widths (pixels, grey levels) and the number of mean-field iterations.
-    Defaults: DeepLab's fixed w2 = 3, θγ = 3 and the low corner of its search grid."""
+    Defaults: DeepLab's fixed w2 = 3, θγ = 3 and the low corner of its search grid. Checked at
+    construction: weights finite and >= 0, widths finite and > 0, iterations a whole number >= 1."""
 
     w1: float = 5.0
     theta_alpha: float = 50.0
@@ -32,13 +34,24 @@ class CRFParams:
     theta_gamma: float = 3.0
     iterations: int = 10
 
+    def __post_init__(self) -> None:
+        problems = [(name, "a finite number >= 0") for name in ("w1", "w2")
+                    if not (is_finite_number(value := getattr(self, name)) and value >= 0)]
+        problems += [(name, "a finite number > 0") for name in ("theta_alpha", "theta_beta", "theta_gamma")
+                     if not (is_finite_number(value := getattr(self, name)) and value > 0)]
+        if not (is_whole_number(self.iterations) and self.iterations >= 1):
+            problems.append(("iterations", "a whole number >= 1"))
+        if problems:
+            name, allowed = problems[0]
+            raise ValueError(f"CRF parameter {name}={getattr(self, name)!r} is out of range: it must be {allowed}")
+
     @classmethod
     def from_pairs(cls, pairs: tuple[tuple[str, float], ...]) -> CRFParams:
         values = dict(pairs)
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown CRF parameters {sorted(unknown)}")
-        if "iterations" in values:
+        if "iterations" in values and float(values["iterations"]).is_integer():  # recipes hold floats: 10.0
             values["iterations"] = int(values["iterations"])
         return cls(**values)
 

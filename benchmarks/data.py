@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from benchmarks.embedded import GENERATOR_VERSION, EmbeddedConfig, embedded_root
+from benchmarks.embedded import GENERATOR_VERSION, EmbeddedConfig, embedded_root, is_embedded_tree
 from benchmarks.transforms import to_tv_tensors
 from benchmarks.voc import DATA_ENV_VAR, DataError, VOCSplit, resolve_voc_root
 
@@ -53,10 +53,14 @@ class DatasetSource:
 
 def resolve_dataset(data: str | os.PathLike[str] | None = None,
                     embedded: EmbeddedConfig | None = None) -> DatasetSource:
-    """Real VOC from ``--data`` or ``$SEGREPRO_DATA`` when given, else the embedded dataset."""
+    """Real VOC from ``--data`` or ``$SEGREPRO_DATA`` when given, else the embedded dataset; a
+    given folder holding the generated dataset is the embedded dataset too."""
     given = data or os.environ.get(DATA_ENV_VAR)
     if given:
-        return DatasetSource("voc2012", resolve_voc_root(given), comparable_to_paper=True, given=str(given))
+        voc = resolve_voc_root(given)
+        if is_embedded_tree(voc):  # the generated data given as --data: still never comparable
+            return DatasetSource("embedded", voc, comparable_to_paper=False, given=str(given))
+        return DatasetSource("voc2012", voc, comparable_to_paper=True, given=str(given))
     config = embedded or EmbeddedConfig()
     return DatasetSource("embedded", embedded_root(config), comparable_to_paper=False, embedded=config)
 

@@ -28,7 +28,7 @@ import methods
 from benchmarks.data import DatasetSource, SegmentationDataset, ShardSampler
 from benchmarks.evaluation import ConfusionMatrix
 from benchmarks.progress import bar, beside_bars
-from benchmarks.recipes import Recipe
+from benchmarks.recipes import Recipe, RecipeError
 from benchmarks.transforms import train_transform
 from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, VOCSplit
 
@@ -297,6 +297,10 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(recipe, dependency_weights).to(device)
+    if recipe.cached_features and (recipe.init_from is None or model.staged_split() is None):
+        raise RecipeError(f"recipe {recipe.method} ({recipe.profile}): cached_features=True trains a head on the "
+                          "cached output of a part trained before; it needs init_from and a method trained in stages "
+                          "(context_basic, context_large); set cached_features=false")
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = recipe.crop is not None  # fixed input size: autotune once

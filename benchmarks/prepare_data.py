@@ -12,21 +12,32 @@ val.txt}``). Output, inside ``VOC2012``:
   ``sbdval.txt``.
 
 Every file is written to a temporary name and renamed, so an interrupted run can be repeated and
-resumes where it stopped (existing PNGs are kept).
+resumes where it stopped (existing PNGs are kept); files get the usual mode (0666 less the umask),
+so a shared data tree stays readable by others. Ids are plain file stems
+(:func:`benchmarks.voc.check_image_id`), so nothing is read or written outside the two trees.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, DataError, read_label, read_split, resolve_voc_root, voc_palette
+from benchmarks.voc import (
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    DataError,
+    id_path,
+    read_label,
+    read_split,
+    resolve_voc_root,
+    voc_palette,
+)
 
 __all__ = ["PreparedData", "prepare_data", "read_sbd_mat", "resolve_sbd_root", "trainaug_ids"]
 
@@ -52,7 +63,7 @@ def read_sbd_mat(path: Path) -> np.ndarray:
         raise DataError(f"SBD annotation {path} does not exist; the SBD archive looks incomplete")
     try:
         content = loadmat(path, squeeze_me=True, struct_as_record=False)
-    except (MatReadError, ValueError, OSError, TypeError) as error:
+    except (MatReadError, ValueError, OSError, TypeError, NotImplementedError) as error:  # NotImplemented: v7.3
         raise DataError(f"SBD annotation {path} is not a readable .mat file ({error}); re-extract benchmark.tgz") \
             from None
     if "GTcls" not in content or not hasattr(content["GTcls"], "Segmentation"):
@@ -71,10 +82,15 @@ def trainaug_ids(voc_train: list[str], voc_val: list[str], sbd_train: list[str],
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "wb") as file:
-        file.write(data)
-    os.replace(temporary, path)
+    """``data`` into a new temporary file beside ``path`` (mode 0666 less the umask, as ``open``
+    gives; ``mkstemp`` would give 0600), renamed over ``path``."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _palette_png(label: np.ndarray) -> bytes:
@@ -103,7 +119,7 @@ def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str
     sbd_train, sbd_val = read_split(sbd_root / "train.txt"), read_split(sbd_root / "val.txt")
     ids = trainaug_ids(voc_train, voc_val, sbd_train, sbd_val)
     labelled = sorted(set(ids) | set(sbd_train))
-    missing_images = [i for i in labelled if not (voc / "JPEGImages" / f"{i}.jpg").is_file()]
+    missing_images = [i for i in labelled if not id_path(voc / "JPEGImages", i, ".jpg").is_file()]
     if missing_images:
         raise DataError(f"{len(missing_images)} trainaug/sbdtrain ids have no image in {voc / 'JPEGImages'}, e.g. "
                         f"{missing_images[:5]}; is the VOC 2012 trainval archive fully extracted?")
@@ -112,15 +128,15 @@ def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str
     in_voc = set(voc_train)
     counts = {"voc": 0, "sbd": 0, "kept": 0}
     for image_id in labelled:
-        target = out / f"{image_id}.png"
+        target = id_path(out, image_id, ".png")
         if target.is_file():
             counts["kept"] += 1
             continue
         if image_id in in_voc:
-            label = read_label(voc / "SegmentationClass" / f"{image_id}.png")
+            label = read_label(id_path(voc / "SegmentationClass", image_id, ".png"))
             counts["voc"] += 1
         else:
-            label = read_sbd_mat(sbd_root / "cls" / f"{image_id}.mat")
+            label = read_sbd_mat(id_path(sbd_root / "cls", image_id, ".mat"))
             counts["sbd"] += 1
         _write_atomic(target, _palette_png(label))
     for name, content in (("trainaug.txt", ids), ("sbdtrain.txt", sbd_train), ("sbdval.txt", sbd_val)):

@@ -3,7 +3,8 @@
 The ``paper`` profile follows each paper's solver; ``quick`` derives from it with
 ``dataclasses.replace`` (reduced width, the embedded dataset's small images, a short schedule, a
 mean loss and He-initialised trunks, since no ImageNet weights are reachable offline) and runs on
-a 2-core CPU. ``--set key=value`` overrides any field, type-checked.
+a 2-core CPU. ``--set key=value`` overrides any field, type-checked; every recipe is checked at
+construction (ranges, choices, staging), so a bad value is a one-line error before any training.
 """
 
 from __future__ import annotations
@@ -11,13 +12,54 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from benchmarks.crf import CRFParams
+from benchmarks.validate import is_finite_number, is_whole_number
 
 __all__ = ["PROFILES", "Recipe", "RecipeError", "apply_overrides", "get_recipe", "recipe_methods"]
 
 
 class RecipeError(ValueError):
-    """An unknown method, profile or override key, or a value of the wrong type."""
+    """An unknown method, profile or override key, a value of the wrong type or out of range."""
+
+
+def _positive(value: object) -> bool:
+    return is_finite_number(value) and value > 0
+
+
+def _non_negative(value: object) -> bool:
+    return is_finite_number(value) and value >= 0
+
+
+def _count(value: object) -> bool:
+    return is_whole_number(value) and value >= 1
+
+
+_COUNT = "a whole number >= 1"
+_RULES: tuple[tuple[str, Callable[[typing.Any], bool], str], ...] = (
+    ("batch_size", _count, _COUNT),
+    ("iterations", _count, _COUNT),
+    ("log_every", _count, _COUNT),
+    ("checkpoint_every", _count, _COUNT),
+    ("lr", _positive, "a finite number > 0"),
+    ("momentum", lambda v: _non_negative(v) and v < 1, "a number in [0, 1)"),
+    ("weight_decay", _non_negative, "a finite number >= 0"),
+    ("gamma", _positive, "a finite number > 0"),
+    ("poly_power", _non_negative, "a finite number >= 0"),
+    ("bias_lr_multiplier", _non_negative, "a finite number >= 0"),
+    ("lr_multipliers", lambda v: all(_non_negative(m) for _, m in v), "prefix:multiplier pairs, multipliers >= 0"),
+    ("width", _positive, "a finite number > 0"),
+    ("dropout", lambda v: v is None or (_non_negative(v) and v < 1), "none or a number in [0, 1)"),
+    ("crop", lambda v: v is None or _count(v), f"none or {_COUNT}"),
+    ("scale", lambda v: v is None or (len(v) == 2 and _positive(v[0]) and _positive(v[1]) and v[0] <= v[1]),
+     "none or low,high with 0 < low <= high"),
+    ("optimizer", lambda v: v in ("sgd", "adam"), "sgd or adam"),
+    ("schedule", lambda v: v in ("fixed", "step", "poly"), "fixed, step or poly"),
+    ("loss", lambda v: v in ("mean", "sum"), "mean or sum"),
+)
+"""(field, test, what it must be) of every recipe field with a range or a set of choices."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +101,24 @@ class Recipe:
         ("theta_beta", (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)))
     log_every: int = 20
     checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        problems = [(key, allowed) for key, test, allowed in _RULES if not test(getattr(self, key))]
+        if self.schedule == "step" and not _count(self.step_size):
+            problems.append(("step_size", f"{_COUNT} with schedule=step"))
+        if self.init_from == self.method:
+            problems.append(("init_from", f"another method than {self.method} (or none)"))
+        if self.cached_features and self.train_only is None:
+            problems.append(("cached_features", "false unless train_only names the part trained on them (the staged "
+                                                "context_basic and context_large recipes)"))
+        if problems:
+            key, allowed = problems[0]
+            raise RecipeError(f"recipe {self.method} ({self.profile}): {key}={getattr(self, key)!r} is not allowed; "
+                              f"it must be {allowed}")
+        try:
+            CRFParams.from_pairs(self.crf)
+        except ValueError as error:
+            raise RecipeError(f"recipe {self.method} ({self.profile}): crf: {error}") from None
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)

@@ -21,7 +21,7 @@ from benchmarks.crf import CRFParams, dense_crf
 from benchmarks.data import DatasetSource
 from benchmarks.engine import Distributed, Evaluation, evaluate, train
 from benchmarks.networks import build_trained, file_sha256, run_folder, run_lock
-from benchmarks.recipes import Recipe, apply_overrides, get_recipe
+from benchmarks.recipes import Recipe, RecipeError, apply_overrides, get_recipe
 from benchmarks.records import environment, git_commit, hardware, record_path, write_record
 from benchmarks.voc import DataError
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
@@ -46,14 +46,18 @@ class RunPlan:
 
 
 def expand_targets(names: list[str], profile: str, overrides: tuple[str, ...] = ()) -> list[str]:
-    """The requested targets plus every method they depend on (``init_from``), dependencies first."""
+    """The requested targets plus every method they depend on (``init_from``), dependencies first;
+    a cycle of dependencies is a RecipeError."""
     ordered: list[str] = []
 
-    def visit(name: str) -> None:
+    def visit(name: str, chain: tuple[str, ...] = ()) -> None:
         base = name.removesuffix(CRF_SUFFIX)
+        if base in chain:
+            raise RecipeError(f"recipes ({profile}) start from each other in a cycle: {' -> '.join((*chain, base))} "
+                              "(init_from); set init_from of one of them to a method outside the cycle, or none")
         recipe = apply_overrides(get_recipe(base, profile), list(overrides))
         if recipe.init_from is not None:
-            visit(recipe.init_from)
+            visit(recipe.init_from, (*chain, base))
         if base not in ordered:
             ordered.append(base)
         if name != base and name not in ordered:

@@ -8,6 +8,8 @@ be the ``VOC2012`` folder itself. Every failure names the file and the fix.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +19,13 @@ from PIL import Image, UnidentifiedImageError
 __all__ = [
     "DATA_ENV_VAR",
     "IGNORE_INDEX",
+    "MAX_IMAGE_PIXELS",
     "NUM_CLASSES",
     "VOC_CLASSES",
     "DataError",
     "VOCSplit",
+    "check_image_id",
+    "id_path",
     "read_image",
     "read_label",
     "read_split",
@@ -35,6 +40,16 @@ VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
+
+MAX_IMAGE_PIXELS = 10_000 * 10_000
+"""The largest image (or label) read, checked from its header before any pixel is decoded: VOC
+images are at most 500 x 500; a bigger file is a mistake or a decompression bomb. PIL's own
+checks (a warning above 89 Mpx, an error above 179 Mpx) give way to it: one DataError either way."""
+
+IMAGE_ID = re.compile(r"\w[\w.-]*")
+"""An image id is a plain file stem: letters, digits, ``_``, ``-`` and ``.``, not starting with
+``.`` or ``-`` (so no path separator, ``..`` component, NUL or absolute path); VOC's and SBD's
+ids (``2007_000032``) all are."""
 
 # split -> (candidate list files under ImageSets, label folder)
 SPLITS = {
@@ -83,11 +98,36 @@ def resolve_voc_root(data: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
+def check_image_id(image_id: str, where: str) -> str:
+    """``image_id`` if it is a plain file stem (:data:`IMAGE_ID`), else a DataError naming ``where``."""
+    if not IMAGE_ID.fullmatch(image_id):
+        raise DataError(f"{where}: image id {image_id!r} is not a plain file name (letters, digits, '_', '-' and '.', "
+                        "not starting with '.' or '-'; no path separator); correct or remove that line")
+    return image_id
+
+
+def id_path(folder: Path, image_id: str, suffix: str) -> Path:
+    """``folder/<image_id><suffix>``, or a DataError if that would lie outside ``folder``. The check
+    normalises ``..`` without following symlinks, so a tree of symlinked files still reads."""
+    path = folder / f"{image_id}{suffix}"
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder)):
+        raise DataError(f"image id {image_id!r} names {path}, outside {folder}; ids must be plain file names")
+    return path
+
+
 def read_split(path: Path) -> list[str]:
-    """Ids of one split list, checked: present, non-empty, no duplicates."""
+    """Ids of one split list (UTF-8, a BOM allowed), checked: present, non-empty, every id a plain
+    file stem, no duplicates."""
     if not path.is_file():
         raise DataError(f"split list {path} does not exist")
-    ids = [line.strip().split()[0] for line in path.read_text().splitlines() if line.strip()]
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"split list {path} is not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); "
+                        "save it as UTF-8 or ASCII, one image id per line") from None
+    ids = [check_image_id(line.split()[0], f"split list {path} line {number}")
+           for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not ids:
         raise DataError(f"split list {path} is empty; it should list one image id per line")
     seen: set[str] = set()
@@ -97,10 +137,27 @@ def read_split(path: Path) -> list[str]:
     return ids
 
 
+def _open(path: Path, kind: str) -> Image.Image:
+    """``Image.open`` (the header only), refusing more than :data:`MAX_IMAGE_PIXELS` before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the explicit limit below decides
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError:
+            size = "beyond PIL's decompression-bomb limit"
+        else:
+            if image.width * image.height <= MAX_IMAGE_PIXELS:
+                return image
+            size = f"{image.width} x {image.height} pixels"
+            image.close()
+    raise DataError(f"{kind} {path} is {size}, more than the {MAX_IMAGE_PIXELS:,} pixels (10,000 x 10,000) read "
+                    "here; downscale it (VOC images are at most 500 x 500) or remove its id from the split list")
+
+
 def read_image(path: Path) -> np.ndarray:
     """An image as ``H x W x 3`` uint8 RGB, fully decoded (a truncated JPEG is an error)."""
     try:
-        with Image.open(path) as image:
+        with _open(path, "image") as image:
             image.load()
             return np.array(image.convert("RGB"))
     except FileNotFoundError:
@@ -114,7 +171,7 @@ def read_label(path: Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
     indices; an RGB-coloured PNG is converted through the VOC colour map when every colour is a
     VOC colour. Values other than 0..num_classes-1 and 255 are an error."""
     try:
-        with Image.open(path) as image:
+        with _open(path, "label") as image:
             image.load()
             if image.mode in ("P", "L"):
                 label = np.array(image)
@@ -206,10 +263,10 @@ class VOCSplit:
                             "is nothing to train or score on; check the label folder")
 
     def image_path(self, image_id: str) -> Path:
-        return self.image_dir / f"{image_id}.jpg"
+        return id_path(self.image_dir, image_id, ".jpg")
 
     def label_path(self, image_id: str) -> Path:
-        return self.label_dir / f"{image_id}.png"
+        return id_path(self.label_dir, image_id, ".png")
 
     def __len__(self) -> int:
         return len(self.ids)
