@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,36 @@ CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "contex
 """Methods the papers also report with dense-CRF post-processing (SPEC section 2): ``NAME+crf``."""
 
 DESIGN_NOTE_CLAIMS = Path(__file__).with_name("design_note_claims.json")
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as given; the message says what to pass instead."""
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The failures a user causes and fixes (arguments, data, recipes, files, a diverging run,
+    offline weights): ``main`` prints them as one line and exits 2. Anything else is a bug and
+    raises with its traceback. ``ValueError`` is here because the harness raises it for invalid
+    inputs (``--set`` values, label maps); imported lazily to keep ``list`` and ``rf`` quick."""
+    from benchmarks.engine import TrainingError
+    from benchmarks.recipes import RecipeError
+    from benchmarks.records import RecordExists
+    from benchmarks.voc import DataError
+    from methods.vgg import WeightsUnavailable
+
+    return (UsageError, DataError, RecipeError, TrainingError, WeightsUnavailable, RecordExists, OSError, ValueError)
+
+
+def error_message(error: Exception) -> str:
+    """The one line ``main`` prints for an expected failure."""
+    from methods.vgg import WeightsUnavailable
+
+    if isinstance(error, WeightsUnavailable):
+        return (f"{error} From the command line: --set pretrained=false (the run is then marked not comparable to "
+                "the papers).")
+    if isinstance(error, OSError) and error.filename is not None:  # from the OS: says which file, not what to do
+        return f"{error} (check that the path is right and that you may read and write there)"
+    return str(error)
 
 
 def method_facts(name: str) -> dict[str, object]:
@@ -144,13 +174,9 @@ def evaluate_directories(pred_dir: Path, gt_dir: Path, num_classes: int = 21) ->
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from benchmarks.voc import VOC_CLASSES, DataError
+    from benchmarks.voc import VOC_CLASSES
 
-    try:
-        result = evaluate_directories(Path(args.pred), Path(args.gt), args.num_classes)
-    except (DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = evaluate_directories(Path(args.pred), Path(args.gt), args.num_classes)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -165,19 +191,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from benchmarks.embedded import embedded_root
     from benchmarks.prepare_data import prepare_data
-    from benchmarks.voc import DataError
 
     if args.embedded:
         print(f"embedded dataset (generated, not comparable to the papers): {embedded_root()}")
         return 0
     if not args.sbd:
-        print("error: pass --sbd PATH (the extracted SBD benchmark.tgz), or --embedded", file=sys.stderr)
-        return 2
-    try:
-        done = prepare_data(args.data, args.sbd)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError("pass --sbd PATH (the extracted SBD benchmark.tgz), or --embedded")
+    done = prepare_data(args.data, args.sbd)
     print(f"{done.voc_root}: trainaug {done.trainaug} ids; SegmentationClassAug written from VOC {done.from_voc}, "
           f"from SBD {done.from_sbd}, already there {done.kept}")
     return 0
@@ -189,26 +209,6 @@ def _import_modules(names: list[str]) -> None:
 
     for name in names:
         importlib.import_module(name)
-
-
-def _harness_errors(action: Callable[[], None]) -> int:
-    """Run ``action``; a known failure (data, recipe, divergence, offline weights) is one line on
-    stderr and exit status 2."""
-    from benchmarks.engine import TrainingError
-    from benchmarks.recipes import RecipeError
-    from benchmarks.voc import DataError
-    from methods.vgg import WeightsUnavailable
-
-    try:
-        action()
-    except WeightsUnavailable as error:
-        print(f"error: {error} From the command line: --set pretrained=false (the run is then marked not "
-              "comparable to the papers).", file=sys.stderr)
-        return 2
-    except (DataError, RecipeError, TrainingError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _plan(args: argparse.Namespace, profile: str) -> RunPlan:
@@ -234,25 +234,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif args.methods:
         targets = args.methods
     else:
-        print("error: name methods to run, or pass --all", file=sys.stderr)
-        return 2
+        raise UsageError("name methods to run, or pass --all")
     dist_info = Distributed.from_environment(args.device)
-
-    def action() -> None:
-        source = resolve_dataset(args.data)
-        if not source.comparable_to_paper and dist_info.is_main:
-            print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
-                  f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
-        run(targets, source, _plan(args, _profile(args)), dist_info,
-            progress=print if dist_info.is_main else (lambda _: None))
-
-    status = _harness_errors(action)
-    if status == 0 and dist_info.is_main and not args.no_report:
-        from benchmarks.report import write_report
-
-        for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
-            print(f"wrote {path}")
-    return status
+    source = resolve_dataset(args.data)
+    if not source.comparable_to_paper and dist_info.is_main:
+        print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
+              f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
+    run(targets, source, _plan(args, _profile(args)), dist_info,
+        progress=print if dist_info.is_main else (lambda _: None))
+    if dist_info.is_main and not args.no_report:
+        _write_report(args)
+    return 0
 
 
 def cmd_crf_search(args: argparse.Namespace) -> int:
@@ -267,49 +259,43 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
     _import_modules(args.imports)
     dist_info = Distributed.from_environment(args.device)
     if dist_info.world_size > 1:
-        print("error: crf-search runs in one process (it is a loop over a small grid); launch it without torchrun",
-              file=sys.stderr)
-        return 2
-
-    def action() -> None:
-        source = resolve_dataset(args.data)
-        profile = _profile(args)
-        plan = _plan(args, profile)
-        recipe = apply_overrides(get_recipe(args.method, profile), list(args.set))
-        grid = {**dict(recipe.crf_grid), **{name: values for name in SEARCHED
-                                            if (values := getattr(args, name)) is not None}}
-        split = source.split(args.split)
-        if args.images < 1:
-            raise ValueError(f"--images must be at least 1, got {args.images}")
-        ids = split.ids[: args.images]
-        if len(ids) < args.images:
-            print(f"warning: split {args.split!r} has only {len(ids)} images (asked for {args.images})",
-                  file=sys.stderr)
-        in_training = len(set(ids) & set(source.split(recipe.train_split).ids))
-        run([args.method], source, plan, dist_info)
-        for seed in plan.seeds:
-            weights = weights_path(plan, source, args.method, seed)
-            model = build_model(architecture_recipe(recipe))
-            model.load_state_dict(load_weights(weights))
-            model.to(dist_info.device).eval()
-            samples = [split[index] for index in range(len(ids))]
-            probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
-                             for s in samples]
-            result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
-                            CRFParams.from_pairs(recipe.crf), args.crf_backend)
-            path = record_path(plan.results, profile, source.name, args.method, seed)
-            update_record(path, {"crf_search": {
-                "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": args.split,
-                "images": len(ids), "images_in_training_split": in_training, "grid": grid,
-                "backend": args.crf_backend, "trained_weights_sha256": file_sha256(weights),
-                "protocol": "DeepLab v1 Sec 4.1: w2, theta_gamma fixed; coarse grid, then half steps around the best",
-                "evaluations": result.evaluations}})
-            print(f"{args.method} seed {seed}: w1={result.best.w1:g} theta_alpha={result.best.theta_alpha:g} "
-                  f"theta_beta={result.best.theta_beta:g} (mIoU {100 * result.best_miou:.2f} on {len(ids)} "
-                  f"{args.split} images, {in_training} of them in the training split) -> {path}; "
-                  f"`run {args.method}+crf` uses them")
-
-    return _harness_errors(action)
+        raise UsageError("crf-search runs in one process (it is a loop over a small grid); launch it without torchrun")
+    source = resolve_dataset(args.data)
+    profile = _profile(args)
+    plan = _plan(args, profile)
+    recipe = apply_overrides(get_recipe(args.method, profile), list(args.set))
+    grid = {**dict(recipe.crf_grid), **{name: values for name in SEARCHED
+                                        if (values := getattr(args, name)) is not None}}
+    split = source.split(args.split)
+    if args.images < 1:
+        raise ValueError(f"--images must be at least 1, got {args.images}")
+    ids = split.ids[: args.images]
+    if len(ids) < args.images:
+        print(f"warning: split {args.split!r} has only {len(ids)} images (asked for {args.images})", file=sys.stderr)
+    in_training = len(set(ids) & set(source.split(recipe.train_split).ids))
+    run([args.method], source, plan, dist_info)
+    for seed in plan.seeds:
+        weights = weights_path(plan, source, args.method, seed)
+        model = build_model(architecture_recipe(recipe))
+        model.load_state_dict(load_weights(weights))
+        model.to(dist_info.device).eval()
+        samples = [split[index] for index in range(len(ids))]
+        probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
+                         for s in samples]
+        result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
+                        CRFParams.from_pairs(recipe.crf), args.crf_backend)
+        path = record_path(plan.results, profile, source.name, args.method, seed)
+        update_record(path, {"crf_search": {
+            "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": args.split,
+            "images": len(ids), "images_in_training_split": in_training, "grid": grid,
+            "backend": args.crf_backend, "trained_weights_sha256": file_sha256(weights),
+            "protocol": "DeepLab v1 Sec 4.1: w2, theta_gamma fixed; coarse grid, then half steps around the best",
+            "evaluations": result.evaluations}})
+        print(f"{args.method} seed {seed}: w1={result.best.w1:g} theta_alpha={result.best.theta_alpha:g} "
+              f"theta_beta={result.best.theta_beta:g} (mIoU {100 * result.best_miou:.2f} on {len(ids)} "
+              f"{args.split} images, {in_training} of them in the training split) -> {path}; "
+              f"`run {args.method}+crf` uses them")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -347,15 +333,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _write_report(args: argparse.Namespace) -> None:
     from benchmarks.report import write_report
 
-    try:
-        for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
-            print(f"wrote {path}")
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
+        print(f"wrote {path}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _write_report(args)
     return 0
 
 
@@ -375,36 +361,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from benchmarks.engine import TrainingError
-    from benchmarks.recipes import RecipeError
-    from benchmarks.voc import DataError
-    from methods.vgg import WeightsUnavailable
-
-    try:
-        return _compare(args)
-    except (DataError, RecipeError, TrainingError, WeightsUnavailable, FileNotFoundError, KeyError,
-            ValueError) as error:
-        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
-        return 2
-
-
-def _compare(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from benchmarks.compare import paired_bootstrap
     from benchmarks.data import resolve_dataset
     from benchmarks.engine import Distributed
     from benchmarks.recipes import PROFILES, get_recipe
     from benchmarks.records import load_counts, load_records, record_path
     from benchmarks.run import run
+    from benchmarks.voc import DataError
 
     _import_modules(args.imports)
+    if args.new not in methods.list_methods():
+        raise UsageError(f"unknown method {args.new!r}; registered methods: {', '.join(methods.list_methods())} "
+                         "(register a new head in a module and pass --import MODULE)")
     baselines = [b for b in args.baseline.split(",") if b]
     profile = _profile(args)
     source = resolve_dataset(args.data)
     base_recipe = get_recipe(args.recipe_from or baselines[0], profile)
     if args.new not in PROFILES[profile]:  # a new head runs with the baseline's recipe, on the same data
-        methods.get_entry(args.new)
         PROFILES[profile][args.new] = dataclasses.replace(
             base_recipe, method=args.new, init_from=None, train_only=None, cached_features=False,
             source=f"the {base_recipe.method} recipe ({base_recipe.source}), applied to {args.new}")
@@ -418,9 +391,8 @@ def _compare(args: argparse.Namespace) -> int:
             new_ids, new_counts = load_counts(records[(args.new, seed)])
             base_ids, base_counts = load_counts(records[(baseline, seed)])
             if new_ids != base_ids:
-                print(f"error: {record_path(Path(args.results), profile, source.name, args.new, seed)} and the "
-                      f"{baseline} record scored different images", file=sys.stderr)
-                return 2
+                raise DataError(f"{record_path(Path(args.results), profile, source.name, args.new, seed)} and the "
+                                f"{baseline} record scored different images; rerun both with --rerun")
             result = paired_bootstrap(new_counts, base_counts, args.resamples, seed)
             rows.append({"new": args.new, "baseline": baseline, "seed": seed, **result})
             print(f"{args.new} - {baseline} (seed {seed}, {result['images']} images): mIoU difference "
@@ -521,5 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an expected failure (``expected_errors``) is ``error: ...`` on stderr and exit 2."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as error:
+        if not isinstance(error, expected_errors()):
+            raise
+        print(f"error: {error_message(error)}", file=sys.stderr)
+        return 2
