@@ -36,11 +36,12 @@ def expected_errors() -> tuple[type[Exception], ...]:
     inputs (``--set`` values, label maps); imported lazily to keep ``list`` and ``rf`` quick."""
     from benchmarks.engine import TrainingError
     from benchmarks.recipes import RecipeError
-    from benchmarks.records import RecordExists
+    from benchmarks.records import RecordError, RecordExists
     from benchmarks.voc import DataError
     from methods.vgg import WeightsUnavailable
 
-    return (UsageError, DataError, RecipeError, TrainingError, WeightsUnavailable, RecordExists, OSError, ValueError)
+    return (UsageError, DataError, RecipeError, RecordError, TrainingError, WeightsUnavailable, RecordExists, OSError,
+            ValueError)
 
 
 def error_message(error: Exception) -> str:

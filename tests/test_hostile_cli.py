@@ -3,6 +3,7 @@ names the file or argument and the fix, with exit status 2; a traceback is a bug
 before any data is generated or any network trained; most run ``main`` in this process, those that
 need a fresh one (a hang, ``python -m``) a subprocess."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,26 @@ def test_an_unexpected_exception_still_raises(capsys, monkeypatch):
     with pytest.raises(RuntimeError, match="a bug"):
         main(["list"])
 
+
+
+def write_record(results: Path, method: str, miou: float) -> Path:
+    """A minimal record ``check`` reads: comparable, on VOC 2012 val."""
+    path = results / "records" / "paper-voc2012" / method / "seed0.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"method": method, "seed": 0, "profile": "paper", "metrics": {"miou": miou / 100},
+                                "comparable_to_paper": True, "comparable_reason": "ok",
+                                "dataset": {"name": "voc2012", "split": "val"}}))
+    return path
+
+
+@pytest.mark.parametrize("content", ['{"method": "deeplab_v1", "se', "", "[]", '{"method": "deeplab_v1"}'])
+@pytest.mark.parametrize("command", ["check", "report"])
+def test_a_broken_record_names_itself_and_the_fix(capsys, tmp_path, content, command):
+    """A truncated or foreign JSON file blocks every command that reads the records, with a line
+    naming it; ``check`` must not pass because the one record that would have failed is unreadable."""
+    write_record(tmp_path, "fcn8s", 62.2)
+    broken = write_record(tmp_path, "deeplab_v1", 50.0)
+    broken.write_text(content)
+    extra = ["--reports", tmp_path / "reports"] if command == "report" else []
+    status, err = run_main(capsys, command, "--results", tmp_path, *extra)
+    assert_one_line_error(status, err, str(broken), "delete it", "git checkout")
