@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import cli
 from benchmarks.cli import main
@@ -87,3 +88,21 @@ def test_a_broken_record_names_itself_and_the_fix(capsys, tmp_path, content, com
     extra = ["--reports", tmp_path / "reports"] if command == "report" else []
     status, err = run_main(capsys, command, "--results", tmp_path, *extra)
     assert_one_line_error(status, err, str(broken), "delete it", "git checkout")
+
+
+def tiny_voc(root: Path) -> Path:
+    """A VOC tree that ``--data`` accepts; enough for a run that fails before reading an image."""
+    (root / "VOC2012" / "JPEGImages").mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize(("name", "fix"), [("weights.pt", "retrain"), ("checkpoint.pt", "from scratch")])
+@pytest.mark.parametrize("cut", [0, 100])
+def test_a_truncated_checkpoint_or_weights_file_names_itself(capsys, tmp_path, name, fix, cut):
+    path = tmp_path / "runs" / "quick-voc2012" / "deeplab_v1" / "seed0" / name
+    path.parent.mkdir(parents=True)
+    torch.save({"model": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:cut])
+    status, err = run_main(capsys, "run", "deeplab_v1", "--data", tiny_voc(tmp_path / "voc"), "--profile", "quick",
+                           "--results", tmp_path / "results", "--runs", tmp_path / "runs", "--no-report")
+    assert_one_line_error(status, err, str(path), "truncated or damaged", "delete it", fix)
