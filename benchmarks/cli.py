@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ import methods
 from benchmarks.receptive_field import analytic_geometry, receptive_field, stack_table
 
 if TYPE_CHECKING:
+    from benchmarks.data import DatasetSource
     from benchmarks.run import RunPlan
 
 CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large")
@@ -223,8 +225,41 @@ def _profile(args: argparse.Namespace) -> str:
     return args.profile or ("paper" if (args.data or os.environ.get("SEGREPRO_DATA")) else "quick")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _writable_folder(path: Path, option: str) -> None:
+    """Create ``path`` if missing and write a probe file into it (a read-only mount fails even as root)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UsageError(f"{option} {path} is not a folder you can write to ({error.strerror}); pass another "
+                         f"{option}") from None
+
+
+def _check_outputs(args: argparse.Namespace, reports: bool = False) -> None:
+    """Before any work (training, generating data): the output folders are writable and every
+    record under ``--results`` reads, rather than failing when the first record or report is written."""
+    from benchmarks.records import load_records
+
+    folders = {"--results": args.results, "--runs": args.runs, **({"--reports": args.reports} if reports else {})}
+    for option, folder in folders.items():
+        _writable_folder(Path(folder), option)
+    load_records(Path(args.results))
+
+
+def _dataset(data: str | None) -> DatasetSource:
+    """``--data``, else the embedded dataset, generated into the cache on first use."""
     from benchmarks.data import resolve_dataset
+    from benchmarks.embedded import CACHE_ENV_VAR, default_cache_dir
+
+    try:
+        return resolve_dataset(data)
+    except OSError as error:  # only generating the embedded dataset writes
+        raise UsageError(f"cannot write the embedded dataset into {default_cache_dir()} ({error.strerror}: "
+                         f"{error.filename}); point ${CACHE_ENV_VAR} at a folder you can write to") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.engine import Distributed
     from benchmarks.recipes import recipe_methods
     from benchmarks.run import CRF_SUFFIX, run
@@ -236,8 +271,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         targets = args.methods
     else:
         raise UsageError("name methods to run, or pass --all")
+    _check_outputs(args, reports=not args.no_report)
     dist_info = Distributed.from_environment(args.device)
-    source = resolve_dataset(args.data)
+    source = _dataset(args.data)
     if not source.comparable_to_paper and dist_info.is_main:
         print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
               f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
@@ -251,17 +287,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_crf_search(args: argparse.Namespace) -> int:
     from benchmarks.crf import CRFParams
     from benchmarks.crf_search import SEARCHED, search
-    from benchmarks.data import resolve_dataset
     from benchmarks.engine import Distributed, build_model, class_probabilities, load_weights
     from benchmarks.recipes import apply_overrides, get_recipe
     from benchmarks.records import record_path, update_record
     from benchmarks.run import architecture_recipe, file_sha256, run, weights_path
 
     _import_modules(args.imports)
+    _check_outputs(args)
     dist_info = Distributed.from_environment(args.device)
     if dist_info.world_size > 1:
         raise UsageError("crf-search runs in one process (it is a loop over a small grid); launch it without torchrun")
-    source = resolve_dataset(args.data)
+    source = _dataset(args.data)
     profile = _profile(args)
     plan = _plan(args, profile)
     recipe = apply_overrides(get_recipe(args.method, profile), list(args.set))
@@ -363,7 +399,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from benchmarks.compare import paired_bootstrap
-    from benchmarks.data import resolve_dataset
     from benchmarks.engine import Distributed
     from benchmarks.recipes import PROFILES, get_recipe
     from benchmarks.records import load_counts, load_records, record_path
@@ -374,9 +409,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.new not in methods.list_methods():
         raise UsageError(f"unknown method {args.new!r}; registered methods: {', '.join(methods.list_methods())} "
                          "(register a new head in a module and pass --import MODULE)")
+    _check_outputs(args)
     baselines = [b for b in args.baseline.split(",") if b]
     profile = _profile(args)
-    source = resolve_dataset(args.data)
+    source = _dataset(args.data)
     base_recipe = get_recipe(args.recipe_from or baselines[0], profile)
     if args.new not in PROFILES[profile]:  # a new head runs with the baseline's recipe, on the same data
         PROFILES[profile][args.new] = dataclasses.replace(

@@ -4,6 +4,7 @@ before any data is generated or any network trained; most run ``main`` in this p
 need a fresh one (a hang, ``python -m``) a subprocess."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,48 @@ def test_a_truncated_checkpoint_or_weights_file_names_itself(capsys, tmp_path, n
     status, err = run_main(capsys, "run", "deeplab_v1", "--data", tiny_voc(tmp_path / "voc"), "--profile", "quick",
                            "--results", tmp_path / "results", "--runs", tmp_path / "runs", "--no-report")
     assert_one_line_error(status, err, str(path), "truncated or damaged", "delete it", fix)
+
+
+def unwritable(tmp_path: Path, kind: str) -> Path:
+    """A folder that cannot be written: under /proc, under a regular file, a regular file itself, or
+    read-only (not for root, who writes there anyway)."""
+    if kind == "proc":
+        return Path("/proc/segrepro-test")
+    (tmp_path / "file").write_text("")
+    if kind == "read-only":
+        (tmp_path / "read-only").mkdir(mode=0o500)
+        return tmp_path / "read-only" / "out"
+    return tmp_path / "file" / "sub" if kind == "under-file" else tmp_path / "file"
+
+
+@pytest.mark.parametrize("kind", ["proc", "under-file", "file", pytest.param("read-only", marks=pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders"))])
+@pytest.mark.parametrize(("command", "option"), [(["run", "deeplab_v1"], "--results"), (["run", "fcn8s"], "--runs"),
+                                                 (["run", "fcn8s"], "--reports"),
+                                                 (["crf-search", "deeplab_v1"], "--results"),
+                                                 (["compare", "deeplab_v1", "--baseline", "fcn8s"], "--runs")])
+def test_unwritable_output_folders_fail_before_any_work(capsys, tmp_path, kind, command, option):
+    folder = unwritable(tmp_path, kind)
+    outputs = {"--results": tmp_path / "r", "--runs": tmp_path / "w", "--reports": tmp_path / "p", option: folder}
+    if command[0] != "run":
+        del outputs["--reports"]
+    status, err = run_main(capsys, *command, *(a for item in outputs.items() for a in item))
+    assert_one_line_error(status, err, f"{option} {folder}", "not a folder you can write to", f"pass another {option}")
+    assert not (tmp_path / "cache").exists()  # failed before generating the embedded dataset
+
+
+def test_a_broken_record_stops_a_run_before_it_trains(capsys, tmp_path):
+    broken = write_record(tmp_path / "r", "fcn8s", 62.2)
+    broken.write_text("{")
+    status, err = run_main(capsys, "run", "deeplab_v1", "--results", tmp_path / "r", "--runs", tmp_path / "w")
+    assert_one_line_error(status, err, str(broken), "delete it")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("kind", ["under-file", "file"])
+def test_an_unwritable_cache_is_one_line_naming_the_variable(capsys, tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("SEGREPRO_CACHE", str(unwritable(tmp_path, kind)))
+    status, err = run_main(capsys, "run", "deeplab_v1", "--results", tmp_path / "r", "--runs", tmp_path / "w",
+                           "--no-report")
+    assert_one_line_error(status, err, "cannot write the embedded dataset into", str(unwritable(tmp_path, kind)),
+                          "$SEGREPRO_CACHE")
