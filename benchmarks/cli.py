@@ -130,9 +130,6 @@ def _dilations(text: str) -> list[int]:
 
 
 def cmd_rf(args: argparse.Namespace) -> int:
-    if args.kernel < 1:
-        print(f"error: --kernel must be positive, got {args.kernel}", file=sys.stderr)
-        return 2
     rows = stack_table(args.dilations, args.kernel)
     claims = check_design_note()
     if args.json:
@@ -304,8 +301,6 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
     grid = {**dict(recipe.crf_grid), **{name: values for name in SEARCHED
                                         if (values := getattr(args, name)) is not None}}
     split = source.split(args.split)
-    if args.images < 1:
-        raise ValueError(f"--images must be at least 1, got {args.images}")
     ids = split.ids[: args.images]
     if len(ids) < args.images:
         print(f"warning: split {args.split!r} has only {len(ids)} images (asked for {args.images})", file=sys.stderr)
@@ -342,9 +337,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     size = SIZES[args.size or ("paper" if device.type == "cuda" else "reduced")]
     steps = args.steps or (10 if device.type == "cuda" else 2)
     eval_images = args.eval_images or (50 if device.type == "cuda" else 4)
-    names = [n for n in args.methods.split(",") if n] if args.methods else None
     eval_batch = args.eval_batch or (8 if device.type == "cuda" else 1)
-    result = run_bench(names, size, device, steps, eval_images, CRF_STAGE_METHODS, eval_batch,
+    result = run_bench(args.methods, size, device, steps, eval_images, CRF_STAGE_METHODS, eval_batch,
                        progress=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(json.dumps(result, indent=2))
@@ -410,7 +404,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown method {args.new!r}; registered methods: {', '.join(methods.list_methods())} "
                          "(register a new head in a module and pass --import MODULE)")
     _check_outputs(args)
-    baselines = [b for b in args.baseline.split(",") if b]
+    baselines = args.baseline
     profile = _profile(args)
     source = _dataset(args.data)
     base_recipe = get_recipe(args.recipe_from or baselines[0], profile)
@@ -445,13 +439,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf") -> None:
     p.add_argument("--data", help="folder holding VOCdevkit (default $SEGREPRO_DATA; else the embedded dataset)")
     p.add_argument("--profile", choices=["paper", "quick"], help="default: paper with VOC data, quick without")
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0], help="e.g. 0,1,2")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", type=_device, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--seeds", type=_seeds, default=[0], help="e.g. 0,1,2")
+    p.add_argument("--workers", type=_nonnegative_int, default=0, help="DataLoader worker processes")
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs", help="checkpoints, weights and logs (not committed)")
     p.add_argument("--import", dest="imports", action="append", default=[], help="module registering new methods")
-    p.add_argument("--eval-batch", type=int, default=1, help="images of one size scored together (GPU: 8-16)")
+    p.add_argument("--eval-batch", type=_positive_int, default=1, help="images of one size scored together (GPU: 8-16)")
     p.add_argument("--crf-backend", choices=["pydensecrf", "torch"], default=crf_backend,
                    help=f"dense CRF: pydensecrf (the reference) or torch (same lattice, runs on the GPU); "
                         f"default {crf_backend}")
@@ -462,6 +456,61 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
 
 
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _num_classes(text: str) -> int:
+    """Class indices 0..N-1 of 8-bit label maps, 255 being ignore: 2 <= N <= 255."""
+    value = _int_at_least(text, 2)
+    if value > 255:
+        raise argparse.ArgumentTypeError(f"must be at most 255 (8-bit labels, 255 = ignore), got {value}")
+    return value
+
+
+def _seeds(text: str) -> list[int]:
+    seeds = [_nonnegative_int(v) for v in text.split(",")]
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"names a seed twice: {text!r}")
+    return seeds
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"names no method ({text!r}); pass comma-separated method names")
+    return names
+
+
+def _device(text: str) -> str:
+    """``--device``, checked before any work: cpu, or a CUDA GPU this process sees."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"the harness runs on cpu or cuda, not {text!r}")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        seen = f"{count} CUDA GPUs (cuda:0 to cuda:{count - 1})" if count else "no CUDA GPU"
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {seen}; pass --device cpu or leave it out")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -470,13 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("rf", help="per-layer receptive fields of a stack of dilated convolutions")
     p.add_argument("--dilations", type=_dilations, required=True, help="e.g. 1,2,4")
-    p.add_argument("--kernel", type=int, default=3)
+    p.add_argument("--kernel", type=_positive_int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rf)
     p = sub.add_parser("evaluate", help="score a directory of label PNGs against ground truth (mIoU etc.)")
     p.add_argument("--pred", required=True, help="predicted label PNGs (palette or 8-bit), matched by file stem")
     p.add_argument("--gt", required=True, help="ground-truth label PNGs (255 = ignore)")
-    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--num-classes", type=_num_classes, default=21, help="2 to 255 (default 21)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("prepare-data", help="convert SBD into SegmentationClassAug and build the trainaug split")
@@ -495,18 +544,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crf-search", help="DeepLab's CRF parameter search for METHOD; +crf then uses the result")
     p.add_argument("method")
     p.add_argument("--split", default="crfholdout", help="images to search on (default: the held-out list)")
-    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--images", type=_positive_int, default=100)
     for name in ("w1", "theta_alpha", "theta_beta"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_floats, help="coarse grid (default: recipe)")
     _add_run_options(p, crf_backend="torch")
     p.set_defaults(func=cmd_crf_search)
     p = sub.add_parser("bench", help="training/evaluation/CRF speed of each paper recipe on synthetic VOC-size data")
-    p.add_argument("--methods", help="comma-separated (default: every method with a recipe)")
-    p.add_argument("--device", help="cuda, cpu (default: cuda when available)")
+    p.add_argument("--methods", type=_names, help="comma-separated (default: every method with a recipe)")
+    p.add_argument("--device", type=_device, help="cuda, cpu (default: cuda when available)")
     p.add_argument("--size", choices=["paper", "reduced"], help="default: paper on CUDA, reduced on the CPU")
-    p.add_argument("--steps", type=int, help="timed training steps per method (default 10 CUDA / 2 CPU)")
-    p.add_argument("--eval-images", type=int, help="images timed for the 1,449-image figure (default 50 / 4)")
-    p.add_argument("--eval-batch", type=int, help="images per forward pass when scoring (default 8 CUDA / 1 CPU)")
+    p.add_argument("--steps", type=_positive_int, help="timed training steps per method (default 10 CUDA / 2 CPU)")
+    p.add_argument("--eval-images", type=_positive_int, help="images timed for the 1,449-image figure (default 50 / 4)")
+    p.add_argument("--eval-batch", type=_positive_int,
+                   help="images per forward pass when scoring (default 8 CUDA / 1 CPU)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("report", help="regenerate tables and reports/report.md from the records")
@@ -520,9 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("compare", help="a new registered head against baselines: paired bootstrap CI of the mIoU gap")
     p.add_argument("new")
-    p.add_argument("--baseline", required=True, help="comma-separated baseline methods")
+    p.add_argument("--baseline", type=_names, required=True, help="comma-separated baseline methods")
     p.add_argument("--recipe-from", help="whose recipe the new head uses (default: the first baseline)")
-    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--resamples", type=_positive_int, default=2000)
     p.add_argument("--json", action="store_true")
     _add_run_options(p)
     p.set_defaults(func=cmd_compare)

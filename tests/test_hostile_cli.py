@@ -152,3 +152,31 @@ def test_an_unwritable_cache_is_one_line_naming_the_variable(capsys, tmp_path, m
                            "--no-report")
     assert_one_line_error(status, err, "cannot write the embedded dataset into", str(unwritable(tmp_path, kind)),
                           "$SEGREPRO_CACHE")
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["run", "deeplab_v1", "--device", "bogus"], ["--device", "unknown device 'bogus'", "cpu, cuda"]),
+    (["run", "deeplab_v1", "--device", "mps"], ["--device", "cpu or cuda, not 'mps'"]),
+    pytest.param(["run", "deeplab_v1", "--device", "cuda"], ["--device", "no CUDA GPU", "--device cpu"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
+    (["bench", "--device", "cuda:99"], ["--device", "cuda:99: this machine has", "--device cpu"]),
+    (["crf-search", "deeplab_v1", "--device", ""], ["--device", "unknown device ''"]),
+    (["run", "deeplab_v1", "--seeds", "a"], ["--seeds", "expected an integer, got 'a'"]),
+    (["run", "deeplab_v1", "--seeds", "-1"], ["--seeds", "at least 0, got -1"]),
+    (["run", "deeplab_v1", "--seeds", "0,1,0"], ["--seeds", "twice"]),
+    (["run", "deeplab_v1", "--eval-batch", "0"], ["--eval-batch", "at least 1, got 0"]),
+    (["compare", "deeplab_v1", "--baseline", "fcn8s", "--workers", "-1"], ["--workers", "at least 0, got -1"]),
+    (["compare", "deeplab_v1", "--baseline", "fcn8s", "--resamples", "0"], ["--resamples", "at least 1"]),
+    (["compare", "deeplab_v1", "--baseline", ""], ["--baseline", "names no method"]),
+    (["bench", "--steps", "-2"], ["--steps", "at least 1, got -2"]),
+    (["bench", "--eval-images", "0"], ["--eval-images", "at least 1"]),
+    (["bench", "--eval-batch", "x"], ["--eval-batch", "expected an integer"]),
+    (["bench", "--methods", ","], ["--methods", "names no method"]),
+    (["crf-search", "deeplab_v1", "--images", "0"], ["--images", "at least 1"]),
+    (["rf", "--dilations", "1,2", "--kernel", "0"], ["--kernel", "at least 1"]),
+    (["evaluate", "--pred", "p", "--gt", "g", "--num-classes", "-3"], ["--num-classes", "at least 2, got -3"]),
+    (["evaluate", "--pred", "p", "--gt", "g", "--num-classes", "256"], ["--num-classes", "at most 255"]),
+])
+def test_bad_arguments_are_argparse_errors(capsys, tmp_path, args, words):
+    assert_one_line_error(*run_main(capsys, *args), *words)
+    assert not (tmp_path / "cache").exists()
