@@ -143,17 +143,32 @@ def cmd_rf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_files(folder: Path, option: str) -> dict[str, Path]:
+    """The ``*.png`` files of ``folder`` by stem; anything else under that name (a named pipe that
+    would block the read, a device, a folder) is an error."""
+    from benchmarks.voc import DataError
+
+    if not folder.is_dir():
+        raise DataError(f"{option} {folder} is not a directory")
+    files = {}
+    for path in sorted(folder.glob("*.png")):
+        if not path.is_file():
+            raise DataError(f"{option}: {path} is not a regular file (a pipe, a device or a folder); only regular PNG "
+                            "files are read: move it out of the folder")
+        files[path.stem] = path
+    return files
+
+
 def evaluate_directories(pred_dir: Path, gt_dir: Path, num_classes: int = 21) -> dict[str, object]:
     """Score every label PNG of ``gt_dir`` against the prediction of the same file stem in
     ``pred_dir`` with the one evaluator."""
     from benchmarks.evaluation import ConfusionMatrix
     from benchmarks.voc import DataError, read_label
 
-    for folder, what in ((pred_dir, "--pred"), (gt_dir, "--gt")):
-        if not folder.is_dir():
-            raise DataError(f"{what} {folder} is not a directory")
-    gt_files = {p.stem: p for p in sorted(gt_dir.glob("*.png"))}
-    pred_files = {p.stem: p for p in sorted(pred_dir.glob("*.png"))}
+    pred_files, gt_files = _label_files(pred_dir, "--pred"), _label_files(gt_dir, "--gt")
+    if pred_dir.samefile(gt_dir):
+        raise DataError(f"--pred and --gt are the same folder ({pred_dir}): ground truth scored against itself is "
+                        "always 100; pass the folder of predictions as --pred")
     if not gt_files:
         raise DataError(f"--gt {gt_dir} holds no .png label maps")
     missing = sorted(set(gt_files) - set(pred_files))

@@ -5,10 +5,14 @@ need a fresh one (a hang, ``python -m``) a subprocess."""
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from benchmarks import cli
 from benchmarks.cli import main
@@ -180,3 +184,36 @@ def test_an_unwritable_cache_is_one_line_naming_the_variable(capsys, tmp_path, m
 def test_bad_arguments_are_argparse_errors(capsys, tmp_path, args, words):
     assert_one_line_error(*run_main(capsys, *args), *words)
     assert not (tmp_path / "cache").exists()
+
+
+def label_folders(root: Path) -> tuple[Path, Path]:
+    """``pred/`` and ``gt/`` with one 4x4 label map each, of the same stem."""
+    folders = root / "pred", root / "gt"
+    for folder in folders:
+        folder.mkdir()
+        Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) % 3, mode="L").save(folder / "a.png")
+    return folders
+
+
+def test_evaluate_refuses_to_score_ground_truth_against_itself(capsys, tmp_path):
+    _, gt = label_folders(tmp_path)
+    (tmp_path / "link").symlink_to(gt)
+    status, err = run_main(capsys, "evaluate", "--pred", tmp_path / "link", "--gt", gt)
+    assert_one_line_error(status, err, "--pred and --gt are the same folder", "always 100")
+
+
+def run_process(args: list[object], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks ARGS`` in a fresh process (in the environment of ``no_data``)."""
+    return subprocess.run([sys.executable, "-m", "benchmarks", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("folder", ["pred", "gt"])
+def test_evaluate_does_not_hang_on_a_named_pipe(tmp_path, folder):
+    """A FIFO named like a label map would block ``open`` forever: only regular files are read."""
+    pred, gt = label_folders(tmp_path)
+    (tmp_path / folder / "a.png").unlink()
+    os.mkfifo(tmp_path / folder / "a.png")
+    result = run_process(["evaluate", "--pred", pred, "--gt", gt], timeout=60)
+    assert_one_line_error(result.returncode, result.stderr, f"{tmp_path / folder / 'a.png'} is not a regular file",
+                          "move it out")
