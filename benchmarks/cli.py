@@ -223,7 +223,13 @@ def _import_modules(names: list[str]) -> None:
     import importlib
 
     for name in names:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:  # the module is there; something it imports is not: its traceback helps
+                raise
+            raise UsageError(f"--import {name}: no module named {name!r}; put the folder that holds {name}.py on "
+                             "PYTHONPATH (or run from that folder)") from None
 
 
 def _plan(args: argparse.Namespace, profile: str) -> RunPlan:
@@ -277,6 +283,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.run import CRF_SUFFIX, run
 
     _import_modules(args.imports)
+    if args.all and args.methods:
+        raise UsageError(f"pass either --all or method names, not both (got --all and {' '.join(args.methods)})")
     if args.all:
         targets = [*recipe_methods(), *(f"{m}{CRF_SUFFIX}" for m in CRF_STAGE_METHODS)]
     elif args.methods:
@@ -347,7 +355,12 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.bench import SIZES, run_bench
+    from benchmarks.recipes import recipe_methods
 
+    unknown = [name for name in args.methods or [] if name not in recipe_methods()]
+    if unknown:
+        raise UsageError(f"bench --methods: no recipe for {', '.join(unknown)}; methods with recipes: "
+                         f"{', '.join(recipe_methods())}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size = SIZES[args.size or ("paper" if device.type == "cuda" else "reduced")]
     steps = args.steps or (10 if device.type == "cuda" else 2)
@@ -395,7 +408,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from benchmarks.check import check_records, load_references
     from benchmarks.records import load_records
 
-    verdicts = check_records(load_records(Path(args.results)), load_references())
+    records = load_records(Path(args.results))
+    if not records:
+        raise UsageError(f"no records under {Path(args.results) / 'records'}; run `python -m benchmarks run` first, "
+                         "or pass --results")
+    verdicts = check_records(records, load_references())
     if args.json:
         print(json.dumps(verdicts, indent=2))
     else:
@@ -579,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports")
     p.add_argument("--runs", default="runs")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("check", help="each record against the published numbers (exit 1 if a comparable run missed)")
+    p = sub.add_parser("check", help="each record against the published numbers (exit 1 if a comparable run missed; "
+                                     "2 if there are no records or one does not read)")
     p.add_argument("--results", default="results")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)

@@ -186,6 +186,29 @@ def test_bad_arguments_are_argparse_errors(capsys, tmp_path, args, words):
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize(("args", "words"), [
+    (["run", "--all", "deeplab_v1"], ["pass either --all or method names", "deeplab_v1"]),
+    (["run", "deeplab_v1", "--import", "no_such_module_x"], ["--import no_such_module_x", "PYTHONPATH"]),
+    (["bench", "--methods", "deeplab_v1,nosuch"], ["--methods", "no recipe for nosuch", "deeplab_v1, fcn16s"]),
+])
+def test_mistaken_names_are_one_line(capsys, tmp_path, args, words):
+    assert_one_line_error(*run_main(capsys, *args), *words)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_import_that_fails_inside_the_module_keeps_its_traceback(tmp_path, monkeypatch):
+    """``--import`` of a module that exists but imports something missing is the module's bug."""
+    (tmp_path / "broken_heads.py").write_text("import no_such_dependency_x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_x"):
+        main(["run", "deeplab_v1", "--import", "broken_heads"])
+
+
+def test_check_without_records_says_where_it_looked(capsys, tmp_path):
+    status, err = run_main(capsys, "check", "--results", tmp_path / "empty")
+    assert_one_line_error(status, err, f"no records under {tmp_path / 'empty' / 'records'}", "run")
+
+
 def label_folders(root: Path) -> tuple[Path, Path]:
     """``pred/`` and ``gt/`` with one 4x4 label map each, of the same stem."""
     folders = root / "pred", root / "gt"
