@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,12 +18,45 @@ import methods
 from benchmarks.receptive_field import analytic_geometry, receptive_field, stack_table
 
 if TYPE_CHECKING:
+    from benchmarks.data import DatasetSource
     from benchmarks.run import RunPlan
 
 CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large")
 """Methods the papers also report with dense-CRF post-processing (SPEC section 2): ``NAME+crf``."""
 
 DESIGN_NOTE_CLAIMS = Path(__file__).with_name("design_note_claims.json")
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as given; the message says what to pass instead."""
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The failures a user causes and fixes (arguments, data, recipes, files, a diverging run,
+    offline weights): ``main`` prints them as one line and exits 2. Anything else is a bug and
+    raises with its traceback. ``ValueError`` is here because the harness raises it for invalid
+    inputs (``--set`` values, label maps); imported lazily to keep ``list`` and ``rf`` quick."""
+    from benchmarks.engine import TrainingError
+    from benchmarks.networks import RunLocked
+    from benchmarks.recipes import RecipeError
+    from benchmarks.records import RecordError, RecordExists
+    from benchmarks.voc import DataError
+    from methods.vgg import WeightsUnavailable
+
+    return (UsageError, DataError, RecipeError, RecordError, TrainingError, WeightsUnavailable, RecordExists, RunLocked,
+            OSError, ValueError)
+
+
+def error_message(error: Exception) -> str:
+    """The one line ``main`` prints for an expected failure."""
+    from methods.vgg import WeightsUnavailable
+
+    if isinstance(error, WeightsUnavailable):
+        return (f"{error} From the command line: --set pretrained=false (the run is then marked not comparable to "
+                "the papers).")
+    if isinstance(error, OSError) and error.filename is not None:  # from the OS: says which file, not what to do
+        return f"{error} (check that the path is right and that you may read and write there)"
+    return str(error)
 
 
 def method_facts(name: str) -> dict[str, object]:
@@ -99,9 +133,6 @@ def _dilations(text: str) -> list[int]:
 
 
 def cmd_rf(args: argparse.Namespace) -> int:
-    if args.kernel < 1:
-        print(f"error: --kernel must be positive, got {args.kernel}", file=sys.stderr)
-        return 2
     rows = stack_table(args.dilations, args.kernel)
     claims = check_design_note()
     if args.json:
@@ -115,17 +146,32 @@ def cmd_rf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_files(folder: Path, option: str) -> dict[str, Path]:
+    """The ``*.png`` files of ``folder`` by stem; anything else under that name (a named pipe that
+    would block the read, a device, a folder) is an error."""
+    from benchmarks.voc import DataError
+
+    if not folder.is_dir():
+        raise DataError(f"{option} {folder} is not a directory")
+    files = {}
+    for path in sorted(folder.glob("*.png")):
+        if not path.is_file():
+            raise DataError(f"{option}: {path} is not a regular file (a pipe, a device or a folder); only regular PNG "
+                            "files are read: move it out of the folder")
+        files[path.stem] = path
+    return files
+
+
 def evaluate_directories(pred_dir: Path, gt_dir: Path, num_classes: int = 21) -> dict[str, object]:
     """Score every label PNG of ``gt_dir`` against the prediction of the same file stem in
     ``pred_dir`` with the one evaluator."""
     from benchmarks.evaluation import ConfusionMatrix
     from benchmarks.voc import DataError, read_label
 
-    for folder, what in ((pred_dir, "--pred"), (gt_dir, "--gt")):
-        if not folder.is_dir():
-            raise DataError(f"{what} {folder} is not a directory")
-    gt_files = {p.stem: p for p in sorted(gt_dir.glob("*.png"))}
-    pred_files = {p.stem: p for p in sorted(pred_dir.glob("*.png"))}
+    pred_files, gt_files = _label_files(pred_dir, "--pred"), _label_files(gt_dir, "--gt")
+    if pred_dir.samefile(gt_dir):
+        raise DataError(f"--pred and --gt are the same folder ({pred_dir}): ground truth scored against itself is "
+                        "always 100; pass the folder of predictions as --pred")
     if not gt_files:
         raise DataError(f"--gt {gt_dir} holds no .png label maps")
     missing = sorted(set(gt_files) - set(pred_files))
@@ -146,13 +192,9 @@ def evaluate_directories(pred_dir: Path, gt_dir: Path, num_classes: int = 21) ->
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from benchmarks.voc import VOC_CLASSES, DataError
+    from benchmarks.voc import VOC_CLASSES
 
-    try:
-        result = evaluate_directories(Path(args.pred), Path(args.gt), args.num_classes)
-    except (DataError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = evaluate_directories(Path(args.pred), Path(args.gt), args.num_classes)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -167,19 +209,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from benchmarks.embedded import embedded_root
     from benchmarks.prepare_data import prepare_data
-    from benchmarks.voc import DataError
 
     if args.embedded:
         print(f"embedded dataset (generated, not comparable to the papers): {embedded_root()}")
         return 0
     if not args.sbd:
-        print("error: pass --sbd PATH (the extracted SBD benchmark.tgz), or --embedded", file=sys.stderr)
-        return 2
-    try:
-        done = prepare_data(args.data, args.sbd)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise UsageError("pass --sbd PATH (the extracted SBD benchmark.tgz), or --embedded")
+    done = prepare_data(args.data, args.sbd)
     print(f"{done.voc_root}: trainaug {done.trainaug} ids; SegmentationClassAug written from VOC {done.from_voc}, "
           f"from SBD {done.from_sbd}, already there {done.kept}")
     return 0
@@ -190,28 +226,13 @@ def _import_modules(names: list[str]) -> None:
     import importlib
 
     for name in names:
-        importlib.import_module(name)
-
-
-def _harness_errors(action: Callable[[], None]) -> int:
-    """Run ``action``; a known failure (data, recipe, divergence, offline weights) is one line on
-    stderr and exit status 2."""
-    from benchmarks.engine import TrainingError
-    from benchmarks.networks import RunLocked
-    from benchmarks.recipes import RecipeError
-    from benchmarks.voc import DataError
-    from methods.vgg import WeightsUnavailable
-
-    try:
-        action()
-    except WeightsUnavailable as error:
-        print(f"error: {error} From the command line: --set pretrained=false (the run is then marked not "
-              "comparable to the papers).", file=sys.stderr)
-        return 2
-    except (DataError, RecipeError, TrainingError, RunLocked, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:  # the module is there; something it imports is not: its traceback helps
+                raise
+            raise UsageError(f"--import {name}: no module named {name!r}; put the folder that holds {name}.py on "
+                             "PYTHONPATH (or run from that folder)") from None
 
 
 def _plan(args: argparse.Namespace, profile: str) -> RunPlan:
@@ -227,43 +248,70 @@ def _profile(args: argparse.Namespace) -> str:
     return args.profile or ("paper" if (args.data or os.environ.get("SEGREPRO_DATA")) else "quick")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _writable_folder(path: Path, option: str) -> None:
+    """Create ``path`` if missing and write a probe file into it (a read-only mount fails even as root)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UsageError(f"{option} {path} is not a folder you can write to ({error.strerror}); pass another "
+                         f"{option}") from None
+
+
+def _check_outputs(args: argparse.Namespace, reports: bool = False) -> None:
+    """Before any work (training, generating data): the output folders are writable and every
+    record under ``--results`` reads, rather than failing when the first record or report is written."""
+    from benchmarks.records import load_records
+
+    folders = {"--results": args.results, "--runs": args.runs, **({"--reports": args.reports} if reports else {})}
+    for option, folder in folders.items():
+        _writable_folder(Path(folder), option)
+    load_records(Path(args.results))
+
+
+def _dataset(data: str | None) -> DatasetSource:
+    """``--data``, else the embedded dataset, generated into the cache on first use."""
     from benchmarks.data import resolve_dataset
+    from benchmarks.embedded import CACHE_ENV_VAR, default_cache_dir
+
+    try:
+        return resolve_dataset(data)
+    except OSError as error:  # only generating the embedded dataset writes
+        raise UsageError(f"cannot write the embedded dataset into {default_cache_dir()} ({error.strerror}: "
+                         f"{error.filename}); point ${CACHE_ENV_VAR} at a folder you can write to") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.engine import Distributed
     from benchmarks.recipes import recipe_methods
     from benchmarks.run import CRF_SUFFIX, run
 
     _import_modules(args.imports)
+    if args.all and args.methods:
+        raise UsageError(f"pass either --all or method names, not both (got --all and {' '.join(args.methods)})")
     if args.all:
         targets = [*recipe_methods(), *(f"{m}{CRF_SUFFIX}" for m in CRF_STAGE_METHODS)]
     elif args.methods:
         targets = args.methods
     else:
-        print("error: name methods to run, or pass --all", file=sys.stderr)
-        return 2
+        raise UsageError("name methods to run, or pass --all")
+    _check_outputs(args, reports=not args.no_report)
     dist_info = Distributed.from_environment(args.device)
-
-    def action() -> None:
-        source = resolve_dataset(args.data)
-        if not source.comparable_to_paper and dist_info.is_main:
-            print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
-                  f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
-        run(targets, source, _plan(args, _profile(args)), dist_info,
-            progress=print if dist_info.is_main else (lambda _: None))
-
-    status = _harness_errors(action)
-    if status == 0 and dist_info.is_main and not args.no_report:
-        from benchmarks.report import write_report
-
-        for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
-            print(f"wrote {path}")
-    return status
+    source = _dataset(args.data)
+    if not source.comparable_to_paper and dist_info.is_main:
+        print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
+              f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
+    run(targets, source, _plan(args, _profile(args)), dist_info,
+        progress=print if dist_info.is_main else (lambda _: None))
+    if dist_info.is_main and not args.no_report:
+        _write_report(args)
+    return 0
 
 
 def cmd_crf_search(args: argparse.Namespace) -> int:
     from benchmarks.crf import CRFParams
     from benchmarks.crf_search import SEARCHED, search
-    from benchmarks.data import resolve_dataset
     from benchmarks.engine import Distributed, class_probabilities
     from benchmarks.networks import build_trained, file_sha256
     from benchmarks.progress import bar
@@ -272,62 +320,59 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
     from benchmarks.run import run, target_record_path, weights_path
 
     _import_modules(args.imports)
+    _check_outputs(args)
     dist_info = Distributed.from_environment(args.device)
     if dist_info.world_size > 1:
-        print("error: crf-search runs in one process (it is a loop over a small grid); launch it without torchrun",
-              file=sys.stderr)
-        return 2
-
-    def action() -> None:
-        source = resolve_dataset(args.data)
-        profile = _profile(args)
-        plan = _plan(args, profile)
-        recipe = apply_overrides(get_recipe(args.method, profile), list(args.set))
-        grid = {**dict(recipe.crf_grid), **{name: values for name in SEARCHED
-                                            if (values := getattr(args, name)) is not None}}
-        split = source.split(args.split)
-        if args.images < 1:
-            raise ValueError(f"--images must be at least 1, got {args.images}")
-        ids = split.ids[: args.images]
-        if len(ids) < args.images:
-            print(f"warning: split {args.split!r} has only {len(ids)} images (asked for {args.images})",
-                  file=sys.stderr)
-        in_training = len(set(ids) & set(source.split(recipe.train_split).ids))
-        run([args.method], source, plan, dist_info)
-        for seed in plan.seeds:
-            weights = weights_path(plan, source, args.method, seed)
-            model = build_trained(recipe, weights).to(dist_info.device).eval()
-            samples = [split[index] for index in range(len(ids))]
-            probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
-                             for s in bar(f"{args.method} seed {seed}: probabilities", len(samples), "img",
-                                          iterable=samples)]
-            result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
-                            CRFParams.from_pairs(recipe.crf), args.crf_backend)
-            path = target_record_path(plan, source, args.method, seed)
-            update_record(path, {"crf_search": {
-                "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": args.split,
-                "images": len(ids), "images_in_training_split": in_training, "grid": grid,
-                "backend": args.crf_backend, "trained_weights_sha256": file_sha256(weights),
-                "protocol": "DeepLab v1 Sec 4.1: w2, theta_gamma fixed; coarse grid, then half steps around the best",
-                "evaluations": result.evaluations}})
-            print(f"{args.method} seed {seed}: w1={result.best.w1:g} theta_alpha={result.best.theta_alpha:g} "
-                  f"theta_beta={result.best.theta_beta:g} (mIoU {100 * result.best_miou:.2f} on {len(ids)} "
-                  f"{args.split} images, {in_training} of them in the training split) -> {path}; "
-                  f"`run {args.method}+crf` uses them")
-
-    return _harness_errors(action)
+        raise UsageError("crf-search runs in one process (it is a loop over a small grid); launch it without torchrun")
+    source = _dataset(args.data)
+    profile = _profile(args)
+    plan = _plan(args, profile)
+    recipe = apply_overrides(get_recipe(args.method, profile), list(args.set))
+    grid = {**dict(recipe.crf_grid), **{name: values for name in SEARCHED
+                                        if (values := getattr(args, name)) is not None}}
+    split = source.split(args.split)
+    ids = split.ids[: args.images]
+    if len(ids) < args.images:
+        print(f"warning: split {args.split!r} has only {len(ids)} images (asked for {args.images})", file=sys.stderr)
+    in_training = len(set(ids) & set(source.split(recipe.train_split).ids))
+    run([args.method], source, plan, dist_info)
+    for seed in plan.seeds:
+        weights = weights_path(plan, source, args.method, seed)
+        model = build_trained(recipe, weights).to(dist_info.device).eval()
+        samples = [split[index] for index in range(len(ids))]
+        probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
+                         for s in bar(f"{args.method} seed {seed}: probabilities", len(samples), "img",
+                                      iterable=samples)]
+        result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
+                        CRFParams.from_pairs(recipe.crf), args.crf_backend)
+        path = target_record_path(plan, source, args.method, seed)
+        update_record(path, {"crf_search": {
+            "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": args.split,
+            "images": len(ids), "images_in_training_split": in_training, "grid": grid,
+            "backend": args.crf_backend, "trained_weights_sha256": file_sha256(weights),
+            "protocol": "DeepLab v1 Sec 4.1: w2, theta_gamma fixed; coarse grid, then half steps around the best",
+            "evaluations": result.evaluations}})
+        print(f"{args.method} seed {seed}: w1={result.best.w1:g} theta_alpha={result.best.theta_alpha:g} "
+              f"theta_beta={result.best.theta_beta:g} (mIoU {100 * result.best_miou:.2f} on {len(ids)} "
+              f"{args.split} images, {in_training} of them in the training split) -> {path}; "
+              f"`run {args.method}+crf` uses them")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.bench import SIZES, run_bench
+    from benchmarks.recipes import recipe_methods
 
+    unknown = [name for name in args.methods or [] if name not in recipe_methods()]
+    if unknown:
+        raise UsageError(f"bench --methods: no recipe for {', '.join(unknown)}; methods with recipes: "
+                         f"{', '.join(recipe_methods())}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size = SIZES[args.size or ("paper" if device.type == "cuda" else "reduced")]
     steps = args.steps or (10 if device.type == "cuda" else 2)
     eval_images = args.eval_images or (50 if device.type == "cuda" else 4)
-    names = [n for n in args.methods.split(",") if n] if args.methods else None
     eval_batch = args.eval_batch or (8 if device.type == "cuda" else 1)
-    result = run_bench(names, size, device, steps, eval_images, CRF_STAGE_METHODS, eval_batch,
+    result = run_bench(args.methods, size, device, steps, eval_images, CRF_STAGE_METHODS, eval_batch,
                        progress=lambda line: print(line, file=sys.stderr))
     if args.json:
         print(json.dumps(result, indent=2))
@@ -353,15 +398,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _write_report(args: argparse.Namespace) -> None:
     from benchmarks.report import write_report
 
-    try:
-        for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
-            print(f"wrote {path}")
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
+        print(f"wrote {path}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _write_report(args)
     return 0
 
 
@@ -369,7 +414,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from benchmarks.check import check_records, load_references
     from benchmarks.records import load_records
 
-    verdicts = check_records(load_records(Path(args.results)), load_references())
+    records = load_records(Path(args.results))
+    if not records:
+        raise UsageError(f"no records under {Path(args.results) / 'records'}; run `python -m benchmarks run` first, "
+                         "or pass --results")
+    verdicts = check_records(records, load_references())
     if args.json:
         print(json.dumps(verdicts, indent=2))
     else:
@@ -381,36 +430,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from benchmarks.engine import TrainingError
-    from benchmarks.recipes import RecipeError
-    from benchmarks.voc import DataError
-    from methods.vgg import WeightsUnavailable
-
-    try:
-        return _compare(args)
-    except (DataError, RecipeError, TrainingError, WeightsUnavailable, FileNotFoundError, KeyError,
-            ValueError) as error:
-        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
-        return 2
-
-
-def _compare(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from benchmarks.compare import paired_bootstrap
-    from benchmarks.data import resolve_dataset
     from benchmarks.engine import Distributed
     from benchmarks.recipes import PROFILES, get_recipe
     from benchmarks.records import load_counts
     from benchmarks.run import run
+    from benchmarks.voc import DataError
 
     _import_modules(args.imports)
-    baselines = [b for b in args.baseline.split(",") if b]
+    if args.new not in methods.list_methods():
+        raise UsageError(f"unknown method {args.new!r}; registered methods: {', '.join(methods.list_methods())} "
+                         "(register a new head in a module and pass --import MODULE)")
+    _check_outputs(args)
+    baselines = args.baseline
     profile = _profile(args)
-    source = resolve_dataset(args.data)
+    source = _dataset(args.data)
     base_recipe = get_recipe(args.recipe_from or baselines[0], profile)
     if args.new not in PROFILES[profile]:  # a new head runs with the baseline's recipe, on the same data
-        methods.get_entry(args.new)
         PROFILES[profile][args.new] = dataclasses.replace(
             base_recipe, method=args.new, init_from=None, train_only=None, cached_features=False,
             source=f"the {base_recipe.method} recipe ({base_recipe.source}), applied to {args.new}")
@@ -422,9 +458,8 @@ def _compare(args: argparse.Namespace) -> int:
             new_ids, new_counts = load_counts(paths[(args.new, seed)])
             base_ids, base_counts = load_counts(paths[(baseline, seed)])
             if new_ids != base_ids:
-                print(f"error: {paths[(args.new, seed)]} and the {baseline} record scored different images",
-                      file=sys.stderr)
-                return 2
+                raise DataError(f"{paths[(args.new, seed)]} and the {baseline} record scored different images; "
+                                "rerun both with --rerun")
             result = paired_bootstrap(new_counts, base_counts, args.resamples, seed)
             rows.append({"new": args.new, "baseline": baseline, "seed": seed, **result})
             print(f"{args.new} - {baseline} (seed {seed}, {result['images']} images): mIoU difference "
@@ -444,13 +479,13 @@ def _add_import_option(p: argparse.ArgumentParser) -> None:
 def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf") -> None:
     p.add_argument("--data", help="folder holding VOCdevkit (default $SEGREPRO_DATA; else the embedded dataset)")
     p.add_argument("--profile", choices=["paper", "quick"], help="default: paper with VOC data, quick without")
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",")], default=[0], help="e.g. 0,1,2")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", type=_device, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--seeds", type=_seeds, default=[0], help="e.g. 0,1,2")
+    p.add_argument("--workers", type=_nonnegative_int, default=0, help="DataLoader worker processes")
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs", help="checkpoints, weights and logs (not committed)")
     _add_import_option(p)
-    p.add_argument("--eval-batch", type=int, default=1, help="images of one size scored together (GPU: 8-16)")
+    p.add_argument("--eval-batch", type=_positive_int, default=1, help="images of one size scored together (GPU: 8-16)")
     p.add_argument("--crf-backend", choices=["pydensecrf", "torch"], default=crf_backend,
                    help=f"dense CRF: pydensecrf (the reference) or torch (same lattice, runs on the GPU); "
                         f"default {crf_backend}")
@@ -475,6 +510,61 @@ def _crf_values(name: str) -> Callable[[str], tuple[float, ...]]:
     return parse
 
 
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _num_classes(text: str) -> int:
+    """Class indices 0..N-1 of 8-bit label maps, 255 being ignore: 2 <= N <= 255."""
+    value = _int_at_least(text, 2)
+    if value > 255:
+        raise argparse.ArgumentTypeError(f"must be at most 255 (8-bit labels, 255 = ignore), got {value}")
+    return value
+
+
+def _seeds(text: str) -> list[int]:
+    seeds = [_nonnegative_int(v) for v in text.split(",")]
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"names a seed twice: {text!r}")
+    return seeds
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"names no method ({text!r}); pass comma-separated method names")
+    return names
+
+
+def _device(text: str) -> str:
+    """``--device``, checked before any work: cpu, or a CUDA GPU this process sees."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"the harness runs on cpu or cuda, not {text!r}")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        seen = f"{count} CUDA GPUs (cuda:0 to cuda:{count - 1})" if count else "no CUDA GPU"
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {seen}; pass --device cpu or leave it out")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -484,13 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("rf", help="per-layer receptive fields of a stack of dilated convolutions")
     p.add_argument("--dilations", type=_dilations, required=True, help="e.g. 1,2,4")
-    p.add_argument("--kernel", type=int, default=3)
+    p.add_argument("--kernel", type=_positive_int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rf)
     p = sub.add_parser("evaluate", help="score a directory of label PNGs against ground truth (mIoU etc.)")
     p.add_argument("--pred", required=True, help="predicted label PNGs (palette or 8-bit), matched by file stem")
     p.add_argument("--gt", required=True, help="ground-truth label PNGs (255 = ignore)")
-    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--num-classes", type=_num_classes, default=21, help="2 to 255 (default 21)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("prepare-data", help="convert SBD into SegmentationClassAug and build the trainaug split")
@@ -509,19 +599,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crf-search", help="DeepLab's CRF parameter search for METHOD; +crf then uses the result")
     p.add_argument("method")
     p.add_argument("--split", default="crfholdout", help="images to search on (default: the held-out list)")
-    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--images", type=_positive_int, default=100)
     for name in ("w1", "theta_alpha", "theta_beta"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_crf_values(name),
                        help="coarse grid (default: recipe)")
     _add_run_options(p, crf_backend="torch")
     p.set_defaults(func=cmd_crf_search)
     p = sub.add_parser("bench", help="training/evaluation/CRF speed of each paper recipe on synthetic VOC-size data")
-    p.add_argument("--methods", help="comma-separated (default: every method with a recipe)")
-    p.add_argument("--device", help="cuda, cpu (default: cuda when available)")
+    p.add_argument("--methods", type=_names, help="comma-separated (default: every method with a recipe)")
+    p.add_argument("--device", type=_device, help="cuda, cpu (default: cuda when available)")
     p.add_argument("--size", choices=["paper", "reduced"], help="default: paper on CUDA, reduced on the CPU")
-    p.add_argument("--steps", type=int, help="timed training steps per method (default 10 CUDA / 2 CPU)")
-    p.add_argument("--eval-images", type=int, help="images timed for the 1,449-image figure (default 50 / 4)")
-    p.add_argument("--eval-batch", type=int, help="images per forward pass when scoring (default 8 CUDA / 1 CPU)")
+    p.add_argument("--steps", type=_positive_int, help="timed training steps per method (default 10 CUDA / 2 CPU)")
+    p.add_argument("--eval-images", type=_positive_int, help="images timed for the 1,449-image figure (default 50 / 4)")
+    p.add_argument("--eval-batch", type=_positive_int,
+                   help="images per forward pass when scoring (default 8 CUDA / 1 CPU)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("report", help="regenerate tables and reports/report.md from the records")
@@ -529,15 +620,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports")
     p.add_argument("--runs", default="runs")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("check", help="each record against the published numbers (exit 1 if a comparable run missed)")
+    p = sub.add_parser("check", help="each record against the published numbers (exit 1 if a comparable run missed; "
+                                     "2 if there are no records or one does not read)")
     p.add_argument("--results", default="results")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("compare", help="a new registered head against baselines: paired bootstrap CI of the mIoU gap")
     p.add_argument("new")
-    p.add_argument("--baseline", required=True, help="comma-separated baseline methods")
+    p.add_argument("--baseline", type=_names, required=True, help="comma-separated baseline methods")
     p.add_argument("--recipe-from", help="whose recipe the new head uses (default: the first baseline)")
-    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--resamples", type=_positive_int, default=2000)
     p.add_argument("--json", action="store_true")
     _add_run_options(p)
     p.set_defaults(func=cmd_compare)
@@ -545,5 +637,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; an expected failure (``expected_errors``) is ``error: ...`` on stderr and exit 2."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as error:
+        if not isinstance(error, expected_errors()):
+            raise
+        print(f"error: {error_message(error)}", file=sys.stderr)
+        return 2

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ __all__ = ["Distributed", "TrainingError", "evaluate", "load_weights", "save_ato
 
 
 class TrainingError(RuntimeError):
-    """A run that cannot go on (NaN loss, exploding gradients); the message says what to change."""
+    """A run that cannot go on (NaN loss, exploding gradients, a damaged checkpoint or weights file);
+    the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,19 @@ def save_atomic(obj: object, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def _load(path: Path, fix: str) -> dict[str, object]:
+    """``torch.load`` of a file the harness saved; one cut short (a full disk, a copy interrupted)
+    fails in many ways inside torch, each a :class:`TrainingError` naming the file and ``fix``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, KeyError, OSError, pickle.UnpicklingError) as error:
+        raise TrainingError(f"{path} is truncated or damaged (torch.load: {type(error).__name__}); {fix}") from None
+
+
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights {path} do not exist; run the method that produces them first")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _load(path, "delete it and run the method again to retrain it (from checkpoint.pt beside it, if there)")
 
 
 def build_model(recipe: Recipe, dependency_weights: Path | None = None) -> nn.Module:
@@ -307,7 +318,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
     optimizer = build_optimizer(model, recipe)
     checkpoint_path, start = run_dir / "checkpoint.pt", 0
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = _load(checkpoint_path, "delete it to train this run from scratch")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["RecordExists", "environment", "git_commit", "hardware", "load_records", "record_path",
+__all__ = ["RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records", "record_path",
            "software_summary", "write_record"]
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -26,6 +26,10 @@ RECORDED_PACKAGES = ("torch", "torchvision", "numpy", "pydensecrf2")
 
 class RecordExists(FileExistsError):
     pass
+
+
+class RecordError(ValueError):
+    """A file under ``results/records`` that does not read as a record."""
 
 
 def record_path(results: Path, profile: str, dataset: str, method: str, seed: int, *, key: str | None = None) -> Path:
@@ -113,14 +117,25 @@ def update_record(path: Path, fields: dict[str, object]) -> None:
     os.replace(temporary, path)
 
 
+def _order(record: dict[str, object]) -> tuple[str, str, str, int]:
+    return record["profile"], record["dataset"]["name"], record["method"], record["seed"]
+
+
 def load_records(results: Path) -> list[dict[str, object]]:
-    """Every record under ``results/records`` (plus ``path``), sorted by method and seed."""
+    """Every record under ``results/records`` (plus ``path``), sorted by method and seed. A file
+    that is not a record (truncated, hand-edited) is a :class:`RecordError` naming it: skipping it
+    could let ``check`` pass without the record that would have failed."""
     records = []
     for path in sorted((results / "records").rglob("*.json")):
-        record = json.loads(path.read_text())
-        record["path"] = str(path)
+        try:
+            record = json.loads(path.read_text())
+            record["path"] = str(path)
+            _order(record)
+        except (ValueError, KeyError, TypeError) as error:
+            raise RecordError(f"record {path} is not a readable record ({type(error).__name__}: {error}); delete "
+                              f"it, or restore it from git (`git checkout -- {path}`) if it is committed") from None
         records.append(record)
-    return sorted(records, key=lambda r: (r["profile"], r["dataset"]["name"], r["method"], r["seed"]))
+    return sorted(records, key=_order)
 
 
 def load_counts(record: Path) -> tuple[list[str], np.ndarray]:

@@ -306,7 +306,7 @@ def test_crf_search_writes_parameters_that_crf_runs_use(tmp_path, env, monkeypat
     assert found["miou"] == max(e["miou"] for e in found["evaluations"])
     assert (best["w2"], best["theta_gamma"], best["iterations"]) == (3.0, 3.0, 10)
     no_images = _cli(["crf-search", "deeplab_v1", *TINY, *dirs, "--images", "0"], env)
-    assert no_images.returncode == 2 and "--images must be at least 1" in no_images.stderr
+    assert no_images.returncode == 2 and "argument --images: must be at least 1" in no_images.stderr
 
     monkeypatch.setenv("SEGREPRO_CACHE", env["SEGREPRO_CACHE"])
     split = resolve_dataset(None).split("crfholdout")

@@ -1,0 +1,242 @@
+"""Hostile input at the command line (issue 12): every expected failure is one line on stderr that
+names the file or argument and the fix, with exit status 2; a traceback is a bug. Each case fails
+before any data is generated or any network trained; most run ``main`` in this process, those that
+need a fresh one (a hang, ``python -m``) a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks import cli
+from benchmarks.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_data(tmp_path, monkeypatch):
+    """The embedded dataset's cache in ``tmp_path``, no VOC data from the environment."""
+    monkeypatch.setenv("SEGREPRO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SEGREPRO_DATA", raising=False)
+
+
+def run_main(capsys, *args: object) -> tuple[int, str]:
+    """``main(args)`` in this process: its exit status (argparse's included) and stderr."""
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err
+
+
+def assert_one_line_error(status: int, err: str, *words: str) -> None:
+    """Exit status 2, no traceback, and a last line ``error: ...`` (argparse: ``PROG CMD: error: ...``)
+    holding every one of ``words``."""
+    assert status == 2, err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ") or ": error: " in line, err
+    for word in words:
+        assert word in line, (word, line)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["run"], ["name methods to run", "--all"]),
+    (["compare", "no_such_head", "--baseline", "deeplab_v1"], ["unknown method 'no_such_head'", "--import"]),
+    (["prepare-data"], ["--sbd PATH"]),
+])
+def test_usage_mistakes_are_one_line(capsys, args, words):
+    assert_one_line_error(*run_main(capsys, *args), *words)
+
+
+def test_report_without_records_names_the_folder(capsys, tmp_path):
+    status, err = run_main(capsys, "report", "--results", tmp_path / "r", "--reports", tmp_path / "p")
+    assert_one_line_error(status, err, str(tmp_path / "r" / "records"), "run")
+
+
+def test_an_unexpected_exception_still_raises(capsys, monkeypatch):
+    """Only the expected failures are turned into one line; a bug keeps its traceback."""
+    def broken() -> list[dict[str, object]]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "list_rows", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["list"])
+
+
+
+def write_record(results: Path, method: str, miou: float) -> Path:
+    """A minimal record ``check`` reads: comparable, on VOC 2012 val."""
+    path = results / "records" / "paper-voc2012" / method / "seed0.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"method": method, "seed": 0, "profile": "paper", "metrics": {"miou": miou / 100},
+                                "comparable_to_paper": True, "comparable_reason": "ok",
+                                "dataset": {"name": "voc2012", "split": "val"}}))
+    return path
+
+
+@pytest.mark.parametrize("content", ['{"method": "deeplab_v1", "se', "", "[]", '{"method": "deeplab_v1"}'])
+@pytest.mark.parametrize("command", ["check", "report"])
+def test_a_broken_record_names_itself_and_the_fix(capsys, tmp_path, content, command):
+    """A truncated or foreign JSON file blocks every command that reads the records, with a line
+    naming it; ``check`` must not pass because the one record that would have failed is unreadable."""
+    write_record(tmp_path, "fcn8s", 62.2)
+    broken = write_record(tmp_path, "deeplab_v1", 50.0)
+    broken.write_text(content)
+    extra = ["--reports", tmp_path / "reports"] if command == "report" else []
+    status, err = run_main(capsys, command, "--results", tmp_path, *extra)
+    assert_one_line_error(status, err, str(broken), "delete it", "git checkout")
+
+
+def tiny_voc(root: Path) -> Path:
+    """A VOC tree that ``--data`` accepts; enough for a run that fails before reading an image."""
+    (root / "VOC2012" / "JPEGImages").mkdir(parents=True)
+    return root
+
+
+@pytest.mark.parametrize(("name", "fix"), [("weights.pt", "retrain"), ("checkpoint.pt", "from scratch")])
+@pytest.mark.parametrize("cut", [0, 100])
+def test_a_truncated_checkpoint_or_weights_file_names_itself(capsys, tmp_path, name, fix, cut):
+    path = tmp_path / "runs" / "quick-voc2012" / "deeplab_v1" / "seed0" / name
+    path.parent.mkdir(parents=True)
+    torch.save({"model": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:cut])
+    status, err = run_main(capsys, "run", "deeplab_v1", "--data", tiny_voc(tmp_path / "voc"), "--profile", "quick",
+                           "--results", tmp_path / "results", "--runs", tmp_path / "runs", "--no-report")
+    assert_one_line_error(status, err, str(path), "truncated or damaged", "delete it", fix)
+
+
+def unwritable(tmp_path: Path, kind: str) -> Path:
+    """A folder that cannot be written: under /proc, under a regular file, a regular file itself, or
+    read-only (not for root, who writes there anyway)."""
+    if kind == "proc":
+        return Path("/proc/segrepro-test")
+    (tmp_path / "file").write_text("")
+    if kind == "read-only":
+        (tmp_path / "read-only").mkdir(mode=0o500)
+        return tmp_path / "read-only" / "out"
+    return tmp_path / "file" / "sub" if kind == "under-file" else tmp_path / "file"
+
+
+@pytest.mark.parametrize("kind", ["proc", "under-file", "file", pytest.param("read-only", marks=pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders"))])
+@pytest.mark.parametrize(("command", "option"), [(["run", "deeplab_v1"], "--results"), (["run", "fcn8s"], "--runs"),
+                                                 (["run", "fcn8s"], "--reports"),
+                                                 (["crf-search", "deeplab_v1"], "--results"),
+                                                 (["compare", "deeplab_v1", "--baseline", "fcn8s"], "--runs")])
+def test_unwritable_output_folders_fail_before_any_work(capsys, tmp_path, kind, command, option):
+    folder = unwritable(tmp_path, kind)
+    outputs = {"--results": tmp_path / "r", "--runs": tmp_path / "w", "--reports": tmp_path / "p", option: folder}
+    if command[0] != "run":
+        del outputs["--reports"]
+    status, err = run_main(capsys, *command, *(a for item in outputs.items() for a in item))
+    assert_one_line_error(status, err, f"{option} {folder}", "not a folder you can write to", f"pass another {option}")
+    assert not (tmp_path / "cache").exists()  # failed before generating the embedded dataset
+
+
+def test_a_broken_record_stops_a_run_before_it_trains(capsys, tmp_path):
+    broken = write_record(tmp_path / "r", "fcn8s", 62.2)
+    broken.write_text("{")
+    status, err = run_main(capsys, "run", "deeplab_v1", "--results", tmp_path / "r", "--runs", tmp_path / "w")
+    assert_one_line_error(status, err, str(broken), "delete it")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("kind", ["under-file", "file"])
+def test_an_unwritable_cache_is_one_line_naming_the_variable(capsys, tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("SEGREPRO_CACHE", str(unwritable(tmp_path, kind)))
+    status, err = run_main(capsys, "run", "deeplab_v1", "--results", tmp_path / "r", "--runs", tmp_path / "w",
+                           "--no-report")
+    assert_one_line_error(status, err, "cannot write the embedded dataset into", str(unwritable(tmp_path, kind)),
+                          "$SEGREPRO_CACHE")
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["run", "deeplab_v1", "--device", "bogus"], ["--device", "unknown device 'bogus'", "cpu, cuda"]),
+    (["run", "deeplab_v1", "--device", "mps"], ["--device", "cpu or cuda, not 'mps'"]),
+    pytest.param(["run", "deeplab_v1", "--device", "cuda"], ["--device", "no CUDA GPU", "--device cpu"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
+    (["bench", "--device", "cuda:99"], ["--device", "cuda:99: this machine has", "--device cpu"]),
+    (["crf-search", "deeplab_v1", "--device", ""], ["--device", "unknown device ''"]),
+    (["run", "deeplab_v1", "--seeds", "a"], ["--seeds", "expected an integer, got 'a'"]),
+    (["run", "deeplab_v1", "--seeds", "-1"], ["--seeds", "at least 0, got -1"]),
+    (["run", "deeplab_v1", "--seeds", "0,1,0"], ["--seeds", "twice"]),
+    (["run", "deeplab_v1", "--eval-batch", "0"], ["--eval-batch", "at least 1, got 0"]),
+    (["compare", "deeplab_v1", "--baseline", "fcn8s", "--workers", "-1"], ["--workers", "at least 0, got -1"]),
+    (["compare", "deeplab_v1", "--baseline", "fcn8s", "--resamples", "0"], ["--resamples", "at least 1"]),
+    (["compare", "deeplab_v1", "--baseline", ""], ["--baseline", "names no method"]),
+    (["bench", "--steps", "-2"], ["--steps", "at least 1, got -2"]),
+    (["bench", "--eval-images", "0"], ["--eval-images", "at least 1"]),
+    (["bench", "--eval-batch", "x"], ["--eval-batch", "expected an integer"]),
+    (["bench", "--methods", ","], ["--methods", "names no method"]),
+    (["crf-search", "deeplab_v1", "--images", "0"], ["--images", "at least 1"]),
+    (["rf", "--dilations", "1,2", "--kernel", "0"], ["--kernel", "at least 1"]),
+    (["evaluate", "--pred", "p", "--gt", "g", "--num-classes", "-3"], ["--num-classes", "at least 2, got -3"]),
+    (["evaluate", "--pred", "p", "--gt", "g", "--num-classes", "256"], ["--num-classes", "at most 255"]),
+])
+def test_bad_arguments_are_argparse_errors(capsys, tmp_path, args, words):
+    assert_one_line_error(*run_main(capsys, *args), *words)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["run", "--all", "deeplab_v1"], ["pass either --all or method names", "deeplab_v1"]),
+    (["run", "deeplab_v1", "--import", "no_such_module_x"], ["--import no_such_module_x", "PYTHONPATH"]),
+    (["bench", "--methods", "deeplab_v1,nosuch"], ["--methods", "no recipe for nosuch", "deeplab_v1, fcn16s"]),
+])
+def test_mistaken_names_are_one_line(capsys, tmp_path, args, words):
+    assert_one_line_error(*run_main(capsys, *args), *words)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_import_that_fails_inside_the_module_keeps_its_traceback(tmp_path, monkeypatch):
+    """``--import`` of a module that exists but imports something missing is the module's bug."""
+    (tmp_path / "broken_heads.py").write_text("import no_such_dependency_x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_x"):
+        main(["run", "deeplab_v1", "--import", "broken_heads"])
+
+
+def test_check_without_records_says_where_it_looked(capsys, tmp_path):
+    status, err = run_main(capsys, "check", "--results", tmp_path / "empty")
+    assert_one_line_error(status, err, f"no records under {tmp_path / 'empty' / 'records'}", "run")
+
+
+def label_folders(root: Path) -> tuple[Path, Path]:
+    """``pred/`` and ``gt/`` with one 4x4 label map each, of the same stem."""
+    folders = root / "pred", root / "gt"
+    for folder in folders:
+        folder.mkdir()
+        Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) % 3, mode="L").save(folder / "a.png")
+    return folders
+
+
+def test_evaluate_refuses_to_score_ground_truth_against_itself(capsys, tmp_path):
+    _, gt = label_folders(tmp_path)
+    (tmp_path / "link").symlink_to(gt)
+    status, err = run_main(capsys, "evaluate", "--pred", tmp_path / "link", "--gt", gt)
+    assert_one_line_error(status, err, "--pred and --gt are the same folder", "always 100")
+
+
+def run_process(args: list[object], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks ARGS`` in a fresh process (in the environment of ``no_data``)."""
+    return subprocess.run([sys.executable, "-m", "benchmarks", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.mark.parametrize("folder", ["pred", "gt"])
+def test_evaluate_does_not_hang_on_a_named_pipe(tmp_path, folder):
+    """A FIFO named like a label map would block ``open`` forever: only regular files are read."""
+    pred, gt = label_folders(tmp_path)
+    (tmp_path / folder / "a.png").unlink()
+    os.mkfifo(tmp_path / folder / "a.png")
+    result = run_process(["evaluate", "--pred", pred, "--gt", gt], timeout=60)
+    assert_one_line_error(result.returncode, result.stderr, f"{tmp_path / folder / 'a.png'} is not a regular file",
+                          "move it out")
