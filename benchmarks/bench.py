@@ -1,9 +1,9 @@
 """``python -m benchmarks bench``: the speed of every method's paper recipe on synthetic tensors of
 VOC size (no dataset needed), measured through the same code the harness trains and scores with.
 
-Per method: training images/s at the recipe's crop and batch (``engine.training_step`` plus the
+Per method: training images/s at the recipe's crop and batch (``train.training_step`` plus the
 optimiser step), the achieved TFLOP/s from a FLOP count of the model's layers, seconds to score
-1,449 VOC-size images (``engine.class_probabilities``, argmax, confusion matrix), and, for methods
+1,449 VOC-size images (``evaluation.class_probabilities``, argmax, confusion matrix), and, for methods
 with a CRF stage, the dense CRF's ms per image (torch backend). On CUDA also the measured peak of a
 large bf16 matrix product, so every rate is also a fraction of it, and the projected wall time of
 the whole paper profile. On the CPU, ``--size reduced`` (the default there) scales the images, the
@@ -23,9 +23,11 @@ from torch import nn
 
 from benchmarks.bench_crf import crf_inputs
 from benchmarks.crf import CRFParams, TorchDenseCRF
-from benchmarks.engine import Distributed, build_model, build_optimizer, class_probabilities, training_step
-from benchmarks.evaluation import ConfusionMatrix
+from benchmarks.distributed import Distributed, fast_path
+from benchmarks.evaluation import ConfusionMatrix, class_probabilities
+from benchmarks.networks import build_model
 from benchmarks.recipes import Recipe, get_recipe, recipe_methods
+from benchmarks.train import TrainedPart, build_optimizer, training_step
 from methods.common import BilinearUpsample
 
 __all__ = ["SIZES", "BenchSize", "bench_method", "forward_flops", "matmul_peak", "paper_profile_flops", "run_bench",
@@ -153,18 +155,18 @@ def bench_method(name: str, size: BenchSize, device: torch.device, steps: int, e
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     inputs, labels = _training_inputs(model, recipe, size, device)
-    trained = model.staged_split()[1] if recipe.cached_features else model
+    trained = TrainedPart(model, recipe, channels_last=fast_path(device)[1])
     optimizer = build_optimizer(model, recipe)
     dist_info = Distributed(device=device)
     train_flops = training_flops(model, recipe, inputs)
     model.train()
     for _ in range(2):  # warm-up: cudnn autotuning, allocator
-        training_step(model, trained, optimizer, inputs, labels, recipe, dist_info)
+        training_step(trained, optimizer, inputs, labels, recipe=recipe, dist_info=dist_info)
         optimizer.step()
     _sync(device)
     started = time.perf_counter()
     for _ in range(steps):
-        training_step(model, trained, optimizer, inputs, labels, recipe, dist_info)
+        training_step(trained, optimizer, inputs, labels, recipe=recipe, dist_info=dist_info)
         optimizer.step()
     _sync(device)
     step_seconds = (time.perf_counter() - started) / steps

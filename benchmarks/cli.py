@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -15,16 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 
 import methods
-from benchmarks.receptive_field import analytic_geometry, receptive_field, stack_table
 
 if TYPE_CHECKING:
     from benchmarks.data import DatasetSource
     from benchmarks.run import RunPlan
-
-CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large")
-"""Methods the papers also report with dense-CRF post-processing (SPEC section 2): ``NAME+crf``."""
-
-DESIGN_NOTE_CLAIMS = Path(__file__).with_name("design_note_claims.json")
 
 
 class UsageError(Exception):
@@ -36,15 +29,16 @@ def expected_errors() -> tuple[type[Exception], ...]:
     offline weights): ``main`` prints them as one line and exits 2. Anything else is a bug and
     raises with its traceback. ``ValueError`` is here because the harness raises it for invalid
     inputs (``--set`` values, label maps); imported lazily to keep ``list`` and ``rf`` quick."""
-    from benchmarks.engine import TrainingError
+    from benchmarks.files import DamagedFile
     from benchmarks.networks import RunLocked
     from benchmarks.recipes import RecipeError
     from benchmarks.records import RecordError, RecordExists
+    from benchmarks.train import TrainingError
     from benchmarks.voc import DataError
     from methods.vgg import WeightsUnavailable
 
     return (UsageError, DataError, RecipeError, RecordError, TrainingError, WeightsUnavailable, RecordExists, RunLocked,
-            OSError, ValueError)
+            DamagedFile, OSError, ValueError)
 
 
 def error_message(error: Exception) -> str:
@@ -59,52 +53,6 @@ def error_message(error: Exception) -> str:
     return str(error)
 
 
-def method_facts(name: str) -> dict[str, object]:
-    """What ``list`` reports of one registered method, measured on the built model (width 1,
-    on the ``meta`` device: shapes and graph without allocating 134M parameters). The receptive
-    fields are pixels, ``"global"`` or ``"unknown (<op>)"`` (:func:`receptive_field`)."""
-    with torch.device("meta"):
-        model = methods.create(name)
-    return {
-        "name": name,
-        "paper": methods.get_entry(name).paper,
-        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "score_stride": model.score_stride,
-        "receptive_field": receptive_field(model),
-        "score_receptive_field": receptive_field(model, "score_map"),
-        "input_convention": model.input_convention.name,
-        "paper_input_convention": model.paper_input_convention.name,
-        "crf": False,
-    }
-
-
-def list_rows() -> list[dict[str, object]]:
-    rows = []
-    for name in methods.list_methods():
-        facts = method_facts(name)
-        rows.append(facts)
-        if name in CRF_STAGE_METHODS:
-            rows.append({**facts, "name": f"{name}+crf", "crf": True})
-    return rows
-
-
-def check_design_note() -> list[dict[str, object]]:
-    """Each claim of the design note, recomputed from the real modules, with a verdict."""
-    from methods.dilation import LARGE_MULTIPLIERS, ContextModule
-
-    verdicts = []
-    for claim in json.loads(DESIGN_NOTE_CLAIMS.read_text())["claims"]:
-        if claim["kind"] == "stack_rf":
-            computed: object = stack_table(claim["dilations"], claim["kernel"])[-1]["receptive_field"]
-        else:
-            module = ContextModule(21, LARGE_MULTIPLIERS, buffer="none")
-            kernels = [g.kernel for g in analytic_geometry(module) if g.kind == "Conv2d"]
-            computed = [kernels[i - 1] for i in claim["layers"]]
-        verdicts.append({"id": claim["id"], "claim": claim["claim"], "claimed": claim["claimed"],
-                         "computed": computed, "holds": computed == claim["claimed"]})
-    return verdicts
-
-
 def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
@@ -113,6 +61,8 @@ def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from benchmarks.catalogue import list_rows
+
     _import_modules(args.imports)
     rows = list_rows()
     if args.json:
@@ -133,6 +83,9 @@ def _dilations(text: str) -> list[int]:
 
 
 def cmd_rf(args: argparse.Namespace) -> int:
+    from benchmarks.catalogue import check_design_note
+    from benchmarks.receptive_field import stack_table
+
     rows = stack_table(args.dilations, args.kernel)
     claims = check_design_note()
     if args.json:
@@ -146,52 +99,8 @@ def cmd_rf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _label_files(folder: Path, option: str) -> dict[str, Path]:
-    """The ``*.png`` files of ``folder`` by stem; anything else under that name (a named pipe that
-    would block the read, a device, a folder) is an error."""
-    from benchmarks.voc import DataError
-
-    if not folder.is_dir():
-        raise DataError(f"{option} {folder} is not a directory")
-    files = {}
-    for path in sorted(folder.glob("*.png")):
-        if not path.is_file():
-            raise DataError(f"{option}: {path} is not a regular file (a pipe, a device or a folder); only regular PNG "
-                            "files are read: move it out of the folder")
-        files[path.stem] = path
-    return files
-
-
-def evaluate_directories(pred_dir: Path, gt_dir: Path, num_classes: int = 21) -> dict[str, object]:
-    """Score every label PNG of ``gt_dir`` against the prediction of the same file stem in
-    ``pred_dir`` with the one evaluator."""
-    from benchmarks.evaluation import ConfusionMatrix
-    from benchmarks.voc import DataError, read_label
-
-    pred_files, gt_files = _label_files(pred_dir, "--pred"), _label_files(gt_dir, "--gt")
-    if pred_dir.samefile(gt_dir):
-        raise DataError(f"--pred and --gt are the same folder ({pred_dir}): ground truth scored against itself is "
-                        "always 100; pass the folder of predictions as --pred")
-    if not gt_files:
-        raise DataError(f"--gt {gt_dir} holds no .png label maps")
-    missing = sorted(set(gt_files) - set(pred_files))
-    if missing:
-        raise DataError(f"{len(missing)} ground-truth images have no prediction in {pred_dir}, e.g. {missing[:5]} "
-                        "(predictions are matched by file stem)")
-    confusion = ConfusionMatrix(num_classes)
-    for stem, gt_path in gt_files.items():
-        target = read_label(gt_path, num_classes)
-        prediction = read_label(pred_files[stem], num_classes)
-        if prediction.shape != target.shape:
-            raise DataError(f"prediction {pred_files[stem]} is {prediction.shape[1]}x{prediction.shape[0]} but "
-                            f"{gt_path} is {target.shape[1]}x{target.shape[0]}")
-        confusion.update(torch.from_numpy(prediction), torch.from_numpy(target), stem)
-    confusion.check_complete(gt_files)
-    return {**confusion.metrics(), "images": len(gt_files),
-            "unscored_predictions": len(set(pred_files) - set(gt_files))}
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from benchmarks.evaluation import evaluate_directories
     from benchmarks.voc import VOC_CLASSES
 
     result = evaluate_directories(Path(args.pred), Path(args.gt), args.num_classes)
@@ -283,8 +192,8 @@ def _dataset(data: str | None) -> DatasetSource:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks.engine import Distributed
-    from benchmarks.recipes import recipe_methods
+    from benchmarks.distributed import Distributed
+    from benchmarks.recipes import CRF_STAGE_METHODS, recipe_methods
     from benchmarks.run import CRF_SUFFIX, run
 
     _import_modules(args.imports)
@@ -310,14 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_crf_search(args: argparse.Namespace) -> int:
-    from benchmarks.crf import CRFParams
-    from benchmarks.crf_search import SEARCHED, search
-    from benchmarks.engine import Distributed, class_probabilities
-    from benchmarks.networks import build_trained, file_sha256
-    from benchmarks.progress import bar
-    from benchmarks.recipes import apply_overrides, get_recipe
-    from benchmarks.records import update_record
-    from benchmarks.run import run, target_record_path, weights_path
+    from benchmarks.crf_search import SEARCHED, search_method
+    from benchmarks.distributed import Distributed
 
     _import_modules(args.imports)
     _check_outputs(args)
@@ -325,43 +228,20 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
     if dist_info.world_size > 1:
         raise UsageError("crf-search runs in one process (it is a loop over a small grid); launch it without torchrun")
     source = _dataset(args.data)
-    profile = _profile(args)
-    plan = _plan(args, profile)
-    recipe = apply_overrides(get_recipe(args.method, profile), list(args.set))
-    grid = {**dict(recipe.crf_grid), **{name: values for name in SEARCHED
-                                        if (values := getattr(args, name)) is not None}}
-    split = source.split(args.split)
-    ids = split.ids[: args.images]
-    if len(ids) < args.images:
-        print(f"warning: split {args.split!r} has only {len(ids)} images (asked for {args.images})", file=sys.stderr)
-    in_training = len(set(ids) & set(source.split(recipe.train_split).ids))
-    run([args.method], source, plan, dist_info)
-    for seed in plan.seeds:
-        weights = weights_path(plan, source, args.method, seed)
-        model = build_trained(recipe, weights).to(dist_info.device).eval()
-        samples = [split[index] for index in range(len(ids))]
-        probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
-                         for s in bar(f"{args.method} seed {seed}: probabilities", len(samples), "img",
-                                      iterable=samples)]
-        result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
-                        CRFParams.from_pairs(recipe.crf), args.crf_backend)
-        path = target_record_path(plan, source, args.method, seed)
-        update_record(path, {"crf_search": {
-            "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": args.split,
-            "images": len(ids), "images_in_training_split": in_training, "grid": grid,
-            "backend": args.crf_backend, "trained_weights_sha256": file_sha256(weights),
-            "protocol": "DeepLab v1 Sec 4.1: w2, theta_gamma fixed; coarse grid, then half steps around the best",
-            "evaluations": result.evaluations}})
-        print(f"{args.method} seed {seed}: w1={result.best.w1:g} theta_alpha={result.best.theta_alpha:g} "
-              f"theta_beta={result.best.theta_beta:g} (mIoU {100 * result.best_miou:.2f} on {len(ids)} "
-              f"{args.split} images, {in_training} of them in the training split) -> {path}; "
+    grid = {name: values for name in SEARCHED if (values := getattr(args, name)) is not None}
+    for found in search_method(args.method, source, _plan(args, _profile(args)), dist_info, split_name=args.split,
+                               images=args.images, grid=grid, backend=args.crf_backend):
+        best = found.result.best
+        print(f"{args.method} seed {found.seed}: w1={best.w1:g} theta_alpha={best.theta_alpha:g} "
+              f"theta_beta={best.theta_beta:g} (mIoU {100 * found.result.best_miou:.2f} on {found.images} "
+              f"{args.split} images, {found.in_training} of them in the training split) -> {found.record}; "
               f"`run {args.method}+crf` uses them")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.bench import SIZES, run_bench
-    from benchmarks.recipes import recipe_methods
+    from benchmarks.recipes import CRF_STAGE_METHODS, recipe_methods
 
     unknown = [name for name in args.methods or [] if name not in recipe_methods()]
     if unknown:
@@ -430,41 +310,22 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from benchmarks.compare import paired_bootstrap
-    from benchmarks.engine import Distributed
-    from benchmarks.recipes import PROFILES, get_recipe
-    from benchmarks.records import load_counts
-    from benchmarks.run import run
-    from benchmarks.voc import DataError
+    from benchmarks.compare import compare_to_baselines
+    from benchmarks.distributed import Distributed
 
     _import_modules(args.imports)
     if args.new not in methods.list_methods():
         raise UsageError(f"unknown method {args.new!r}; registered methods: {', '.join(methods.list_methods())} "
                          "(register a new head in a module and pass --import MODULE)")
     _check_outputs(args)
-    baselines = args.baseline
-    profile = _profile(args)
     source = _dataset(args.data)
-    base_recipe = get_recipe(args.recipe_from or baselines[0], profile)
-    if args.new not in PROFILES[profile]:  # a new head runs with the baseline's recipe, on the same data
-        PROFILES[profile][args.new] = dataclasses.replace(
-            base_recipe, method=args.new, init_from=None, train_only=None, cached_features=False,
-            source=f"the {base_recipe.method} recipe ({base_recipe.source}), applied to {args.new}")
-    plan = _plan(args, profile)
-    paths = run([args.new, *baselines], source, plan, Distributed.from_environment(args.device))
-    rows = []
-    for baseline in baselines:
-        for seed in args.seeds:
-            new_ids, new_counts = load_counts(paths[(args.new, seed)])
-            base_ids, base_counts = load_counts(paths[(baseline, seed)])
-            if new_ids != base_ids:
-                raise DataError(f"{paths[(args.new, seed)]} and the {baseline} record scored different images; "
-                                "rerun both with --rerun")
-            result = paired_bootstrap(new_counts, base_counts, args.resamples, seed)
-            rows.append({"new": args.new, "baseline": baseline, "seed": seed, **result})
-            print(f"{args.new} - {baseline} (seed {seed}, {result['images']} images): mIoU difference "
-                  f"{100 * result['difference']:+.2f} points, 95% paired bootstrap CI "
-                  f"[{100 * result['low']:+.2f}, {100 * result['high']:+.2f}]")
+    rows = compare_to_baselines(args.new, args.baseline, source, _plan(args, _profile(args)),
+                                Distributed.from_environment(args.device), recipe_from=args.recipe_from,
+                                resamples=args.resamples)
+    for row in rows:
+        print(f"{row['new']} - {row['baseline']} (seed {row['seed']}, {row['images']} images): mIoU difference "
+              f"{100 * row['difference']:+.2f} points, 95% paired bootstrap CI "
+              f"[{100 * row['low']:+.2f}, {100 * row['high']:+.2f}]")
     if not source.comparable_to_paper:
         print("(embedded dataset: these differences are not comparable to the papers)")
     if args.json:

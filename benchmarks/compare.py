@@ -3,20 +3,29 @@ mIoU difference), and the papers' qualitative claims over seeds (t interval)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["miou_from_counts", "paired_bootstrap", "seed_interval"]
+from benchmarks.evaluation import iou_from_counts
+
+if TYPE_CHECKING:
+    from benchmarks.data import DatasetSource
+    from benchmarks.distributed import Distributed
+    from benchmarks.run import RunPlan
+
+__all__ = ["compare_to_baselines", "miou_from_counts", "paired_bootstrap", "seed_interval"]
 
 
 def miou_from_counts(summed: np.ndarray) -> np.ndarray:
-    """mIoU of summed per-image counts ``(..., 3, C)`` = (intersection, ground truth, prediction)."""
-    intersection, gt, pred = summed[..., 0, :], summed[..., 1, :], summed[..., 2, :]
-    union = gt + pred - intersection
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, intersection / np.maximum(union, 1), np.nan)
-    return np.nanmean(iou, axis=-1)
+    """mIoU of summed per-image counts ``(..., 3, C)`` = (intersection, ground truth, prediction),
+    the evaluator's own formula."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any labelled pixel: NaN
+        return np.nanmean(iou_from_counts(summed), axis=-1)
 
 
 def paired_bootstrap(new: np.ndarray, base: np.ndarray, resamples: int = 2000, seed: int = 0,
@@ -48,3 +57,31 @@ def seed_interval(differences: list[float]) -> dict[str, float | int | None]:
         return {"mean": mean, "low": None, "high": None, "seeds": n}
     half = _T975.get(n - 1, 1.96) * float(np.std(differences, ddof=1)) / math.sqrt(n)
     return {"mean": mean, "low": mean - half, "high": mean + half, "seeds": n}
+
+
+def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, plan: RunPlan,
+                         dist_info: Distributed, *, recipe_from: str | None = None,
+                         resamples: int = 2000) -> list[dict[str, object]]:
+    """Train or reuse the registered head ``new`` (with the recipe of ``recipe_from``, default the
+    first baseline, unless it has its own) and each baseline, then the paired bootstrap of the
+    mIoU difference over the same images, per baseline and seed."""
+    from benchmarks.recipes import get_recipe, recipe_for_new_head, recipe_methods
+    from benchmarks.records import load_counts
+    from benchmarks.run import run
+    from benchmarks.voc import DataError
+
+    if new not in recipe_methods():
+        base = get_recipe(recipe_from or baselines[0], plan.profile)
+        plan = dataclasses.replace(plan, extra_recipes=(*plan.extra_recipes, recipe_for_new_head(new, base)))
+    records = run([new, *baselines], source, plan, dist_info)
+    rows = []
+    for baseline in baselines:
+        for seed in plan.seeds:
+            new_ids, new_counts = load_counts(records[(new, seed)])
+            base_ids, base_counts = load_counts(records[(baseline, seed)])
+            if new_ids != base_ids:
+                raise DataError(f"{records[(new, seed)]} and the {baseline} record scored different images; rerun "
+                                "both with --rerun")
+            rows.append({"new": new, "baseline": baseline, "seed": seed,
+                         **paired_bootstrap(new_counts, base_counts, resamples, seed)})
+    return rows

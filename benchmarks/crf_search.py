@@ -8,16 +8,23 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from benchmarks.crf import CRFParams, TorchDenseCRF, check_inputs, dense_crf
-from benchmarks.evaluation import ConfusionMatrix
+from benchmarks.data import DatasetSource
+from benchmarks.distributed import Distributed
+from benchmarks.evaluation import ConfusionMatrix, class_probabilities
+from benchmarks.files import file_sha256
+from benchmarks.networks import build_trained
 from benchmarks.progress import bar
+from benchmarks.records import update_record
+from benchmarks.run import RunPlan, run, target_record_path, weights_path
 
-__all__ = ["SEARCHED", "SearchResult", "candidates", "finer_grid", "search"]
+__all__ = ["SEARCHED", "MethodSearch", "SearchResult", "candidates", "finer_grid", "search", "search_method"]
 
 SEARCHED = ("w1", "theta_alpha", "theta_beta")
 # The bar counts (point, image) refinements, shown as grid points to a tenth: the loop refines a
@@ -97,3 +104,49 @@ def search(images: list[np.ndarray], probabilities: list[torch.Tensor], labels: 
         progress(f"crf-search {stage}: best w1={best.w1:g} theta_alpha={best.theta_alpha:g} "
                  f"theta_beta={best.theta_beta:g}, mIoU {100 * best_miou:.2f}")
     return SearchResult(best, best_miou, evaluations)
+
+
+@dataclass(frozen=True)
+class MethodSearch:
+    """One seed's search: where it was written, what it found, on how many images (and how many
+    of them the network trained on)."""
+
+    seed: int
+    record: Path
+    result: SearchResult
+    images: int
+    in_training: int
+
+
+def search_method(method: str, source: DatasetSource, plan: RunPlan, dist_info: Distributed, *, split_name: str,
+                  images: int, grid: dict[str, Sequence[float]], backend: str,
+                  progress: Callable[[str], None] = print) -> list[MethodSearch]:
+    """Train or reuse ``method`` for each seed of ``plan``, search its CRF parameters on the first
+    ``images`` of ``split_name`` (``grid`` replaces the recipe's coarse grid where given) and write
+    the result into its record, where ``run METHOD+crf`` finds it."""
+    recipe = plan.recipe(method)
+    grid = {**dict(recipe.crf_grid), **grid}
+    split = source.split(split_name)
+    ids = split.ids[:images]
+    if len(ids) < images:
+        progress(f"warning: split {split_name!r} has only {len(ids)} images (asked for {images})")
+    in_training = len(set(ids) & set(source.split(recipe.train_split).ids))
+    run([method], source, plan, dist_info, progress)
+    found = []
+    for seed in plan.seeds:
+        weights = weights_path(plan, source, method, seed)
+        model = build_trained(recipe, weights).to(dist_info.device).eval()
+        samples = [split[index] for index in range(len(ids))]
+        probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
+                         for s in bar(f"{method} seed {seed}: probabilities", len(samples), "img", iterable=samples)]
+        result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
+                        CRFParams.from_pairs(recipe.crf), backend, progress=progress)
+        path = target_record_path(plan, source, method, seed)
+        update_record(path, {"crf_search": {
+            "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": split_name,
+            "images": len(ids), "images_in_training_split": in_training, "grid": grid, "backend": backend,
+            "trained_weights_sha256": file_sha256(weights),
+            "protocol": "DeepLab v1 Sec 4.1: w2, theta_gamma fixed; coarse grid, then half steps around the best",
+            "evaluations": result.evaluations}})
+        found.append(MethodSearch(seed, path, result, len(ids), in_training))
+    return found

@@ -7,18 +7,18 @@ import dataclasses
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from benchmarks.embedded import GENERATOR_VERSION, EmbeddedConfig, embedded_root, is_embedded_tree
 from benchmarks.transforms import to_tv_tensors
 from benchmarks.voc import DATA_ENV_VAR, DataError, VOCSplit, resolve_voc_root
 
-__all__ = ["DatasetSource", "SegmentationDataset", "ShardSampler", "resolve_dataset", "source_from_facts",
+__all__ = ["DatasetSource", "SegmentationDataset", "resolve_dataset", "source_from_facts",
            "split_checksum"]
 
 
@@ -36,7 +36,8 @@ class DatasetSource:
     embedded: EmbeddedConfig | None = None
 
     def split(self, split: str) -> VOCSplit:
-        return VOCSplit(self.root, split)
+        """One split, read and checked once per process (its list and the files it names)."""
+        return _voc_split(self.root, split)
 
     def facts(self, split_name: str) -> dict[str, object]:
         """What a record says of one split: name, split, image count, list checksum, and how to
@@ -95,8 +96,13 @@ def source_from_facts(facts: dict[str, object]) -> DatasetSource:
 
 
 @functools.cache
+def _voc_split(root: Path, split_name: str) -> VOCSplit:
+    return VOCSplit(root, split_name)
+
+
+@functools.cache
 def _split_summary(root: Path, split_name: str) -> tuple[int, str]:
-    split = VOCSplit(root, split_name)
+    split = _voc_split(root, split_name)
     return len(split), split_checksum(split)
 
 
@@ -121,17 +127,3 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             image, label = self.transform(image, label)
         return image.as_subclass(torch.Tensor), label.as_subclass(torch.Tensor).long(), sample.image_id
-
-
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, ...``: every image on exactly one process, none padded or
-    repeated (unlike ``DistributedSampler``), so a DDP evaluation counts each image once."""
-
-    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
-        self.length, self.rank, self.world_size = length, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.world_size))

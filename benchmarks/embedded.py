@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from benchmarks.files import process_alive
 from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, voc_palette
 
 __all__ = ["CACHE_ENV_VAR", "CONTEXT_PAIRS", "MARKER", "EmbeddedConfig", "embedded_root", "generate",
@@ -274,23 +275,13 @@ def is_embedded_tree(voc: Path) -> bool:
     return (voc / MARKER).is_file() or (voc.parent.parent / "embedded.json").is_file()
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another user's
-    return True
-
-
 def _remove_stale_staging(cache: Path) -> None:
     """Remove staging folders of generations whose process died (a SIGKILL skips the cleanup);
     those of live processes, and of other hosts sharing the cache, are left alone."""
     host = socket.gethostname()
     for folder in cache.glob(".embedded-staging-*"):
         match = _STAGING.fullmatch(folder.name)
-        if match and match[2] == host and not _process_alive(int(match[1])):
+        if match and match[2] == host and not process_alive(int(match[1])):
             shutil.rmtree(folder, ignore_errors=True)  # another process may be removing it too
 
 

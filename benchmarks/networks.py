@@ -1,12 +1,12 @@
-"""Trained networks on disk: where a run keeps them, their hash, and building one back from the
-recipe a record states."""
+"""Networks from recipes, and trained networks on disk: building a method as a recipe says,
+where a run keeps its weights (and the lock that keeps a second process out), loading them back,
+and the recipe a record states."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import socket
@@ -14,13 +14,16 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from benchmarks.engine import build_model, load_weights
+import methods
+from benchmarks.files import load_torch, process_alive
 from benchmarks.recipes import Recipe
+from benchmarks.voc import NUM_CLASSES
 
-__all__ = ["RunLocked", "architecture_recipe", "build_trained", "file_sha256", "recipe_from_record", "run_folder",
-           "run_lock"]
+__all__ = ["RunLocked", "architecture_recipe", "build_model", "build_trained", "load_weights", "recipe_from_record",
+           "run_folder", "run_lock"]
 
 
 class RunLocked(RuntimeError):
@@ -31,16 +34,6 @@ def run_folder(runs: Path, profile: str, dataset: str, method: str, seed: int, *
     """``runs/<profile>-<dataset>/<method>/seed<k>-<key>``: checkpoints, log and ``weights.pt`` of
     the run whose identity hashes to ``key``."""
     return runs / f"{profile}-{dataset}" / method / f"seed{seed}-{key}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -63,7 +56,8 @@ def run_lock(folder: Path, *, enabled: bool = True) -> Iterator[None]:
                 held = json.loads(lock.read_text())
             except (OSError, ValueError):
                 held = {}
-            if held.get("host") == holder["host"] and isinstance(held.get("pid"), int) and not _alive(held["pid"]):
+            stale = held.get("host") == holder["host"] and isinstance(held.get("pid"), int)
+            if stale and not process_alive(held["pid"]):
                 lock.unlink(missing_ok=True)  # left by a process that died
                 continue
             raise RunLocked(f"{folder} is held by pid {held.get('pid', '?')} on {held.get('host', '?')} since "
@@ -78,12 +72,32 @@ def run_lock(folder: Path, *, enabled: bool = True) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict the harness saved (``weights_only``); a missing or damaged file is a clear error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {path} do not exist; run the method that produces them first")
+    return load_torch(path, "delete it and run the method again to retrain it (from checkpoint.pt beside it, if there)")
+
+
+def build_model(recipe: Recipe, dependency_weights: Path | None = None) -> nn.Module:
+    """The registered method at the recipe's width, initialised from ImageNet or, for a staged
+    recipe, from the trained weights of ``recipe.init_from`` (every tensor of the same name and
+    shape; the others keep their paper initialisation)."""
+    model = methods.create(recipe.method, NUM_CLASSES, width=recipe.width, pretrained=recipe.pretrained)
+    if recipe.init_from is not None:
+        if dependency_weights is None:
+            raise ValueError(f"recipe {recipe.method} starts from {recipe.init_from}: pass its trained weights")
+        state, target = load_weights(dependency_weights), model.state_dict()
+        taken = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
+        if not taken:
+            raise ValueError(f"{dependency_weights} shares no tensor with {recipe.method}")
+        model.load_state_dict(taken, strict=False)
+        model.weights_source = f"{model.weights_source}; then {len(taken)} tensors from trained {recipe.init_from}"
+    if recipe.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                module.p = recipe.dropout
+    return model
 
 
 def architecture_recipe(recipe: Recipe) -> Recipe:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from benchmarks.files import write_bytes_atomic
 from benchmarks.voc import (
     IGNORE_INDEX,
     NUM_CLASSES,
@@ -81,18 +81,6 @@ def trainaug_ids(voc_train: list[str], voc_val: list[str], sbd_train: list[str],
     return sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """``data`` into a new temporary file beside ``path`` (mode 0666 less the umask, as ``open``
-    gives; ``mkstemp`` would give 0600), renamed over ``path``."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _palette_png(label: np.ndarray) -> bytes:
     image = Image.fromarray(label, mode="P")
     image.putpalette(voc_palette().reshape(-1).tolist())
@@ -138,7 +126,7 @@ def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str
         else:
             label = read_sbd_mat(id_path(sbd_root / "cls", image_id, ".mat"))
             counts["sbd"] += 1
-        _write_atomic(target, _palette_png(label))
+        write_bytes_atomic(target, _palette_png(label))
     for name, content in (("trainaug.txt", ids), ("sbdtrain.txt", sbd_train), ("sbdval.txt", sbd_val)):
-        _write_atomic(lists / name, "".join(f"{i}\n" for i in content).encode())
+        write_bytes_atomic(lists / name, "".join(f"{i}\n" for i in content).encode())
     return PreparedData(voc, len(ids), counts["voc"], counts["sbd"], counts["kept"])

@@ -180,7 +180,15 @@ def recipe_methods() -> list[str]:
     return sorted(PAPER_RECIPES)
 
 
-def get_recipe(method: str, profile: str) -> Recipe:
+CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large")
+"""Methods the papers also report with dense-CRF post-processing (SPEC section 2): ``NAME+crf``."""
+
+
+def get_recipe(method: str, profile: str, extra: tuple[Recipe, ...] = ()) -> Recipe:
+    """``method``'s recipe in ``profile``; ``extra`` recipes (a new head's) come first."""
+    for recipe in extra:
+        if (recipe.method, recipe.profile) == (method, profile):
+            return recipe
     if profile not in PROFILES:
         raise RecipeError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
     recipes = PROFILES[profile]
@@ -188,6 +196,13 @@ def get_recipe(method: str, profile: str) -> Recipe:
         raise RecipeError(f"no recipe for method {method!r}; methods with recipes: {sorted(recipes)} (a new "
                           "method runs with another's recipe through `compare`)")
     return recipes[method]
+
+
+def recipe_for_new_head(method: str, base: Recipe) -> Recipe:
+    """The recipe a new head gets from a baseline's (``compare``): the same data, schedule and
+    optimiser, trained end to end from the start (no staging)."""
+    return dataclasses.replace(base, method=method, init_from=None, train_only=None, cached_features=False,
+                               source=f"the {base.method} recipe ({base.source}), applied to {method}")
 
 
 def _convert(text: str, annotation: object, key: str) -> object:

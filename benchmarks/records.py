@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.files import write_atomic, write_bytes_atomic
+
 __all__ = ["RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records", "record_path",
            "software_summary", "write_record"]
 
@@ -101,20 +103,14 @@ def write_record(path: Path, record: dict[str, object], counts: np.ndarray, imag
             os.replace(counts_path, path.with_name(f"{path.stem}.{generation}.npz.superseded"))
         os.replace(path, path.with_name(f"{path.stem}.{generation}.json.superseded"))
     record = {**record, "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    temporary = counts_path.with_name(f".{counts_path.stem}.tmp{os.getpid()}.npz")
-    np.savez_compressed(temporary, counts=counts, image_ids=np.array(image_ids))
-    os.replace(temporary, counts_path)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(json.dumps(record, indent=1))
-    os.replace(temporary, path)
+    write_atomic(counts_path, lambda file: np.savez_compressed(file, counts=counts, image_ids=np.array(image_ids)))
+    write_bytes_atomic(path, json.dumps(record, indent=1).encode())
 
 
 def update_record(path: Path, fields: dict[str, object]) -> None:
     """Add or replace top-level ``fields`` of the record at ``path`` (atomically; counts untouched)."""
     record = {**json.loads(path.read_text()), **fields}
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(record, indent=1))
-    os.replace(temporary, path)
+    write_bytes_atomic(path, json.dumps(record, indent=1).encode())
 
 
 def _order(record: dict[str, object]) -> tuple[str, str, str, int]:

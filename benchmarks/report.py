@@ -191,7 +191,8 @@ def _trained_networks(group: list[dict[str, object]], runs: Path, images: int,
     pairs) for every network of ``group`` whose weights under ``runs`` are the ones its record
     scored and whose dataset can still be had; why a network is left out goes to ``skipped``."""
     from benchmarks.data import SegmentationDataset, source_from_facts
-    from benchmarks.networks import build_trained, file_sha256, recipe_from_record, run_folder
+    from benchmarks.files import file_sha256
+    from benchmarks.networks import build_trained, recipe_from_record, run_folder
     from benchmarks.voc import DataError
 
     records = {row_label(r): r for r in group if r["seed"] == 0 and r["method"] == r["base_method"]}

@@ -15,14 +15,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
+import methods
 from benchmarks.crf import CRFParams, dense_crf
 from benchmarks.data import DatasetSource
-from benchmarks.engine import Distributed, Evaluation, evaluate, train
-from benchmarks.networks import build_trained, file_sha256, run_folder, run_lock
+from benchmarks.distributed import Distributed
+from benchmarks.evaluation import Evaluation, evaluate
+from benchmarks.files import file_sha256
+from benchmarks.networks import build_trained, run_folder, run_lock
 from benchmarks.recipes import Recipe, RecipeError, apply_overrides, get_recipe
 from benchmarks.records import environment, git_commit, hardware, record_path, write_record
+from benchmarks.train import train
 from benchmarks.voc import DataError
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
@@ -31,11 +33,15 @@ __all__ = ["RunPlan", "expand_targets", "run", "run_identity", "searched_crf", "
 CRF_SUFFIX = "+crf"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunPlan:
+    """What one command runs: the profile's recipes (with ``overrides``, plus ``extra_recipes`` for
+    new heads), which seeds, and where records and runs go."""
+
     profile: str
     seeds: tuple[int, ...]
     overrides: tuple[str, ...] = ()
+    extra_recipes: tuple[Recipe, ...] = ()
     results: Path = Path("results")
     runs: Path = Path("runs")
     workers: int = 0
@@ -44,8 +50,12 @@ class RunPlan:
     eval_batch: int = 1  # images of one size scored together
     allow_overlap: bool = False  # score on images the network trained on (the record is then not comparable)
 
+    def recipe(self, method: str) -> Recipe:
+        """``method``'s recipe as this plan runs it."""
+        return apply_overrides(get_recipe(method, self.profile, self.extra_recipes), list(self.overrides))
 
-def expand_targets(names: list[str], profile: str, overrides: tuple[str, ...] = ()) -> list[str]:
+
+def expand_targets(names: list[str], plan: RunPlan) -> list[str]:
     """The requested targets plus every method they depend on (``init_from``), dependencies first;
     a cycle of dependencies is a RecipeError."""
     ordered: list[str] = []
@@ -53,9 +63,10 @@ def expand_targets(names: list[str], profile: str, overrides: tuple[str, ...] = 
     def visit(name: str, chain: tuple[str, ...] = ()) -> None:
         base = name.removesuffix(CRF_SUFFIX)
         if base in chain:
-            raise RecipeError(f"recipes ({profile}) start from each other in a cycle: {' -> '.join((*chain, base))} "
-                              "(init_from); set init_from of one of them to a method outside the cycle, or none")
-        recipe = apply_overrides(get_recipe(base, profile), list(overrides))
+            cycle = " -> ".join((*chain, base))
+            raise RecipeError(f"recipes ({plan.profile}) start from each other in a cycle: {cycle} (init_from); set "
+                              "init_from of one of them to a method outside the cycle, or none")
+        recipe = plan.recipe(base)
         if recipe.init_from is not None:
             visit(recipe.init_from, (*chain, base))
         if base not in ordered:
@@ -82,10 +93,6 @@ def _comparable(source: DatasetSource, recipe: Recipe, overrides: tuple[str, ...
     return True, "real VOC 2012, paper recipe, ImageNet initialisation"
 
 
-def _recipe(plan: RunPlan, method: str) -> Recipe:
-    return apply_overrides(get_recipe(method, plan.profile), list(plan.overrides))
-
-
 def _initial_weights(plan: RunPlan, source: DatasetSource, recipe: Recipe, seed: int) -> dict[str, object]:
     if recipe.init_from is not None:
         return {"trained": recipe.init_from, "run": run_identity(plan, source, recipe.init_from, seed)["key"]}
@@ -99,7 +106,7 @@ def _initial_weights(plan: RunPlan, source: DatasetSource, recipe: Recipe, seed:
 
 def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -> dict[str, object]:
     """What determines the weights of one run, and its hash ``key`` (12 hex digits)."""
-    recipe = _recipe(plan, method)
+    recipe = plan.recipe(method)
     data = {k: v for k, v in source.facts(recipe.train_split).items() if k != "root"}
     identity = {"method": method, "recipe": recipe.as_dict(), "train_data": data, "seed": seed,
                 "initial_weights": _initial_weights(plan, source, recipe, seed)}
@@ -126,7 +133,7 @@ def _check_splits(source: DatasetSource, plan: RunPlan, targets: list[str]) -> d
     Returns the overlap per base method."""
     overlaps, checked = {}, set()
     for target in targets:
-        recipe = _recipe(plan, target.removesuffix(CRF_SUFFIX))
+        recipe = plan.recipe(target.removesuffix(CRF_SUFFIX))
         for split in (recipe.train_split, recipe.eval_split):
             if split not in checked:
                 source.split(split).check()
@@ -146,7 +153,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
     """Train what is missing and write a record for every target and seed; returns the record of
     each (target, seed), written or reused (existing records are reused, not overwritten, unless
     ``plan.rerun``; a replaced record is kept as ``.superseded``)."""
-    ordered = expand_targets(targets, plan.profile, plan.overrides)
+    ordered = expand_targets(targets, plan)
     overlaps = _check_splits(source, plan, ordered)
     records: dict[tuple[str, int], Path] = {}
     for seed in plan.seeds:
@@ -155,7 +162,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
             weights = weights_path(plan, source, base, seed)
             scored = target in targets or (target == base and f"{base}{CRF_SUFFIX}" in targets)
             with run_lock(weights.parent, enabled=dist_info.is_main):
-                path = _run_one(target, seed, source, plan, dist_info, progress,
+                path = _run_one(target, seed, source=source, plan=plan, dist_info=dist_info, progress=progress,
                                 trained=not weights.is_file() or (plan.rerun and target == base and target in targets),
                                 scored=scored, overlap=overlaps[base])
             if path is not None and target in targets:
@@ -163,11 +170,11 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
     return records
 
 
-def _run_one(target: str, seed: int, source: DatasetSource, plan: RunPlan, dist_info: Distributed,
-             progress: Callable[[str], None], *, trained: bool, scored: bool, overlap: int) -> Path | None:
+def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, dist_info: Distributed,
+             progress: Callable[[str], None], trained: bool, scored: bool, overlap: int) -> Path | None:
     """Train (when ``trained``) and score (when ``scored``) one target of one seed; the record's path."""
     base = target.removesuffix(CRF_SUFFIX)
-    recipe = _recipe(plan, base)
+    recipe = plan.recipe(base)
     path = target_record_path(plan, source, target, seed)
     weights = weights_path(plan, source, base, seed)
     train_seconds = 0.0
@@ -193,11 +200,12 @@ def _run_one(target: str, seed: int, source: DatasetSource, plan: RunPlan, dist_
     model = build_trained(recipe, weights).to(dist_info.device)
     refine = (lambda image, probs, params=crf: dense_crf(image, probs, params, plan.crf_backend)) if crf else None
     started = time.perf_counter()
-    result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, progress, plan.eval_batch)
+    result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, batch_size=plan.eval_batch)
     eval_seconds = time.perf_counter() - started
     if dist_info.is_main:
-        record = _record(target, recipe, source, plan, seed, result, model, crf, dist_info, weights, overlap,
-                         {"train": round(train_seconds, 1), "evaluate": round(eval_seconds, 1)})
+        record = _record(target, recipe, source=source, plan=plan, seed=seed, result=result, crf=crf,
+                         dist_info=dist_info, weights=weights, overlap=overlap,
+                         wall_time={"train": round(train_seconds, 1), "evaluate": round(eval_seconds, 1)})
         if crf is not None:
             record.update(crf_source=crf_source, crf_backend=plan.crf_backend)
         write_record(path, record, result.counts, result.image_ids, overwrite=True)
@@ -216,8 +224,8 @@ def searched_crf(base_record: Path, weights_sha256: str | None, recipe: Recipe) 
     return CRFParams.from_pairs(recipe.crf), "recipe"
 
 
-def _record(target: str, recipe: Recipe, source: DatasetSource, plan: RunPlan, seed: int, result: Evaluation,
-            model: torch.nn.Module, crf: CRFParams | None, dist_info: Distributed, weights: Path, overlap: int,
+def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan, seed: int, result: Evaluation,
+            crf: CRFParams | None, dist_info: Distributed, weights: Path, overlap: int,
             wall_time: dict[str, float]) -> dict[str, object]:
     comparable, reason = _comparable(source, recipe, plan.overrides, overlap)
     identity = run_identity(plan, source, recipe.method, seed)
@@ -225,7 +233,7 @@ def _record(target: str, recipe: Recipe, source: DatasetSource, plan: RunPlan, s
         "schema": 2,
         "method": target,
         "base_method": recipe.method,
-        "paper": model.paper,
+        "paper": methods.get_entry(recipe.method).paper,
         "profile": recipe.profile,
         "dataset": source.facts(recipe.eval_split),
         "train_dataset": source.facts(recipe.train_split),

@@ -73,7 +73,6 @@ class SegmentationModel(nn.Module):
     """
 
     score_stride: int
-    paper: str
     input_convention: InputConvention = TORCHVISION_VGG
     paper_input_convention: InputConvention = CAFFE_VGG
 

@@ -41,7 +41,6 @@ DEEPLAB_LAYOUT = TrunkLayout(
 class DeepLabLargeFOV(SegmentationModel):
     """DeepLab-LargeFOV: VGG-16 at output stride 8 with a 3x3, dilation-12, 1024-channel fc6."""
 
-    paper = PAPER
     score_stride = 8
 
     def __init__(self, num_classes: int, width: float = 1.0, fc_channels: int = 1024) -> None:

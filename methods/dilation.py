@@ -137,7 +137,6 @@ class ContextNetwork(SegmentationModel):
     """The front end, its C-way ``final`` layer, an optional context module, and the x8 bilinear
     upsampling."""
 
-    paper = PAPER
     score_stride = 8
 
     def __init__(self, num_classes: int, width: float = 1.0, context: ContextModule | None = None) -> None:
@@ -162,8 +161,9 @@ class ContextNetwork(SegmentationModel):
         return None if self.context is None else (self.frontend_scores, self.context)
 
 
-def _build(num_classes: int, width: float, pretrained: bool, weights_path: str | os.PathLike[str] | None,
-           multipliers: tuple[int, ...] | None, buffer: str, noise_std: float, seed: int) -> ContextNetwork:
+def _build(num_classes: int, *, width: float, pretrained: bool, weights_path: str | os.PathLike[str] | None,
+           multipliers: tuple[int, ...] | None = None, buffer: str = "zeros", noise_std: float = 0.0,
+           seed: int = 0) -> ContextNetwork:
     context = None
     if multipliers is not None:
         # the reduced-width profile scales the large module's multipliers, keeping them whole
@@ -179,7 +179,7 @@ def _build(num_classes: int, width: float, pretrained: bool, weights_path: str |
 def frontend(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
              weights_path: str | os.PathLike[str] | None = None) -> ContextNetwork:
     """The front-end prediction module alone (Sec 4)."""
-    return _build(num_classes, width, pretrained, weights_path, None, "zeros", 0.0, 0)
+    return _build(num_classes, width=width, pretrained=pretrained, weights_path=weights_path)
 
 
 @register("context_basic", paper=f"{PAPER}, Sec 3 and Table 1 (basic context module)")
@@ -187,7 +187,8 @@ def context_basic(num_classes: int = 21, width: float = 1.0, pretrained: bool = 
                   weights_path: str | os.PathLike[str] | None = None, buffer: str = "zeros",
                   seed: int = 0) -> ContextNetwork:
     """Front end + basic context module: C channels in every layer, identity init (Eq. 4)."""
-    return _build(num_classes, width, pretrained, weights_path, BASIC_MULTIPLIERS, buffer, 0.0, seed)
+    return _build(num_classes, width=width, pretrained=pretrained, weights_path=weights_path,
+                  multipliers=BASIC_MULTIPLIERS, buffer=buffer, seed=seed)
 
 
 @register("context_large", paper=f"{PAPER}, Sec 3 and Table 1 (large context module)")
@@ -196,4 +197,5 @@ def context_large(num_classes: int = 21, width: float = 1.0, pretrained: bool = 
                   noise_std: float = 1e-3, seed: int = 0) -> ContextNetwork:
     """Front end + large context module: channels 2C ... 32C, C; identity init of Eq. 5 with
     noise sigma = ``noise_std`` * C / c_out."""
-    return _build(num_classes, width, pretrained, weights_path, LARGE_MULTIPLIERS, buffer, noise_std, seed)
+    return _build(num_classes, width=width, pretrained=pretrained, weights_path=weights_path,
+                  multipliers=LARGE_MULTIPLIERS, buffer=buffer, noise_std=noise_std, seed=seed)

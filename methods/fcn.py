@@ -62,7 +62,6 @@ class Scale(nn.Module):
 class FCN(SegmentationModel):
     """FCN-``score_stride``s: 32 (no skips), 16 (pool4 skip) or 8 (pool4 and pool3 skips)."""
 
-    paper = PAPER
 
     def __init__(self, num_classes: int, score_stride: int, at_once: bool = False, width: float = 1.0) -> None:
         super().__init__()
@@ -128,8 +127,8 @@ def init_from_previous_stage(model: FCN, previous_state: dict[str, torch.Tensor]
     return sorted(set(target) - set(previous_state))
 
 
-def _build(score_stride: int, num_classes: int, at_once: bool, width: float, pretrained: bool,
-           weights_path: str | os.PathLike[str] | None) -> FCN:
+def _build(num_classes: int, *, score_stride: int, width: float, pretrained: bool,
+           weights_path: str | os.PathLike[str] | None, at_once: bool = False) -> FCN:
     model = FCN(num_classes, score_stride, at_once=at_once, width=width)
     apply_pretrained(model, pretrained, weights_path, fc_as_convolutions(7), width)
     return model
@@ -139,14 +138,14 @@ def _build(score_stride: int, num_classes: int, at_once: bool, width: float, pre
 def fcn32s(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
            weights_path: str | os.PathLike[str] | None = None) -> FCN:
     """FCN-32s: VGG-16 made fully convolutional, one stride-32 score map upsampled 32x."""
-    return _build(32, num_classes, False, width, pretrained, weights_path)
+    return _build(num_classes, score_stride=32, width=width, pretrained=pretrained, weights_path=weights_path)
 
 
 @register("fcn16s", paper=f"{PAPER}, Table 2 (FCN-16s); reference net voc-fcn16s")
 def fcn16s(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
            weights_path: str | os.PathLike[str] | None = None) -> FCN:
     """FCN-16s: FCN-32s plus the pool4 skip (Sec 4.2), trained from FCN-32s."""
-    return _build(16, num_classes, False, width, pretrained, weights_path)
+    return _build(num_classes, score_stride=16, width=width, pretrained=pretrained, weights_path=weights_path)
 
 
 @register("fcn8s", paper=f"{PAPER}, Table 2 (FCN-8s); reference nets voc-fcn8s / voc-fcn8s-atonce")
@@ -155,4 +154,5 @@ def fcn8s(num_classes: int = 21, at_once: bool = False, width: float = 1.0, pret
     """FCN-8s: FCN-16s plus the pool3 skip (Sec 4.2). ``at_once=False`` (default) is the staged
     form, trained from FCN-16s; ``at_once=True`` is ``voc-fcn8s-atonce`` (pool4 x0.01, pool3
     x1e-4, trained in one go from ImageNet)."""
-    return _build(8, num_classes, at_once, width, pretrained, weights_path)
+    return _build(num_classes, score_stride=8, width=width, pretrained=pretrained, weights_path=weights_path,
+                  at_once=at_once)

@@ -55,9 +55,7 @@ def get_entry(name: str) -> MethodEntry:
 
 def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
     """Build method ``name`` with ``num_classes`` outputs; ``options`` go to its builder."""
-    model = get_entry(name).builder(num_classes=num_classes, **options)
-    model.method_name = name
-    return model
+    return get_entry(name).builder(num_classes=num_classes, **options)
 
 
 def list_methods() -> list[str]:

@@ -7,7 +7,7 @@ from methods.common import CaffeInterp, SegmentationModel
 
 
 class MyHead(SegmentationModel):
-    score_stride, paper = 8, "Me et al. 2026"
+    score_stride = 8
     def __init__(self, num_classes):
         super().__init__()
         self.body = nn.Sequential(nn.Conv2d(3, 64, 3, stride=8, padding=1), nn.ReLU(), nn.Conv2d(64, num_classes, 1))

@@ -55,8 +55,11 @@ def test_the_cuda_fast_path_arithmetic_runs_on_the_cpu():
     the loss, the gradients and the class probabilities stay close to float32."""
     import copy
 
-    from benchmarks.engine import Distributed, build_model, build_optimizer, class_probabilities, training_step
+    from benchmarks.distributed import Distributed
+    from benchmarks.evaluation import class_probabilities
+    from benchmarks.networks import build_model
     from benchmarks.recipes import get_recipe
+    from benchmarks.train import TrainedPart, build_optimizer, training_step
 
     recipe = get_recipe("deeplab_v1", "quick")
     torch.manual_seed(0)
@@ -67,7 +70,8 @@ def test_the_cuda_fast_path_arithmetic_runs_on_the_cpu():
     results = []
     for net, fast in ((model, False), (fast_model, True)):
         optimizer = build_optimizer(net, recipe)
-        loss, norm = training_step(net, net, optimizer, images, labels, recipe, Distributed(), fast=fast)
+        part = TrainedPart(net, recipe, channels_last=fast)
+        loss, norm = training_step(part, optimizer, images, labels, recipe=recipe, dist_info=Distributed(), fast=fast)
         grads = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
         results.append((float(loss.detach()), float(norm), grads))
     (loss32, norm32, grads32), (loss16, norm16, grads16) = results

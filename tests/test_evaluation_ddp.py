@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmarks.data import ShardSampler
+from benchmarks.distributed import ShardSampler
 from benchmarks.evaluation import ConfusionMatrix
 
 IMAGES = 7  # odd, so the shards differ in length
@@ -73,7 +73,8 @@ def test_batched_evaluation_by_size_gives_the_per_image_counts(shared_dir, tmp_p
     buckets) and gives the same confusion matrix and per-image counts, in split order, as one
     image at a time; the counts add up to the matrix."""
     import methods
-    from benchmarks.engine import Distributed, evaluate
+    from benchmarks.distributed import Distributed
+    from benchmarks.evaluation import ConfusionMatrix, class_probabilities, evaluate
     from benchmarks.voc import VOCSplit
 
     source = VOCSplit(shared_dir / "data/voc-real-mini", "val")
@@ -88,11 +89,19 @@ def test_batched_evaluation_by_size_gives_the_per_image_counts(shared_dir, tmp_p
     split = VOCSplit(tmp_path, "val")
     torch.manual_seed(0)
     model = methods.create("deeplab_v1", 21, width=1 / 16, pretrained=False)
-    one = evaluate(model, split, Distributed(), progress=lambda _: None)
-    four = evaluate(model, split, Distributed(), progress=lambda _: None, batch_size=4)
+    one = evaluate(model, split, Distributed())
+    four = evaluate(model, split, Distributed(), batch_size=4)
     sizes = [tuple(split[i].image.shape) for i in range(len(split))]
     assert len(set(sizes)) > 2 and max(sizes.count(size) for size in sizes) >= 2  # partial and shared buckets
     assert one.image_ids == four.image_ids == split.ids
-    assert (one.confusion == four.confusion).all() and (one.counts == four.counts).all()
-    assert (four.counts[:, 1].sum(0) == four.confusion.sum(1)).all()  # ground-truth pixels per class
-    assert (four.counts[:, 0].sum(0) == four.confusion.diagonal()).all()
+    assert (one.counts == four.counts).all() and one.metrics == four.metrics
+    matrix = ConfusionMatrix(21)  # one image at a time, counted independently of the scoring pass
+    for index in range(len(split)):
+        sample = split[index]
+        probabilities = class_probabilities(model, torch.from_numpy(sample.image).permute(2, 0, 1),
+                                            torch.device("cpu"))
+        matrix.update(probabilities.argmax(0), torch.from_numpy(sample.label))
+    assert (four.counts[:, 1].sum(0) == matrix.matrix.sum(1).numpy()).all()  # ground-truth pixels per class
+    assert (four.counts[:, 2].sum(0) == matrix.matrix.sum(0).numpy()).all()  # predicted pixels per class
+    assert (four.counts[:, 0].sum(0) == matrix.matrix.diagonal().numpy()).all()
+    assert four.metrics == matrix.metrics()

@@ -19,7 +19,7 @@ from benchmarks.evaluation import metrics_from_confusion
 from benchmarks.recipes import RecipeError, apply_overrides, get_recipe
 from benchmarks.records import load_records
 from benchmarks.report import claims_table, write_report
-from benchmarks.run import expand_targets
+from benchmarks.run import RunPlan, expand_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "iterations=8", "--set", "checkpoint_every=2", "--set", "log_every=1", "--set", "batch_size=4"]
@@ -57,8 +57,9 @@ def test_overrides_are_type_checked():
 
 
 def test_dependencies_resolved_in_order():
-    assert expand_targets(["fcn8s+crf"], "quick") == ["fcn32s", "fcn16s", "fcn8s", "fcn8s+crf"]
-    assert expand_targets(["context_large"], "quick") == ["frontend", "context_large"]
+    quick = RunPlan(profile="quick", seeds=(0,))
+    assert expand_targets(["fcn8s+crf"], quick) == ["fcn32s", "fcn16s", "fcn8s", "fcn8s+crf"]
+    assert expand_targets(["context_large"], quick) == ["frontend", "context_large"]
 
 
 def _cli(args, env, timeout=600):
@@ -231,7 +232,7 @@ def test_quick_profile_replaces_dropout_and_paper_keeps_it():
 
     from torch import nn
 
-    from benchmarks.engine import build_model
+    from benchmarks.networks import build_model
 
     quick = build_model(get_recipe("deeplab_v1", "quick"))
     paper_like = build_model(dataclasses.replace(get_recipe("deeplab_v1", "quick"), dropout=None))
@@ -286,8 +287,8 @@ def test_crf_search_writes_parameters_that_crf_runs_use(tmp_path, env, monkeypat
     recorded mIoU of the best point is recomputed here with the reference backend."""
     from benchmarks.crf import CRFParams, dense_crf
     from benchmarks.data import resolve_dataset
-    from benchmarks.engine import build_model, class_probabilities, load_weights
-    from benchmarks.evaluation import ConfusionMatrix
+    from benchmarks.evaluation import ConfusionMatrix, class_probabilities
+    from benchmarks.networks import build_model, load_weights
 
     dirs = ["--results", str(tmp_path / "r"), "--runs", str(tmp_path / "w")]
     search = _cli(["crf-search", "deeplab_v1", *TINY, *dirs, "--images", "6", "--w1", "3,6", "--theta-alpha",

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks import cli
+from benchmarks import catalogue
 from benchmarks.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_an_unexpected_exception_still_raises(capsys, monkeypatch):
     def broken() -> list[dict[str, object]]:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "list_rows", broken)
+    monkeypatch.setattr(catalogue, "list_rows", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["list"])
 

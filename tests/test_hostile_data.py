@@ -25,11 +25,12 @@ from scipy.io import savemat
 from benchmarks.cli import build_parser
 from benchmarks.crf import CRFParams
 from benchmarks.data import DatasetSource, resolve_dataset
+from benchmarks.distributed import Distributed
 from benchmarks.embedded import MARKER, EmbeddedConfig, embedded_root
-from benchmarks.engine import Distributed, train
 from benchmarks.prepare_data import prepare_data, read_sbd_mat
 from benchmarks.recipes import PROFILES, RecipeError, apply_overrides, get_recipe
-from benchmarks.run import expand_targets, searched_crf
+from benchmarks.run import RunPlan, expand_targets, searched_crf
+from benchmarks.train import train
 from benchmarks.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,14 +254,12 @@ def test_step_schedule_needs_a_step_size_and_crf_values_are_checked():
         apply_overrides(fcn, ["crf=w1:nan"])
 
 
-def test_dependency_cycle_is_a_recipe_error(monkeypatch):
-    paper = PROFILES["paper"]
-    cycle = {**paper, "fcn32s": dataclasses.replace(paper["fcn32s"], init_from="fcn8s")}
-    monkeypatch.setitem(PROFILES, "cycle", cycle)
+def test_dependency_cycle_is_a_recipe_error():
+    cycle = dataclasses.replace(PROFILES["paper"]["fcn32s"], init_from="fcn8s")
     with pytest.raises(RecipeError, match=r"cycle: fcn8s -> fcn16s -> fcn32s -> fcn8s \(init_from\); set init_from"):
-        expand_targets(["fcn8s+crf"], "cycle")
+        expand_targets(["fcn8s+crf"], RunPlan(profile="paper", seeds=(0,), extra_recipes=(cycle,)))
     with pytest.raises(RecipeError, match="init_from='fcn16s' is not allowed"):
-        expand_targets(["fcn8s"], "paper", ("init_from=fcn16s",))
+        expand_targets(["fcn8s"], RunPlan(profile="paper", seeds=(0,), overrides=("init_from=fcn16s",)))
 
 
 def test_cached_features_on_a_method_not_trained_in_stages_stops_before_training(tmp_path):

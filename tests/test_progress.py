@@ -12,10 +12,14 @@ import torch
 
 from benchmarks.crf_search import search
 from benchmarks.data import DatasetSource
+from benchmarks.distributed import Distributed
 from benchmarks.embedded import EmbeddedConfig, embedded_root
-from benchmarks.engine import Distributed, build_model, evaluate, save_atomic, train
+from benchmarks.evaluation import evaluate
+from benchmarks.files import save_torch
+from benchmarks.networks import build_model
 from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import apply_overrides, get_recipe
+from benchmarks.train import train
 
 SMALL = EmbeddedConfig(seed=3, train_images=8, val_images=4, crf_holdout_images=2, height=64, width=80)
 TINY = ["iterations=4", "log_every=1", "checkpoint_every=2", "batch_size=2"]
@@ -49,7 +53,7 @@ def test_training_and_scoring_show_bars_on_a_terminal_and_lines_elsewhere(tmp_pa
     recipe = apply_overrides(get_recipe("deeplab_v1", "quick"), TINY)
     lines: list[str] = []
     model = train(recipe, source, tmp_path, 0, Distributed(), progress=lines.append)
-    evaluate(model, source.split("val"), Distributed(), progress=lines.append)
+    evaluate(model, source.split("val"), Distributed())
     assert [line.split(" loss ")[0] for line in lines] == [f"deeplab_v1 it {i}/4" for i in range(1, 5)]
     assert capsys.readouterr().err == ""  # off a terminal: no bar, nothing but the lines
 
@@ -62,14 +66,14 @@ def test_training_and_scoring_show_bars_on_a_terminal_and_lines_elsewhere(tmp_pa
     assert "deeplab_v1:  50%|" in drawn and "| 2/4 [" in drawn  # the bar starts at the resume iteration
     assert _finished_bar(drawn, "deeplab_v1", "4/4", "it"), drawn
 
-    evaluate(model, source.split("val"), Distributed(), progress=lines.append)
+    evaluate(model, source.split("val"), Distributed())
     assert _finished_bar(terminal.getvalue(), "scoring val", "4/4", "img"), terminal.getvalue()
 
 
 def test_feature_caching_shows_a_bar_on_a_terminal(tmp_path, source, monkeypatch):
     terminal = _terminal(monkeypatch)
     frontend = tmp_path / "frontend.pt"
-    save_atomic(build_model(get_recipe("frontend", "quick")).state_dict(), frontend)
+    save_torch(build_model(get_recipe("frontend", "quick")).state_dict(), frontend)
     recipe = apply_overrides(get_recipe("context_basic", "quick"), TINY)
     train(recipe, source, tmp_path / "context", 0, Distributed(), frontend, progress=lambda _: None)
     assert _finished_bar(terminal.getvalue(), "context_basic: caching features", "8/8", "img"), terminal.getvalue()

@@ -1,0 +1,74 @@
+"""Files the harness writes and reads back: atomic writes (nothing half-written is ever at the
+final path), hashes, checked ``torch.load``, and whether the process that left a lock or a
+staging folder is still alive."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+__all__ = ["DamagedFile", "file_sha256", "load_torch", "process_alive", "save_torch", "write_atomic",
+           "write_bytes_atomic"]
+
+
+class DamagedFile(ValueError):
+    """A file the harness wrote that no longer reads (cut short, overwritten); the message says what to do."""
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(file)`` into a new temporary file beside ``path`` (mode 0666 less the umask, as
+    ``open`` gives; ``mkstemp`` would give 0600), then renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` through :func:`write_atomic`."""
+    write_atomic(path, lambda file: file.write(data))
+
+
+def save_torch(obj: object, path: Path) -> None:
+    """``torch.save`` atomically."""
+    write_atomic(path, lambda file: torch.save(obj, file))
+
+
+def load_torch(path: Path, fix: str) -> dict[str, object]:
+    """``torch.load(weights_only=True)`` of a file the harness saved; one cut short (a full disk, an
+    interrupted copy) fails in many ways inside torch, each a :class:`DamagedFile` naming the
+    file and ``fix``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, KeyError, OSError, pickle.UnpicklingError) as error:
+        raise DamagedFile(f"{path} is truncated or damaged (torch.load: {type(error).__name__}); {fix}") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
