@@ -17,10 +17,10 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.data import SegmentationDataset
-from benchmarks.embedded import EmbeddedConfig, embedded_root
-from benchmarks.transforms import train_transform
-from benchmarks.voc import VOCSplit
+from benchmarks.data.datasets import SegmentationDataset
+from benchmarks.data.embedded import EmbeddedConfig, embedded_root
+from benchmarks.data.transforms import train_transform
+from benchmarks.data.voc import VOCSplit
 
 AUGMENTATIONS = {
     "decode only": None,

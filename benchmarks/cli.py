@@ -18,7 +18,7 @@ import methods
 from benchmarks.receptive_field import analytic_geometry, receptive_field, stack_table
 
 if TYPE_CHECKING:
-    from benchmarks.data import DatasetSource
+    from benchmarks.data.datasets import DatasetSource
     from benchmarks.run import RunPlan
 
 CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large")
@@ -36,11 +36,11 @@ def expected_errors() -> tuple[type[Exception], ...]:
     offline weights): ``main`` prints them as one line and exits 2. Anything else is a bug and
     raises with its traceback. ``ValueError`` is here because the harness raises it for invalid
     inputs (``--set`` values, label maps); imported lazily to keep ``list`` and ``rf`` quick."""
+    from benchmarks.data.voc import DataError
     from benchmarks.engine import TrainingError
     from benchmarks.networks import RunLocked
     from benchmarks.recipes import RecipeError
     from benchmarks.records import RecordError, RecordExists
-    from benchmarks.voc import DataError
     from methods.vgg import WeightsUnavailable
 
     return (UsageError, DataError, RecipeError, RecordError, TrainingError, WeightsUnavailable, RecordExists, RunLocked,
@@ -149,7 +149,7 @@ def cmd_rf(args: argparse.Namespace) -> int:
 def _label_files(folder: Path, option: str) -> dict[str, Path]:
     """The ``*.png`` files of ``folder`` by stem; anything else under that name (a named pipe that
     would block the read, a device, a folder) is an error."""
-    from benchmarks.voc import DataError
+    from benchmarks.data.voc import DataError
 
     if not folder.is_dir():
         raise DataError(f"{option} {folder} is not a directory")
@@ -165,8 +165,8 @@ def _label_files(folder: Path, option: str) -> dict[str, Path]:
 def evaluate_directories(pred_dir: Path, gt_dir: Path, num_classes: int = 21) -> dict[str, object]:
     """Score every label PNG of ``gt_dir`` against the prediction of the same file stem in
     ``pred_dir`` with the one evaluator."""
+    from benchmarks.data.voc import DataError, read_label
     from benchmarks.evaluation import ConfusionMatrix
-    from benchmarks.voc import DataError, read_label
 
     pred_files, gt_files = _label_files(pred_dir, "--pred"), _label_files(gt_dir, "--gt")
     if pred_dir.samefile(gt_dir):
@@ -192,7 +192,7 @@ def evaluate_directories(pred_dir: Path, gt_dir: Path, num_classes: int = 21) ->
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from benchmarks.voc import VOC_CLASSES
+    from benchmarks.data.voc import VOC_CLASSES
 
     result = evaluate_directories(Path(args.pred), Path(args.gt), args.num_classes)
     if args.json:
@@ -207,8 +207,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    from benchmarks.embedded import embedded_root
-    from benchmarks.prepare_data import prepare_data
+    from benchmarks.data.embedded import embedded_root
+    from benchmarks.data.prepare_data import prepare_data
 
     if args.embedded:
         print(f"embedded dataset (generated, not comparable to the papers): {embedded_root()}")
@@ -272,8 +272,8 @@ def _check_outputs(args: argparse.Namespace, reports: bool = False) -> None:
 
 def _dataset(data: str | None) -> DatasetSource:
     """``--data``, else the embedded dataset, generated into the cache on first use."""
-    from benchmarks.data import resolve_dataset
-    from benchmarks.embedded import CACHE_ENV_VAR, default_cache_dir
+    from benchmarks.data.datasets import resolve_dataset
+    from benchmarks.data.embedded import CACHE_ENV_VAR, default_cache_dir
 
     try:
         return resolve_dataset(data)
@@ -431,11 +431,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from benchmarks.compare import paired_bootstrap
+    from benchmarks.data.voc import DataError
     from benchmarks.engine import Distributed
     from benchmarks.recipes import PROFILES, get_recipe
     from benchmarks.records import load_counts
     from benchmarks.run import run
-    from benchmarks.voc import DataError
 
     _import_modules(args.imports)
     if args.new not in methods.list_methods():

@@ -26,12 +26,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 import methods
-from benchmarks.data import DatasetSource, SegmentationDataset, ShardSampler
+from benchmarks.data.datasets import DatasetSource, SegmentationDataset, ShardSampler
+from benchmarks.data.transforms import train_transform
+from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, VOCSplit
 from benchmarks.evaluation import ConfusionMatrix
 from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe, RecipeError
-from benchmarks.transforms import train_transform
-from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, VOCSplit
 
 __all__ = ["Distributed", "TrainingError", "evaluate", "load_weights", "save_atomic", "train"]
 

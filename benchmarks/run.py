@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.crf import CRFParams, dense_crf
-from benchmarks.data import DatasetSource
+from benchmarks.data.datasets import DatasetSource
+from benchmarks.data.voc import DataError
 from benchmarks.engine import Distributed, Evaluation, evaluate, train
 from benchmarks.networks import build_trained, file_sha256, run_folder, run_lock
 from benchmarks.recipes import Recipe, RecipeError, apply_overrides, get_recipe
 from benchmarks.records import environment, git_commit, hardware, record_path, write_record
-from benchmarks.voc import DataError
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
 __all__ = ["RunPlan", "expand_targets", "run", "run_identity", "searched_crf", "target_record_path", "weights_path"]

@@ -7,9 +7,9 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from benchmarks.crf import CRFParams, dense_crf, dense_crf_batch
+from benchmarks.data.voc import VOCSplit
 from benchmarks.evaluation import ConfusionMatrix
 from benchmarks.permutohedral import PermutohedralLattice
-from benchmarks.voc import VOCSplit
 
 MINI = "data/voc-real-mini"
 CLASSES = 21

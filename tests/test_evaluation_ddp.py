@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmarks.data import ShardSampler
+from benchmarks.data.datasets import ShardSampler
 from benchmarks.evaluation import ConfusionMatrix
 
 IMAGES = 7  # odd, so the shards differ in length
@@ -73,8 +73,8 @@ def test_batched_evaluation_by_size_gives_the_per_image_counts(shared_dir, tmp_p
     buckets) and gives the same confusion matrix and per-image counts, in split order, as one
     image at a time; the counts add up to the matrix."""
     import methods
+    from benchmarks.data.voc import VOCSplit
     from benchmarks.engine import Distributed, evaluate
-    from benchmarks.voc import VOCSplit
 
     source = VOCSplit(shared_dir / "data/voc-real-mini", "val")
     root = tmp_path / "VOCdevkit" / "VOC2012"

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from benchmarks.crf_search import search
-from benchmarks.data import DatasetSource
-from benchmarks.embedded import EmbeddedConfig, embedded_root
+from benchmarks.data.datasets import DatasetSource
+from benchmarks.data.embedded import EmbeddedConfig, embedded_root
 from benchmarks.engine import Distributed, build_model, evaluate, save_atomic, train
 from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import apply_overrides, get_recipe
