@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from benchmarks.bench_crf import crf_inputs
-from benchmarks.crf import CRFParams, TorchDenseCRF
+from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF
 from benchmarks.engine import Distributed, build_model, build_optimizer, class_probabilities, training_step
 from benchmarks.evaluation import ConfusionMatrix
 from benchmarks.recipes import Recipe, get_recipe, recipe_methods

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.crf import CRFParams, TorchDenseCRF, dense_crf
+from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF, dense_crf
 
 __all__ = ["crf_inputs", "crf_timings"]
 

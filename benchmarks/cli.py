@@ -310,7 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_crf_search(args: argparse.Namespace) -> int:
-    from benchmarks.crf import CRFParams
+    from benchmarks.crf.dense_crf import CRFParams
     from benchmarks.crf_search import SEARCHED, search
     from benchmarks.engine import Distributed, class_probabilities
     from benchmarks.networks import build_trained, file_sha256
@@ -496,7 +496,7 @@ def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf"
 
 def _crf_values(name: str) -> Callable[[str], tuple[float, ...]]:
     """The parser of ``--NAME v1,v2,...``: each value a valid CRF parameter ``name`` (finite, in range)."""
-    from benchmarks.crf import CRFParams
+    from benchmarks.crf.dense_crf import CRFParams
 
     def parse(text: str) -> tuple[float, ...]:
         try:

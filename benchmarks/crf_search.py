@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.crf import CRFParams, TorchDenseCRF, check_inputs, dense_crf
+from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF, check_inputs, dense_crf
 from benchmarks.evaluation import ConfusionMatrix
 from benchmarks.progress import bar
 

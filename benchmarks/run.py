@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.crf import CRFParams, dense_crf
+from benchmarks.crf.dense_crf import CRFParams, dense_crf
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.data.voc import DataError
 from benchmarks.engine import Distributed, Evaluation, evaluate, train

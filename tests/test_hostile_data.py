@@ -23,7 +23,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from benchmarks.cli import build_parser
-from benchmarks.crf import CRFParams
+from benchmarks.crf.dense_crf import CRFParams
 from benchmarks.data.datasets import DatasetSource, resolve_dataset
 from benchmarks.data.embedded import MARKER, EmbeddedConfig, embedded_root
 from benchmarks.data.prepare_data import prepare_data, read_sbd_mat
