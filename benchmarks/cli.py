@@ -360,7 +360,7 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.bench import SIZES, run_bench
+    from benchmarks.bench.methods import SIZES, run_bench
     from benchmarks.recipes import recipe_methods
 
     unknown = [name for name in args.methods or [] if name not in recipe_methods()]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmarks.bench_crf import crf_inputs
+from benchmarks.bench.crf import crf_inputs
 from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF
 from benchmarks.engine import Distributed, build_model, build_optimizer, class_probabilities, training_step
 from benchmarks.evaluation import ConfusionMatrix
