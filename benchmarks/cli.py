@@ -16,7 +16,7 @@ import torch
 import methods
 
 if TYPE_CHECKING:
-    from benchmarks.data import DatasetSource
+    from benchmarks.data.datasets import DatasetSource
     from benchmarks.run import RunPlan
 
 
@@ -29,12 +29,12 @@ def expected_errors() -> tuple[type[Exception], ...]:
     offline weights): ``main`` prints them as one line and exits 2. Anything else is a bug and
     raises with its traceback. ``ValueError`` is here because the harness raises it for invalid
     inputs (``--set`` values, label maps); imported lazily to keep ``list`` and ``rf`` quick."""
+    from benchmarks.data.voc import DataError
     from benchmarks.files import DamagedFile
     from benchmarks.networks import RunLocked
     from benchmarks.recipes import RecipeError
     from benchmarks.records import RecordError, RecordExists
     from benchmarks.train import TrainingError
-    from benchmarks.voc import DataError
     from methods.vgg import WeightsUnavailable
 
     return (UsageError, DataError, RecipeError, RecordError, TrainingError, WeightsUnavailable, RecordExists, RunLocked,
@@ -100,8 +100,8 @@ def cmd_rf(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from benchmarks.data.voc import VOC_CLASSES
     from benchmarks.evaluation import evaluate_directories
-    from benchmarks.voc import VOC_CLASSES
 
     result = evaluate_directories(Path(args.pred), Path(args.gt), args.num_classes)
     if args.json:
@@ -116,8 +116,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
-    from benchmarks.embedded import embedded_root
-    from benchmarks.prepare_data import prepare_data
+    from benchmarks.data.embedded import embedded_root
+    from benchmarks.data.prepare_data import prepare_data
 
     if args.embedded:
         print(f"embedded dataset (generated, not comparable to the papers): {embedded_root()}")
@@ -181,8 +181,8 @@ def _check_outputs(args: argparse.Namespace, reports: bool = False) -> None:
 
 def _dataset(data: str | None) -> DatasetSource:
     """``--data``, else the embedded dataset, generated into the cache on first use."""
-    from benchmarks.data import resolve_dataset
-    from benchmarks.embedded import CACHE_ENV_VAR, default_cache_dir
+    from benchmarks.data.datasets import resolve_dataset
+    from benchmarks.data.embedded import CACHE_ENV_VAR, default_cache_dir
 
     try:
         return resolve_dataset(data)
@@ -240,7 +240,7 @@ def cmd_crf_search(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.bench import SIZES, run_bench
+    from benchmarks.bench.methods import SIZES, run_bench
     from benchmarks.recipes import CRF_STAGE_METHODS, recipe_methods
 
     unknown = [name for name in args.methods or [] if name not in recipe_methods()]
@@ -357,7 +357,7 @@ def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf"
 
 def _crf_values(name: str) -> Callable[[str], tuple[float, ...]]:
     """The parser of ``--NAME v1,v2,...``: each value a valid CRF parameter ``name`` (finite, in range)."""
-    from benchmarks.crf import CRFParams
+    from benchmarks.crf.dense_crf import CRFParams
 
     def parse(text: str) -> tuple[float, ...]:
         try:

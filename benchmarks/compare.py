@@ -13,7 +13,7 @@ import numpy as np
 from benchmarks.evaluation import iou_from_counts
 
 if TYPE_CHECKING:
-    from benchmarks.data import DatasetSource
+    from benchmarks.data.datasets import DatasetSource
     from benchmarks.distributed import Distributed
     from benchmarks.run import RunPlan
 
@@ -65,10 +65,10 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     """Train or reuse the registered head ``new`` (with the recipe of ``recipe_from``, default the
     first baseline, unless it has its own) and each baseline, then the paired bootstrap of the
     mIoU difference over the same images, per baseline and seed."""
+    from benchmarks.data.voc import DataError
     from benchmarks.recipes import get_recipe, recipe_for_new_head, recipe_methods
     from benchmarks.records import load_counts
     from benchmarks.run import run
-    from benchmarks.voc import DataError
 
     if new not in recipe_methods():
         base = get_recipe(recipe_from or baselines[0], plan.profile)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.crf import CRFParams, TorchDenseCRF, check_inputs, dense_crf
-from benchmarks.data import DatasetSource
+from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF, check_inputs, dense_crf
+from benchmarks.data.datasets import DatasetSource
 from benchmarks.distributed import Distributed
 from benchmarks.evaluation import ConfusionMatrix, class_probabilities
 from benchmarks.files import file_sha256

@@ -21,10 +21,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from benchmarks.data import SegmentationDataset
+from benchmarks.data.datasets import SegmentationDataset
+from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, DataError, VOCSplit, read_label
 from benchmarks.distributed import Distributed, ShardSampler, fast_path
 from benchmarks.progress import bar
-from benchmarks.voc import IGNORE_INDEX, NUM_CLASSES, DataError, VOCSplit, read_label
 
 __all__ = ["ConfusionMatrix", "Evaluation", "check_complete", "class_probabilities", "evaluate",
            "evaluate_directories", "iou_from_counts",

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 import methods
+from benchmarks.data.voc import NUM_CLASSES
 from benchmarks.files import load_torch, process_alive
 from benchmarks.recipes import Recipe
-from benchmarks.voc import NUM_CLASSES
 
 __all__ = ["RunLocked", "architecture_recipe", "build_model", "build_trained", "load_weights", "recipe_from_record",
            "run_folder", "run_lock"]

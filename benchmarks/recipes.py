@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from benchmarks.crf import CRFParams
+from benchmarks.crf.dense_crf import CRFParams
 from benchmarks.validate import is_finite_number, is_whole_number
 
 __all__ = ["PROFILES", "Recipe", "RecipeError", "apply_overrides", "get_recipe", "recipe_methods"]

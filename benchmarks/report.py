@@ -16,8 +16,8 @@ import torch
 
 from benchmarks.check import check_records, load_references
 from benchmarks.compare import seed_interval
+from benchmarks.data.voc import VOC_CLASSES
 from benchmarks.records import load_records, software_summary
-from benchmarks.voc import VOC_CLASSES
 
 __all__ = ["CLAIMS", "claims_table", "write_report"]
 
@@ -190,10 +190,10 @@ def _trained_networks(group: list[dict[str, object]], runs: Path, images: int,
     """(table row, network with its seed-0 weights, the first ``images`` evaluation (image, label)
     pairs) for every network of ``group`` whose weights under ``runs`` are the ones its record
     scored and whose dataset can still be had; why a network is left out goes to ``skipped``."""
-    from benchmarks.data import SegmentationDataset, source_from_facts
+    from benchmarks.data.datasets import SegmentationDataset, source_from_facts
+    from benchmarks.data.voc import DataError
     from benchmarks.files import file_sha256
     from benchmarks.networks import build_trained, recipe_from_record, run_folder
-    from benchmarks.voc import DataError
 
     records = {row_label(r): r for r in group if r["seed"] == 0 and r["method"] == r["base_method"]}
     for label, record in sorted(records.items()):
@@ -249,7 +249,7 @@ def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.voc import voc_palette
+    from benchmarks.data.voc import voc_palette
 
     palette = voc_palette()
     columns: list[tuple[str, list[np.ndarray]]] = []

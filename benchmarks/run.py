@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import methods
-from benchmarks.crf import CRFParams, dense_crf
-from benchmarks.data import DatasetSource
+from benchmarks.crf.dense_crf import CRFParams, dense_crf
+from benchmarks.data.datasets import DatasetSource
+from benchmarks.data.voc import DataError
 from benchmarks.distributed import Distributed
 from benchmarks.evaluation import Evaluation, evaluate
 from benchmarks.files import file_sha256
@@ -25,7 +26,6 @@ from benchmarks.networks import build_trained, run_folder, run_lock
 from benchmarks.recipes import Recipe, RecipeError, apply_overrides, get_recipe
 from benchmarks.records import environment, git_commit, hardware, record_path, write_record
 from benchmarks.train import train
-from benchmarks.voc import DataError
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
 __all__ = ["RunPlan", "expand_targets", "run", "run_identity", "searched_crf", "target_record_path", "weights_path"]

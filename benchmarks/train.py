@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from benchmarks.data import DatasetSource, SegmentationDataset
+from benchmarks.data.datasets import DatasetSource, SegmentationDataset
+from benchmarks.data.transforms import train_transform
+from benchmarks.data.voc import IGNORE_INDEX
 from benchmarks.distributed import Distributed, fast_path
 from benchmarks.files import load_torch, save_torch
 from benchmarks.networks import build_model
 from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe, RecipeError
-from benchmarks.transforms import train_transform
-from benchmarks.voc import IGNORE_INDEX
 
 __all__ = ["TrainedPart", "TrainingError", "build_optimizer", "train", "training_step"]
 

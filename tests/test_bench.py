@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import methods
-from benchmarks.bench import forward_flops
+from benchmarks.bench.methods import forward_flops
 
 
 def test_flops_of_one_convolution_by_hand():

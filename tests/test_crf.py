@@ -6,10 +6,10 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from benchmarks.crf import CRFParams, dense_crf, dense_crf_batch
+from benchmarks.crf.dense_crf import CRFParams, dense_crf, dense_crf_batch
+from benchmarks.crf.permutohedral import PermutohedralLattice
+from benchmarks.data.voc import VOCSplit
 from benchmarks.evaluation import ConfusionMatrix
-from benchmarks.permutohedral import PermutohedralLattice
-from benchmarks.voc import VOCSplit
 
 MINI = "data/voc-real-mini"
 CLASSES = 21

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.embedded import (
+from benchmarks.data.embedded import (
     APPEARANCE,
     CONTEXT_PAIRS,
     SCENE_CUES,
@@ -16,7 +16,7 @@ from benchmarks.embedded import (
     generate,
     render_sample,
 )
-from benchmarks.voc import VOCSplit, read_image, read_label
+from benchmarks.data.voc import VOCSplit, read_image, read_label
 
 SMALL = EmbeddedConfig(seed=3, train_images=12, val_images=6, crf_holdout_images=4, height=64, width=80)
 

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from benchmarks.cli import main
+from benchmarks.data.voc import voc_palette
 from benchmarks.evaluation import ConfusionMatrix
-from benchmarks.voc import voc_palette
 
 
 def test_hand_counted_confusion_matrix():

@@ -73,9 +73,9 @@ def test_batched_evaluation_by_size_gives_the_per_image_counts(shared_dir, tmp_p
     buckets) and gives the same confusion matrix and per-image counts, in split order, as one
     image at a time; the counts add up to the matrix."""
     import methods
+    from benchmarks.data.voc import VOCSplit
     from benchmarks.distributed import Distributed
     from benchmarks.evaluation import ConfusionMatrix, class_probabilities, evaluate
-    from benchmarks.voc import VOCSplit
 
     source = VOCSplit(shared_dir / "data/voc-real-mini", "val")
     root = tmp_path / "VOCdevkit" / "VOC2012"

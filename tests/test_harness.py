@@ -285,8 +285,8 @@ def test_crf_search_writes_parameters_that_crf_runs_use(tmp_path, env, monkeypat
     """DeepLab's protocol on the held-out images: coarse grid then half steps around the best; the
     chosen point is written into the network's record and `run NAME+crf` scores with it. The
     recorded mIoU of the best point is recomputed here with the reference backend."""
-    from benchmarks.crf import CRFParams, dense_crf
-    from benchmarks.data import resolve_dataset
+    from benchmarks.crf.dense_crf import CRFParams, dense_crf
+    from benchmarks.data.datasets import resolve_dataset
     from benchmarks.evaluation import ConfusionMatrix, class_probabilities
     from benchmarks.networks import build_model, load_weights
 

@@ -23,15 +23,15 @@ from PIL import Image
 from scipy.io import savemat
 
 from benchmarks.cli import build_parser
-from benchmarks.crf import CRFParams
-from benchmarks.data import DatasetSource, resolve_dataset
+from benchmarks.crf.dense_crf import CRFParams
+from benchmarks.data.datasets import DatasetSource, resolve_dataset
+from benchmarks.data.embedded import MARKER, EmbeddedConfig, embedded_root
+from benchmarks.data.prepare_data import prepare_data, read_sbd_mat
+from benchmarks.data.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 from benchmarks.distributed import Distributed
-from benchmarks.embedded import MARKER, EmbeddedConfig, embedded_root
-from benchmarks.prepare_data import prepare_data, read_sbd_mat
 from benchmarks.recipes import PROFILES, RecipeError, apply_overrides, get_recipe
 from benchmarks.run import RunPlan, expand_targets, searched_crf
 from benchmarks.train import train
-from benchmarks.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = EmbeddedConfig(seed=5, train_images=3, val_images=2, crf_holdout_images=1, height=64, width=80)
@@ -200,8 +200,9 @@ def test_embedded_cache_honours_the_umask(tmp_path, umask):
 
 def test_staging_folder_of_a_killed_generation_is_removed(tmp_path):
     big = "EmbeddedConfig(train_images=100_000, height=64, width=80)"  # far longer than the test waits
-    child = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from benchmarks.embedded "
-                              f"import EmbeddedConfig, embedded_root; embedded_root({big}, Path(sys.argv[1]))",
+    child = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
+                              "from benchmarks.data.embedded import EmbeddedConfig, embedded_root; "
+                              f"embedded_root({big}, Path(sys.argv[1]))",
                               str(tmp_path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.time() + 60

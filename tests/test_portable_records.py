@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.data import resolve_dataset, source_from_facts
-from benchmarks.embedded import EmbeddedConfig
+from benchmarks.data.datasets import resolve_dataset, source_from_facts
+from benchmarks.data.embedded import EmbeddedConfig
+from benchmarks.data.voc import DataError
 from benchmarks.report import write_report
-from benchmarks.voc import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(/(?:tmp|home|root|work|Users|var|opt|mnt|srv|data|private)/|[A-Za-z]:\\\\)")

@@ -9,8 +9,8 @@ from PIL import Image
 from scipy.io import savemat
 
 from benchmarks.cli import main
-from benchmarks.prepare_data import prepare_data, read_sbd_mat, trainaug_ids
-from benchmarks.voc import DataError, VOCSplit, read_label, read_split, voc_palette
+from benchmarks.data.prepare_data import prepare_data, read_sbd_mat, trainaug_ids
+from benchmarks.data.voc import DataError, VOCSplit, read_label, read_split, voc_palette
 
 
 def _write_png(path, label):

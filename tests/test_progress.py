@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from benchmarks.crf_search import search
-from benchmarks.data import DatasetSource
+from benchmarks.data.datasets import DatasetSource
+from benchmarks.data.embedded import EmbeddedConfig, embedded_root
 from benchmarks.distributed import Distributed
-from benchmarks.embedded import EmbeddedConfig, embedded_root
 from benchmarks.evaluation import evaluate
 from benchmarks.files import save_torch
 from benchmarks.networks import build_model

@@ -4,7 +4,7 @@ input conventions normalise the mean pixel to zero."""
 import numpy as np
 import torch
 
-from benchmarks.transforms import RandomScale, SubsampleLabel, to_tv_tensors, train_transform
+from benchmarks.data.transforms import RandomScale, SubsampleLabel, to_tv_tensors, train_transform
 from methods.common import CAFFE_VGG, TORCHVISION_VGG
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.voc import DataError, VOCSplit, read_label, read_split, voc_palette
+from benchmarks.data.voc import DataError, VOCSplit, read_label, read_split, voc_palette
 
 MINI = "data/voc-real-mini"
 

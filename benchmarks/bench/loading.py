@@ -1,6 +1,6 @@
 """Data-loading benchmark: decoded-and-augmented images per second per worker at VOC size.
 
-    python -m benchmarks.bench_data [--data PATH] [--split train] [--images 64] [--workers 0,2]
+    python -m benchmarks.bench.loading [--data PATH] [--split train] [--images 64] [--workers 0,2]
 
 With ``--data`` it reads that VOC tree (e.g. ``../shared/data/voc-real-mini``, genuine VOC
 images of about 500 x 375); without, a VOC-size (500 x 375) embedded dataset. For each recipe's
@@ -17,10 +17,10 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.data import SegmentationDataset
-from benchmarks.embedded import EmbeddedConfig, embedded_root
-from benchmarks.transforms import train_transform
-from benchmarks.voc import VOCSplit
+from benchmarks.data.datasets import SegmentationDataset
+from benchmarks.data.embedded import EmbeddedConfig, embedded_root
+from benchmarks.data.transforms import train_transform
+from benchmarks.data.voc import VOCSplit
 
 AUGMENTATIONS = {
     "decode only": None,

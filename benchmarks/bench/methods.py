@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmarks.bench_crf import crf_inputs
-from benchmarks.crf import CRFParams, TorchDenseCRF
+from benchmarks.bench.crf import crf_inputs
+from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF
 from benchmarks.distributed import Distributed, fast_path
 from benchmarks.evaluation import ConfusionMatrix, class_probabilities
 from benchmarks.networks import build_model

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from benchmarks.embedded import GENERATOR_VERSION, EmbeddedConfig, embedded_root, is_embedded_tree
-from benchmarks.transforms import to_tv_tensors
-from benchmarks.voc import DATA_ENV_VAR, DataError, VOCSplit, resolve_voc_root
+from benchmarks.data.embedded import GENERATOR_VERSION, EmbeddedConfig, embedded_root, is_embedded_tree
+from benchmarks.data.transforms import to_tv_tensors
+from benchmarks.data.voc import DATA_ENV_VAR, DataError, VOCSplit, resolve_voc_root
 
 __all__ = ["DatasetSource", "SegmentationDataset", "resolve_dataset", "source_from_facts",
            "split_checksum"]

@@ -1,7 +1,7 @@
 """Dense-CRF speed: ms per 500x375 image, 21 labels, 10 mean-field iterations, for each backend,
 as a ratio against pydensecrf measured in the same run.
 
-    python -m benchmarks.bench_crf [--repeats 5] [--batch 8] [--json]
+    python -m benchmarks.bench.crf [--repeats 5] [--batch 8] [--json]
 
 The probabilities are a smooth random field (blurred random logits); the image is a genuine VOC
 image when ``../shared/data/voc-real-mini`` or ``--image`` is there, else a synthetic one. The
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.crf import CRFParams, TorchDenseCRF, dense_crf
+from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF, dense_crf
 
 __all__ = ["crf_inputs", "crf_timings"]
 
 HEIGHT, WIDTH, CLASSES = 375, 500, 21
-_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/voc-real-mini/VOCdevkit/VOC2012/JPEGImages/2007_000123.jpg"
+_SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/voc-real-mini/VOCdevkit/VOC2012/JPEGImages/2007_000123.jpg"
 
 
 def crf_inputs(image_path: Path | None = None, height: int = HEIGHT, width: int = WIDTH, seed: int = 0

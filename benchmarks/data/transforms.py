@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from benchmarks.voc import IGNORE_INDEX
+from benchmarks.data.voc import IGNORE_INDEX
 
 __all__ = ["RandomScale", "SubsampleLabel", "to_tv_tensors", "train_transform"]
 

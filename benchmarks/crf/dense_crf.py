@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmarks.permutohedral import PermutohedralLattice
+from benchmarks.crf.permutohedral import PermutohedralLattice
 from benchmarks.validate import is_finite_number, is_whole_number
 
 __all__ = ["BACKENDS", "CRFParams", "TorchDenseCRF", "check_inputs", "dense_crf", "dense_crf_batch"]

@@ -14,7 +14,7 @@ val.txt}``). Output, inside ``VOC2012``:
 Every file is written to a temporary name and renamed, so an interrupted run can be repeated and
 resumes where it stopped (existing PNGs are kept); files get the usual mode (0666 less the umask),
 so a shared data tree stays readable by others. Ids are plain file stems
-(:func:`benchmarks.voc.check_image_id`), so nothing is read or written outside the two trees.
+(:func:`benchmarks.data.voc.check_image_id`), so nothing is read or written outside the two trees.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.files import write_bytes_atomic
-from benchmarks.voc import (
+from benchmarks.data.voc import (
     IGNORE_INDEX,
     NUM_CLASSES,
     DataError,
@@ -38,6 +37,7 @@ from benchmarks.voc import (
     resolve_voc_root,
     voc_palette,
 )
+from benchmarks.files import write_bytes_atomic
 
 __all__ = ["PreparedData", "prepare_data", "read_sbd_mat", "resolve_sbd_root", "trainaug_ids"]
 
