@@ -94,8 +94,7 @@ class Recipe:
     init_from: str | None = None  # a method whose trained weights initialise this one (staged)
     train_only: str | None = None  # train only parameters under this prefix; the rest frozen
     cached_features: bool = False  # train the head on cached outputs of the frozen part
-    crf: tuple[tuple[str, float], ...] = (("w1", 5.0), ("theta_alpha", 50.0), ("theta_beta", 3.0),
-                                          ("w2", 3.0), ("theta_gamma", 3.0), ("iterations", 10.0))
+    crf: tuple[tuple[str, float], ...] = tuple((k, float(v)) for k, v in dataclasses.asdict(CRFParams()).items())
     crf_grid: tuple[tuple[str, tuple[float, ...]], ...] = (  # crf-search: DeepLab's coarse grid (SPEC 5)
         ("w1", (5.0, 6.0, 7.0, 8.0, 9.0, 10.0)), ("theta_alpha", (50.0, 60.0, 70.0, 80.0, 90.0, 100.0)),
         ("theta_beta", (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)))
@@ -150,13 +149,9 @@ PAPER_RECIPES["context_large"] = dataclasses.replace(PAPER_RECIPES["context_basi
 
 
 def _quick(recipe: Recipe) -> Recipe:
-    """The CPU profile: width 1/16, the embedded images whole, a short poly schedule; Adam, since
-    a BN-free VGG-16 from scratch barely moves under SGD in a few hundred steps; no dropout, since
-    channel dropout of 0.5 over fc layers 16x narrower kept even 8 images from being fitted
-    (measured: 120 Adam steps reach 99.6% pixel accuracy without it, 89.8% = background with it).
-    The context modules get 1000 steps on their cached inputs: at 400 they had not learned the
-    cue rule (seed 2, 1500 training images: +1.5 mIoU over the front end at 400, +6.5 at 1000,
-    +8.3 at 2000)."""
+    """The CPU profile: width 1/16, the embedded images whole, a short poly schedule, Adam, no
+    dropout, 1,000 steps for the context modules on their cached inputs (400 for the others, 200
+    for the staged FCN-16s/8s). The measurements behind each choice: NOTES.md."""
     staged = recipe.init_from is not None and not recipe.cached_features
     iterations = 1000 if recipe.cached_features else 200 if staged else 400
     return dataclasses.replace(
