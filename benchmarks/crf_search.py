@@ -63,7 +63,7 @@ def finer_grid(grid: dict[str, Sequence[float]], best: CRFParams) -> dict[str, t
     return finer
 
 
-def _scores(images: list[np.ndarray], probabilities: list[torch.Tensor], labels: list[np.ndarray],
+def _scores(images: list[torch.Tensor], probabilities: list[torch.Tensor], labels: list[np.ndarray],
             points: list[CRFParams], backend: str, chunk: int, live: tqdm) -> list[float]:
     """The mIoU of every point; ``live`` advances by one per image refined under one point."""
     matrices = [ConfusionMatrix(probabilities[0].shape[0], device=probabilities[0].device) for _ in points]
@@ -81,7 +81,7 @@ def _scores(images: list[np.ndarray], probabilities: list[torch.Tensor], labels:
     return [float(matrix.metrics()["miou"]) for matrix in matrices]
 
 
-def search(images: list[np.ndarray], probabilities: list[torch.Tensor], labels: list[np.ndarray],
+def search(images: list[torch.Tensor], probabilities: list[torch.Tensor], labels: list[np.ndarray],
            grid: dict[str, Sequence[float]], fixed: CRFParams | None = None, backend: str = "torch",
            chunk: int = 16, progress: Callable[[str], None] = print) -> SearchResult:
     """The coarse grid, then the finer grid around its best point; ties go to the earlier point.
@@ -137,10 +137,11 @@ def search_method(method: str, source: DatasetSource, plan: RunPlan, dist_info: 
         weights = weights_path(plan, source, method, seed)
         model = build_trained(recipe, weights).to(dist_info.device).eval()
         samples = [split[index] for index in range(len(ids))]
-        probabilities = [class_probabilities(model, torch.from_numpy(s.image).permute(2, 0, 1), dist_info.device)
-                         for s in bar(f"{method} seed {seed}: probabilities", len(samples), "img", iterable=samples)]
-        result = search([s.image for s in samples], probabilities, [s.label for s in samples], grid,
-                        CRFParams.from_pairs(recipe.crf), backend, progress=progress)
+        images = [torch.from_numpy(s.image).permute(2, 0, 1) for s in samples]
+        probabilities = [class_probabilities(model, image, dist_info.device)
+                         for image in bar(f"{method} seed {seed}: probabilities", len(images), "img", iterable=images)]
+        result = search(images, probabilities, [s.label for s in samples], grid, CRFParams.from_pairs(recipe.crf),
+                        backend, progress=progress)
         path = target_record_path(plan, source, method, seed)
         update_record(path, {"crf_search": {
             "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": split_name,

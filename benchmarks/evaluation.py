@@ -171,7 +171,7 @@ def _image_counts(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor
 
 
 def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
-             refine: Callable[[np.ndarray, torch.Tensor], torch.Tensor] | None = None,
+             refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              batch_size: int = 1) -> Evaluation:
     """Score ``split`` at full resolution, each image once (sharded under DDP). ``refine(image,
     probabilities)`` post-processes the softmax (the dense CRF) before the argmax. Images of the
@@ -190,7 +190,7 @@ def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
         probabilities = class_probabilities(model, torch.stack([image for image, _, _ in bucket]), device)
         for (image, label, image_id), probs in zip(bucket, probabilities, strict=True):
             if refine is not None:
-                probs = refine(image.permute(1, 2, 0).numpy(), probs)
+                probs = refine(image, probs)
             prediction = probs.argmax(0)
             if prediction.shape != label.shape:
                 raise ValueError(f"the prediction of image {image_id} is {tuple(prediction.shape)} but its label is "

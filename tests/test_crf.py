@@ -15,6 +15,11 @@ MINI = "data/voc-real-mini"
 CLASSES = 21
 
 
+
+def _chw(image: np.ndarray) -> torch.Tensor:
+    """An ``H x W x 3`` uint8 array as the ``3 x H x W`` tensor the CRF takes."""
+    return torch.from_numpy(image).permute(2, 0, 1)
+
 def _label_probabilities(label: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     """A network-like softmax made from the ground truth: one-hot (ignore -> uniform), blurred
     8 px, multiplied by log-normal noise and renormalised."""
@@ -43,8 +48,8 @@ def test_torch_backend_agrees_with_pydensecrf_on_genuine_voc(shared_dir, kind):
         sample = split[index]
         probs = (_label_probabilities(sample.label, rng) if kind == "labels"
                  else _random_probabilities(sample.label.shape, rng))
-        reference = dense_crf(sample.image, probs, params, backend="pydensecrf").argmax(0)
-        ours = dense_crf(sample.image, probs, params, backend="torch").argmax(0)
+        reference = dense_crf(_chw(sample.image), probs, params, backend="pydensecrf").argmax(0)
+        ours = dense_crf(_chw(sample.image), probs, params, backend="torch").argmax(0)
         same += int((reference == ours).sum())
         total += reference.numel()
         changed += int((reference != probs.argmax(0)).sum())
@@ -71,8 +76,8 @@ def test_parameter_mapping_each_parameter_matters_in_both_backends():
                           ("theta_gamma", 8.0))]
     answers = []
     for params in variants:
-        reference = dense_crf(image, probs, params, backend="pydensecrf")
-        ours = dense_crf(image, probs, params, backend="torch")
+        reference = dense_crf(_chw(image), probs, params, backend="pydensecrf")
+        ours = dense_crf(_chw(image), probs, params, backend="torch")
         assert torch.allclose(reference, ours, atol=1e-3), params
         answers.append(reference)
     for params, answer in zip(variants[1:], answers[1:], strict=True):
@@ -83,7 +88,7 @@ def test_no_pairwise_weight_returns_the_input():
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
     probs = _random_probabilities((20, 30), rng)
-    refined = dense_crf(image, probs, CRFParams(w1=0.0, w2=0.0), backend="torch")
+    refined = dense_crf(_chw(image), probs, CRFParams(w1=0.0, w2=0.0), backend="torch")
     assert torch.allclose(refined, probs, atol=1e-5)
 
 
@@ -104,8 +109,8 @@ def test_lattice_approximates_exact_gaussian_filtering():
 
 def test_batch_equals_one_image_at_a_time():
     rng = np.random.default_rng(4)
-    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((17, 23, 3), (31, 12, 3))]
-    probs = [_random_probabilities(image.shape[:2], rng) for image in images]
+    images = [_chw(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in ((17, 23, 3), (31, 12, 3))]
+    probs = [_random_probabilities(tuple(image.shape[1:]), rng) for image in images]
     together = dense_crf_batch(images, probs, CRFParams(), backend="torch")
     for image, p, batched in zip(images, probs, together, strict=True):
         alone = dense_crf(image, p, CRFParams(), backend="torch")
@@ -116,7 +121,7 @@ def test_batch_equals_one_image_at_a_time():
 @pytest.mark.parametrize("backend", ["torch", "pydensecrf"])
 def test_bad_input_is_a_clear_error(backend):
     rng = np.random.default_rng(5)
-    image = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    image = _chw(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8))
     probs = _random_probabilities((10, 12), rng)
     cases = [
         (image, _random_probabilities((12, 10), rng), "must match"),
@@ -124,8 +129,9 @@ def test_bad_input_is_a_clear_error(backend):
         (image, torch.where(probs > 0.5, float("nan"), probs), "NaN"),
         (image, probs.to(torch.float16), "float32/float64"),
         (image, (probs * 100).to(torch.int64), "float32/float64"),
-        (image.astype(np.float32), probs, "uint8"),
-        (image[..., 0], probs, "uint8"),
+        (image.float(), probs, "uint8"),
+        (image.permute(1, 2, 0).numpy(), probs, "uint8"),
+        (image[0], probs, "uint8"),
         (image, probs[0], "C x H x W"),
         (image, -probs, "non-negative"),
     ]

@@ -317,8 +317,9 @@ def test_crf_search_writes_parameters_that_crf_runs_use(tmp_path, env, monkeypat
     matrix = ConfusionMatrix(21)
     for image_id in split.ids[:6]:
         sample = split[split.ids.index(image_id)]
-        probs = class_probabilities(model.eval(), torch.from_numpy(sample.image).permute(2, 0, 1), torch.device("cpu"))
-        matrix.update(dense_crf(sample.image, probs, CRFParams(**best), "pydensecrf").argmax(0),
+        image = torch.from_numpy(sample.image).permute(2, 0, 1)
+        probs = class_probabilities(model.eval(), image, torch.device("cpu"))
+        matrix.update(dense_crf(image, probs, CRFParams(**best), "pydensecrf").argmax(0),
                       torch.from_numpy(sample.label))
     assert matrix.metrics()["miou"] == pytest.approx(found["miou"], abs=2e-3)
 

@@ -82,7 +82,7 @@ def test_feature_caching_shows_a_bar_on_a_terminal(tmp_path, source, monkeypatch
 def test_crf_search_shows_a_bar_of_grid_points_on_a_terminal(monkeypatch):
     terminal = _terminal(monkeypatch)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (16, 20, 3), dtype=np.uint8) for _ in range(3)]
+    images = [torch.from_numpy(rng.integers(0, 256, (3, 16, 20), dtype=np.uint8)) for _ in range(3)]
     labels = [rng.integers(0, 21, (16, 20)).astype(np.int64) for _ in range(3)]
     probabilities = [torch.softmax(torch.from_numpy(rng.normal(size=(21, 16, 20)).astype(np.float32)), 0)
                      for _ in range(3)]

@@ -28,7 +28,7 @@ _SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/voc-real-mini/VOCde
 
 
 def crf_inputs(image_path: Path | None = None, height: int = HEIGHT, width: int = WIDTH, seed: int = 0
-               ) -> tuple[np.ndarray, torch.Tensor, str]:
+               ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """An image (``image_path``, else the genuine VOC sample when present, else smooth synthetic
     colours; never i.i.d. noise, which gives the lattice one vertex per pixel) and a smooth
     random softmax, ``height x width``."""
@@ -38,12 +38,12 @@ def crf_inputs(image_path: Path | None = None, height: int = HEIGHT, width: int 
         from PIL import Image
 
         with Image.open(path) as opened:
-            image = np.array(opened.convert("RGB").resize((width, height)))
+            image = torch.from_numpy(np.array(opened.convert("RGB").resize((width, height)))).permute(2, 0, 1)
         origin = str(path)
     else:
         image = torch.randint(0, 256, (3, max(2, height // 25), max(2, width // 25)), generator=generator)
         image = F.interpolate(image[None].float(), (height, width), mode="bilinear")[0]
-        image = image.permute(1, 2, 0).round().to(torch.uint8).numpy()
+        image = image.round().to(torch.uint8)
         origin = "synthetic"
     logits = torch.randn(1, CLASSES, max(2, height // 8), max(2, width // 8), generator=generator) * 3
     probs = torch.softmax(F.interpolate(logits, (height, width), mode="bilinear")[0], 0)

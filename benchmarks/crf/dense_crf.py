@@ -59,18 +59,19 @@ class CRFParams:
 BACKENDS = ("pydensecrf", "torch")
 
 
-def check_inputs(image: np.ndarray, probabilities: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """The probabilities as a float32 tensor on their device, or a ValueError saying what is wrong."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be an H x W x 3 uint8 RGB array, got {getattr(image, 'dtype', type(image))} "
-                         f"{getattr(image, 'shape', '')}")
+def check_inputs(image: torch.Tensor, probabilities: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """The probabilities as a float32 tensor on their device, or a ValueError saying what is wrong.
+    ``image`` is the ``3 x H x W`` uint8 RGB tensor the data path gives (any device)."""
+    if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be a 3 x H x W uint8 RGB tensor, got {getattr(image, 'dtype', type(image))} "
+                         f"{tuple(getattr(image, 'shape', ()))}")
     probs = probabilities if isinstance(probabilities, torch.Tensor) else torch.from_numpy(np.asarray(probabilities))
     if probs.dtype not in (torch.float32, torch.float64) or probs.ndim != 3:
         raise ValueError(f"probabilities must be a float32/float64 C x H x W array, got {probs.dtype} "
                          f"{tuple(probs.shape)}")
-    if tuple(probs.shape[1:]) != image.shape[:2]:
+    if tuple(probs.shape[1:]) != tuple(image.shape[1:]):
         raise ValueError(f"probabilities are {probs.shape[2]}x{probs.shape[1]} but the image is "
-                         f"{image.shape[1]}x{image.shape[0]}; they must match")
+                         f"{image.shape[2]}x{image.shape[1]}; they must match")
     probs = probs.detach().float()
     if not bool(torch.isfinite(probs).all()):
         raise ValueError("probabilities contain NaN or infinity")
@@ -81,14 +82,14 @@ def check_inputs(image: np.ndarray, probabilities: torch.Tensor | np.ndarray) ->
     return probs
 
 
-def dense_crf(image: np.ndarray, probabilities: torch.Tensor | np.ndarray, params: CRFParams = CRFParams(),
+def dense_crf(image: torch.Tensor, probabilities: torch.Tensor | np.ndarray, params: CRFParams = CRFParams(),
               backend: str = "pydensecrf") -> torch.Tensor:
-    """Refined ``C x H x W`` probabilities for ``image`` (``H x W x 3`` uint8 RGB) and the
+    """Refined ``C x H x W`` probabilities for ``image`` (``3 x H x W`` uint8 RGB) and the
     network's softmax ``probabilities`` (``C x H x W``), on the probabilities' device."""
     return dense_crf_batch([image], [probabilities], params, backend)[0]
 
 
-def dense_crf_batch(images: list[np.ndarray], probabilities: list[torch.Tensor | np.ndarray],
+def dense_crf_batch(images: list[torch.Tensor], probabilities: list[torch.Tensor | np.ndarray],
                     params: CRFParams = CRFParams(), backend: str = "pydensecrf") -> list[torch.Tensor]:
     """``dense_crf`` of several images (sizes may differ). The ``torch`` backend builds one lattice
     for all of them (they never interact) and runs their mean-field iterations together."""
@@ -102,7 +103,7 @@ def dense_crf_batch(images: list[np.ndarray], probabilities: list[torch.Tensor |
     return [_pydensecrf(image, probs, params).to(probs.device) for image, probs in zip(images, checked, strict=True)]
 
 
-def _pydensecrf(image: np.ndarray, probs: torch.Tensor, params: CRFParams) -> torch.Tensor:
+def _pydensecrf(image: torch.Tensor, probs: torch.Tensor, params: CRFParams) -> torch.Tensor:
     try:
         import pydensecrf.densecrf as densecrf
     except ImportError:
@@ -113,8 +114,8 @@ def _pydensecrf(image: np.ndarray, probs: torch.Tensor, params: CRFParams) -> to
     crf = densecrf.DenseCRF2D(width, height, classes)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(probs, 1e-8, 1.0)).reshape(classes, -1)))
     crf.addPairwiseGaussian(sxy=params.theta_gamma, compat=params.w2)
-    crf.addPairwiseBilateral(sxy=params.theta_alpha, srgb=params.theta_beta, rgbim=np.ascontiguousarray(image),
-                             compat=params.w1)
+    rgb = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())  # pydensecrf reads H x W x 3
+    crf.addPairwiseBilateral(sxy=params.theta_alpha, srgb=params.theta_beta, rgbim=rgb, compat=params.w1)
     refined = np.array(crf.inference(params.iterations), dtype=np.float32).reshape(classes, height, width)
     return torch.from_numpy(refined)
 
@@ -137,7 +138,7 @@ class TorchDenseCRF:
     the time). Krähenbühl & Koltun's mean field:
     ``Q = softmax(-U + w2 K_gauss Q + w1 K_bilateral Q)``, ``U = -log p``."""
 
-    def __init__(self, images: list[np.ndarray], probabilities: list[torch.Tensor]) -> None:
+    def __init__(self, images: list[torch.Tensor], probabilities: list[torch.Tensor]) -> None:
         self.device = probabilities[0].device
         self.shapes = [tuple(p.shape) for p in probabilities]
         classes = self.shapes[0][0]
@@ -148,7 +149,7 @@ class TorchDenseCRF:
             rows, cols = torch.meshgrid(torch.arange(height, device=self.device, dtype=torch.float32),
                                         torch.arange(width, device=self.device, dtype=torch.float32), indexing="ij")
             positions.append(torch.stack([cols.reshape(-1), rows.reshape(-1)], 1))
-            colours.append(torch.from_numpy(image.reshape(-1, 3)).to(self.device).float())
+            colours.append(image.to(self.device).reshape(3, -1).t().float())
             segments.append(torch.full((height * width,), index, device=self.device, dtype=torch.long))
         self.position, self.colour, self.segment = torch.cat(positions), torch.cat(colours), torch.cat(segments)
         self.unary = torch.cat([-torch.log(p.clamp(1e-8, 1.0)).reshape(classes, -1).t() for p in probabilities])
