@@ -23,7 +23,7 @@ __all__ = ["RecordError", "RecordExists", "environment", "git_commit", "hardware
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 LOCK_FILE = REPOSITORY / "uv.lock"
-RECORDED_PACKAGES = ("torch", "torchvision", "numpy", "pydensecrf2")
+RECORDED_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "pydensecrf2")
 
 
 class RecordExists(FileExistsError):

@@ -20,3 +20,30 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"{SHARED} is missing: the tests need ../shared beside the checkout")
     return SHARED
+
+
+@pytest.fixture
+def small_voc(shared_dir):
+    """``small_voc(folder, train=3, val=3, extra_val=())``: a VOC tree of genuine samples (images of
+    different sizes) with train, trainaug (= train) and val lists; ``extra_val`` ids are appended to
+    val (e.g. training ids, to make the splits overlap). Returns ``folder``."""
+    import shutil
+
+    source = shared_dir / "data" / "voc-real-mini" / "VOCdevkit" / "VOC2012"
+    lists = source / "ImageSets" / "Segmentation"
+
+    def make(folder: Path, train: int = 3, val: int = 3, extra_val: tuple[str, ...] = ()) -> Path:
+        train_ids = (lists / "train.txt").read_text().split()[:train]
+        val_ids = [*(lists / "val.txt").read_text().split()[:val], *extra_val]
+        voc = folder / "VOCdevkit" / "VOC2012"
+        for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+            (voc / sub).mkdir(parents=True, exist_ok=True)
+        for image_id in {*train_ids, *val_ids}:
+            shutil.copy(source / "JPEGImages" / f"{image_id}.jpg", voc / "JPEGImages")
+            for labels in ("SegmentationClass", "SegmentationClassAug"):
+                shutil.copy(source / "SegmentationClass" / f"{image_id}.png", voc / labels)
+        for name, ids in (("train", train_ids), ("trainaug", train_ids), ("val", val_ids)):
+            (voc / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
+        return folder
+
+    return make

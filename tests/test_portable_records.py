@@ -70,7 +70,8 @@ def real_run(tmp_path_factory, shared_dir):
 def test_real_voc_run_writes_its_report_with_overlays(real_run):
     out, done = real_run
     assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads(next((out / "results").rglob("seed0.json")).read_text())
+    (record_file,) = (out / "results").rglob("seed0*.json")  # overridden: seed0-<run key>.json
+    record = json.loads(record_file.read_text())
     assert record["dataset"]["root"] == REAL_MINI and record["dataset"]["images"] == 76
     assert len(_image_sizes(ROOT / REAL_MINI, "val")) > 1, "the test needs evaluation images of different sizes"
     lock = hashlib.sha256((ROOT / "uv.lock").read_bytes()).hexdigest()
@@ -87,15 +88,16 @@ def test_report_and_check_when_data_and_weights_are_gone(real_run, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = tmp_path / "results"
     shutil.copytree(out / "results", results)
-    record_file = next(results.rglob("seed0.json"))
+    (record_file,) = results.rglob("seed0*.json")
     record = json.loads(record_file.read_text())
     record["dataset"]["root"] = "../no/such/voc"  # the user's VOC folder was moved away
     record_file.write_text(json.dumps(record))
     write_report(results, tmp_path / "reports", out / "runs")
     text = (tmp_path / "reports" / "report.md").read_text()
-    assert "leave out deeplab_v1: the evaluation images cannot be had" in text and "no/such/voc" in text
+    label = "deeplab_v1 [iterations=2, batch_size=1]"  # an overridden run: its own row and column
+    assert f"leave out {label}: the evaluation images cannot be had" in text and "no/such/voc" in text
     write_report(results, tmp_path / "reports2", tmp_path / "no-runs")
-    assert "leave out deeplab_v1: no seed-0 weights" in (tmp_path / "reports2" / "report.md").read_text()
+    assert f"leave out {label}: no seed-0 weights" in (tmp_path / "reports2" / "report.md").read_text()
     check = subprocess.run([sys.executable, "-m", "benchmarks", "check", "--results", str(results), "--json"],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr

@@ -4,13 +4,11 @@ training, and training images are never scored unless the user says so."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from benchmarks.records import load_records
@@ -20,35 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--profile", "quick", "--set", "batch_size=1", "--no-report"]
 
 
-def _voc(shared_dir: Path, folder: Path, train: list[str], val: list[str]) -> Path:
-    """A VOC tree of genuine samples with the given split lists (trainaug = ``train``)."""
-    source = shared_dir / "data" / "voc-real-mini" / "VOCdevkit" / "VOC2012"
-    voc = folder / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
-        (voc / sub).mkdir(parents=True, exist_ok=True)
-    for image_id in {*train, *val}:
-        shutil.copy(source / "JPEGImages" / f"{image_id}.jpg", voc / "JPEGImages")
-        for labels in ("SegmentationClass", "SegmentationClassAug"):
-            shutil.copy(source / "SegmentationClass" / f"{image_id}.png", voc / labels)
-    for name, ids in (("train", train), ("trainaug", train), ("val", val)):
-        (voc / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("".join(f"{i}\n" for i in ids))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def ids(shared_dir):
-    lists = shared_dir / "data" / "voc-real-mini" / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
-    return (lists / "train.txt").read_text().split()[:3], (lists / "val.txt").read_text().split()[:3]
-
-
 def _run(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "benchmarks", "run", "deeplab_v1", "--data", str(data), *TINY,
                            "--results", str(out / "results"), "--runs", str(out / "runs"), *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_each_recipe_gets_its_own_run_and_record(tmp_path, shared_dir, ids):
-    data = _voc(shared_dir, tmp_path / "voc", *ids)
+def test_each_recipe_gets_its_own_run_and_record(tmp_path, small_voc):
+    data = small_voc(tmp_path / "voc")
     short = _run(data, tmp_path, "--set", "iterations=1")
     longer = _run(data, tmp_path, "--set", "iterations=3")
     twice = _run(data, tmp_path, "--set", "iterations=1", "--set", "iterations=2")  # the last one counts
@@ -70,8 +47,8 @@ def test_each_recipe_gets_its_own_run_and_record(tmp_path, shared_dir, ids):
     assert "exists; reusing it" in again.stdout and "it 1/3" not in again.stdout
 
 
-def test_replacing_a_record_keeps_every_generation(tmp_path, shared_dir, ids):
-    data = _voc(shared_dir, tmp_path / "voc", *ids)
+def test_replacing_a_record_keeps_every_generation(tmp_path, small_voc):
+    data = small_voc(tmp_path / "voc")
     runs = [_run(data, tmp_path, "--set", "iterations=1", "--rerun") for _ in range(3)]
     assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-2000:]
     folder = tmp_path / "results" / "records" / "quick-voc2012" / "deeplab_v1"
@@ -85,8 +62,8 @@ def test_replacing_a_record_keeps_every_generation(tmp_path, shared_dir, ids):
         assert len(first["image_ids"]) == 3
 
 
-def test_a_run_folder_is_held_by_one_process(tmp_path, shared_dir, ids):
-    data = _voc(shared_dir, tmp_path / "voc", *ids)
+def test_a_run_folder_is_held_by_one_process(tmp_path, small_voc):
+    data = small_voc(tmp_path / "voc")
     first = _run(data, tmp_path, "--set", "iterations=1")
     assert first.returncode == 0, first.stderr[-2000:]
     (folder,) = (tmp_path / "runs" / "quick-voc2012" / "deeplab_v1").glob("seed0-*")
@@ -104,9 +81,9 @@ def test_a_run_folder_is_held_by_one_process(tmp_path, shared_dir, ids):
     assert not (folder / ".lock").exists()
 
 
-def test_splits_are_checked_before_training(tmp_path, shared_dir, ids):
-    train, val = ids
-    data = _voc(shared_dir, tmp_path / "voc", train, val)
+def test_splits_are_checked_before_training(tmp_path, small_voc):
+    data = small_voc(tmp_path / "voc")
+    val = (data / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
     label = data / "VOCdevkit" / "VOC2012" / "SegmentationClass" / f"{val[-1]}.png"
     with Image.open(label) as image:
         broken = np.array(image)
@@ -117,9 +94,9 @@ def test_splits_are_checked_before_training(tmp_path, shared_dir, ids):
     picture.save(label)
     bad = _run(data, tmp_path, "--set", "iterations=1")
     assert bad.returncode == 2 and str(label) in bad.stderr and "values [50]" in bad.stderr
-    assert not (tmp_path / "runs").exists()  # nothing trained
+    assert not list((tmp_path / "runs").rglob("*.pt"))  # nothing trained
 
-    ignored = _voc(shared_dir, tmp_path / "ignored", train, val)
+    ignored = small_voc(tmp_path / "ignored")
     for image_id in val:
         path = ignored / "VOCdevkit" / "VOC2012" / "SegmentationClass" / f"{image_id}.png"
         with Image.open(path) as image:
@@ -128,12 +105,13 @@ def test_splits_are_checked_before_training(tmp_path, shared_dir, ids):
     assert nothing.returncode == 2 and "is 255 (ignore)" in nothing.stderr
 
 
-def test_training_images_are_not_scored_unless_allowed(tmp_path, shared_dir, ids):
-    train, val = ids
-    data = _voc(shared_dir, tmp_path / "voc", train, [*val, train[0]])
+def test_training_images_are_not_scored_unless_allowed(tmp_path, small_voc, shared_dir):
+    lists = shared_dir / "data" / "voc-real-mini" / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    first = (lists / "train.txt").read_text().split()[0]
+    data = small_voc(tmp_path / "voc", extra_val=(first,))
     leaked = _run(data, tmp_path, "--set", "iterations=1")
-    assert leaked.returncode == 2 and "1 of its 3 training images" in leaked.stderr and train[0] in leaked.stderr
-    assert not (tmp_path / "runs").exists()
+    assert leaked.returncode == 2 and "1 of its 3 training images" in leaked.stderr and first in leaked.stderr
+    assert not list((tmp_path / "runs").rglob("*.pt"))
     allowed = _run(data, tmp_path, "--set", "iterations=1", "--allow-train-eval-overlap")
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     (record,) = load_records(tmp_path / "results")
