@@ -133,15 +133,24 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 def _import_modules(names: list[str]) -> None:
     """``--import my_heads``: modules whose ``@register`` calls add the user's methods."""
     import importlib
+    import traceback
 
     for name in names:
+        if name.endswith(".py") or not all(part.isidentifier() for part in name.split(".")):
+            raise UsageError(f"--import takes a module name such as my_heads (the file my_heads.py on PYTHONPATH or in "
+                             f"the current folder), not {name!r}")
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as error:
-            if error.name != name:  # the module is there; something it imports is not: its traceback helps
-                raise
-            raise UsageError(f"--import {name}: no module named {name!r}; put the folder that holds {name}.py on "
-                             "PYTHONPATH (or run from that folder)") from None
+            if error.name == name:
+                raise UsageError(f"--import {name}: no module named {name!r}; put the folder that holds {name}.py on "
+                                 "PYTHONPATH (or run from that folder)") from None
+            raise UsageError(f"--import {name}: it imports {error.name!r}, which is not installed") from None
+        except Exception as error:  # the user's module is broken: where, and what
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            line = error.lineno if isinstance(error, SyntaxError) else where.lineno
+            file = error.filename if isinstance(error, SyntaxError) else where.filename
+            raise UsageError(f"--import {name} failed at {file}:{line}: {type(error).__name__}: {error}") from None
 
 
 def _plan(args: argparse.Namespace, profile: str) -> RunPlan:
@@ -399,9 +408,18 @@ def _num_classes(text: str) -> int:
 
 def _seeds(text: str) -> list[int]:
     seeds = [_nonnegative_int(v) for v in text.split(",")]
+    if max(seeds) >= 2**32:
+        raise argparse.ArgumentTypeError(f"seeds must be below 2**32, got {max(seeds)}")
     if len(set(seeds)) < len(seeds):
         raise argparse.ArgumentTypeError(f"names a seed twice: {text!r}")
     return seeds
+
+
+def _kernel(text: str) -> int:
+    kernel = _positive_int(text)
+    if kernel > 99:
+        raise argparse.ArgumentTypeError(f"must be at most 99 (a kernel of {kernel} is not a layer of any method here)")
+    return kernel
 
 
 def _names(text: str) -> list[str]:
@@ -435,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("rf", help="per-layer receptive fields of a stack of dilated convolutions")
     p.add_argument("--dilations", type=_dilations, required=True, help="e.g. 1,2,4")
-    p.add_argument("--kernel", type=_positive_int, default=3)
+    p.add_argument("--kernel", type=_kernel, default=3, help="kernel size, 1..99")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rf)
     p = sub.add_parser("evaluate", help="score a directory of label PNGs against ground truth (mIoU etc.)")

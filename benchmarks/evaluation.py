@@ -250,7 +250,10 @@ def evaluate_directories(pred_dir: Path, gt_dir: Path, num_classes: int = 21) ->
     confusion = ConfusionMatrix(num_classes)
     for stem, gt_path in gt_files.items():
         target = read_label(gt_path, num_classes)
-        prediction = read_label(pred_files[stem], num_classes)
+        try:
+            prediction = read_label(pred_files[stem], num_classes)
+        except DataError as error:
+            raise DataError(f"prediction: {error}") from None
         if prediction.shape != target.shape:
             raise DataError(f"prediction {pred_files[stem]} is {prediction.shape[1]}x{prediction.shape[0]} but "
                             f"{gt_path} is {target.shape[1]}x{target.shape[0]}")

@@ -190,12 +190,23 @@ def test_mistaken_names_are_one_line(capsys, tmp_path, args, words):
     assert not (tmp_path / "cache").exists()
 
 
-def test_an_import_that_fails_inside_the_module_keeps_its_traceback(tmp_path, monkeypatch):
-    """``--import`` of a module that exists but imports something missing is the module's bug."""
-    (tmp_path / "broken_heads.py").write_text("import no_such_dependency_x\n")
+@pytest.mark.parametrize(("source", "words"), [
+    ("import no_such_dependency_x\n", ["--import broken_heads", "imports 'no_such_dependency_x'", "not installed"]),
+    ("x = (\n", ["--import broken_heads failed at", "broken_heads.py:1", "SyntaxError"]),
+    ("\n\nraise RuntimeError('boom')\n", ["failed at", "broken_heads.py:3", "RuntimeError: boom"]),
+])
+def test_an_import_that_fails_inside_the_module_says_where(capsys, tmp_path, monkeypatch, source, words):
+    """``--import`` of a module that exists but fails: one line naming its file, line and error."""
+    (tmp_path / "broken_heads.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_x"):
-        main(["run", "deeplab_v1", "--import", "broken_heads"])
+    status, err = run_main(capsys, "run", "deeplab_v1", "--import", "broken_heads")
+    assert_one_line_error(status, err, *words)
+
+
+@pytest.mark.parametrize("name", ["", "../x", "my_heads.py", "/abs/heads"])
+def test_import_takes_module_names_not_paths(capsys, name):
+    status, err = run_main(capsys, "list", "--import", name)
+    assert_one_line_error(status, err, "--import takes a module name")
 
 
 def test_check_without_records_says_where_it_looked(capsys, tmp_path):

@@ -99,7 +99,11 @@ def resolve_voc_root(data: str | os.PathLike[str] | None = None) -> Path:
 
 
 def check_image_id(image_id: str, where: str) -> str:
-    """``image_id`` if it is a plain file stem (:data:`IMAGE_ID`), else a DataError naming ``where``."""
+    """``image_id`` if it is a plain file stem (:data:`IMAGE_ID`) of at most 200 characters, else a
+    DataError naming ``where``."""
+    if len(image_id) > 200:
+        raise DataError(f"{where}: image id {image_id[:20]!r}... is {len(image_id)} characters long (at most 200); "
+                        "correct or remove that line")
     if not IMAGE_ID.fullmatch(image_id):
         raise DataError(f"{where}: image id {image_id!r} is not a plain file name (letters, digits, '_', '-' and '.', "
                         "not starting with '.' or '-'; no path separator); correct or remove that line")
@@ -243,21 +247,12 @@ class VOCSplit:
             )
 
     def check(self) -> None:
-        """Every label's pixels and every image's size (from its header) now, before a run spends
-        hours on the split; and at least one label with a pixel that is not ignored."""
+        """Every image and label decoded and checked now (values, sizes, truncation, the size
+        limit), before a run spends hours on the split (a training run may never sample a broken
+        image); and at least one label with a pixel that is not ignored."""
         labelled = 0
-        for image_id in self.ids:
-            label = read_label(self.label_path(image_id), self.num_classes)
-            path = self.image_path(image_id)
-            try:
-                with Image.open(path) as image:
-                    width, height = image.size
-            except (OSError, UnidentifiedImageError, SyntaxError) as error:
-                raise DataError(f"image {path} is corrupt ({error}); re-extract it from the VOC archive") from None
-            if (height, width) != label.shape:
-                raise DataError(f"label {self.label_path(image_id)} is {label.shape[1]}x{label.shape[0]} but image "
-                                f"{path} is {width}x{height}; they must match pixel for pixel")
-            labelled += bool((label != IGNORE_INDEX).any())
+        for index in range(len(self.ids)):
+            labelled += bool((self[index].label != IGNORE_INDEX).any())
         if not labelled:
             raise DataError(f"every label of split {self.split!r} ({self.list_path}) is {IGNORE_INDEX} (ignore): there "
                             "is nothing to train or score on; check the label folder")
