@@ -21,8 +21,12 @@ def method_facts(name: str) -> dict[str, object]:
     """What ``list`` reports of one registered method, measured on the built model (width 1,
     on the ``meta`` device: shapes and graph without allocating 134M parameters). The receptive
     fields are pixels, ``"global"`` or ``"unknown (<op>)"`` (:func:`receptive_field`)."""
-    with torch.device("meta"):
-        model = methods.create(name)
+    try:
+        with torch.device("meta"):
+            model = methods.create(name)
+    except Exception as error:  # a user's builder: say which method failed, and how
+        raise ValueError(f"method {name!r} could not be built ({type(error).__name__}: {error}); fix its builder "
+                         f"({methods.get_entry(name).builder.__module__})") from None
     return {
         "name": name,
         "paper": methods.get_entry(name).paper,

@@ -203,6 +203,20 @@ def test_an_import_that_fails_inside_the_module_says_where(capsys, tmp_path, mon
     assert_one_line_error(status, err, *words)
 
 
+def test_a_registered_builder_that_raises_is_named(tmp_path):
+    """In a subprocess: the registry of this process must not keep the broken method."""
+    (tmp_path / "raising_heads.py").write_text(
+        "import methods\n\n"
+        "@methods.register('raiser', paper='none')\n"
+        "def raiser(num_classes=21, **options):\n"
+        "    raise ValueError('nope')\n")
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "list", "--import", "raising_heads"], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}, capture_output=True,
+                          text=True, timeout=120)
+    assert_one_line_error(done.returncode, done.stderr, "method 'raiser' could not be built", "ValueError: nope",
+                          "raising_heads")
+
+
 @pytest.mark.parametrize("name", ["", "../x", "my_heads.py", "/abs/heads"])
 def test_import_takes_module_names_not_paths(capsys, name):
     status, err = run_main(capsys, "list", "--import", name)

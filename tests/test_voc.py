@@ -1,5 +1,6 @@
 """The VOC loader on genuine VOC 2012 samples and the official split lists, and its errors."""
 
+import os
 import shutil
 
 import numpy as np
@@ -79,6 +80,23 @@ def test_missing_image_or_label(tree):
     base, root, ids = tree
     (root / "SegmentationClass" / f"{ids[2]}.png").unlink()
     with pytest.raises(DataError, match=f"SegmentationClass/{ids[2]}.png"):
+        VOCSplit(base, "train")
+
+
+@pytest.mark.parametrize("kind", ["folder", "pipe"])
+def test_a_folder_or_pipe_where_a_file_belongs(tree, kind):
+    """Named for what it is, not "missing" (and a pipe is never opened, so nothing blocks)."""
+    base, root, ids = tree
+    make = (lambda path: path.mkdir()) if kind == "folder" else os.mkfifo
+    image = root / "JPEGImages" / f"{ids[1]}.jpg"
+    image.unlink()
+    make(image)
+    with pytest.raises(DataError, match=f"{image} \\(id {ids[1]}\\) is not a regular file"):
+        VOCSplit(base, "train")
+    split_list = root / "ImageSets" / "Segmentation" / "train.txt"
+    split_list.unlink()
+    make(split_list)
+    with pytest.raises(DataError, match=f"split list {split_list} is not a regular file"):
         VOCSplit(base, "train")
 
 

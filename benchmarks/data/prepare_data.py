@@ -59,6 +59,8 @@ def read_sbd_mat(path: Path) -> np.ndarray:
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
+    if path.exists() and not path.is_file():
+        raise DataError(f"SBD annotation {path} is not a regular file (a folder or a pipe); re-extract the SBD archive")
     if not path.is_file():
         raise DataError(f"SBD annotation {path} does not exist; the SBD archive looks incomplete")
     try:

@@ -231,6 +231,10 @@ class VOCSplit:
         lists, label_folder = SPLITS[split]
         candidates = [self.root / "ImageSets" / name for name in lists]
         list_path = next((p for p in candidates if p.is_file()), None)
+        odd = next((p for p in candidates if p.exists() and not p.is_file()), None)
+        if list_path is None and odd is not None:
+            raise DataError(f"split list {odd} is not a regular file (a folder or a pipe); replace it with the text "
+                            "file of image ids")
         if list_path is None:
             from_sbd = split in ("trainaug", "sbdtrain")
             hint = " (run `python -m benchmarks prepare-data --sbd PATH` to build it from SBD)" if from_sbd else ""
@@ -241,9 +245,10 @@ class VOCSplit:
         missing = [(i, p) for i in self.ids for p in (self.image_path(i), self.label_path(i)) if not p.is_file()]
         if missing:
             image_id, path = missing[0]
+            what = "is not a regular file (a folder or a pipe)" if path.exists() else "is missing"
             raise DataError(
-                f"{len(missing)} files of split {split!r} ({list_path}) are missing, first {path} (id {image_id}); "
-                "restore them or remove the ids from the list"
+                f"{len(missing)} files of split {split!r} ({list_path}) are missing or not regular files; {path} "
+                f"(id {image_id}) {what}; restore them or remove the ids from the list"
             )
 
     def check(self) -> None:
