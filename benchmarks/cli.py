@@ -347,7 +347,8 @@ def _add_import_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf") -> None:
-    p.add_argument("--data", help="folder holding VOCdevkit (default $SEGREPRO_DATA; else the embedded dataset)")
+    p.add_argument("--data", type=_folder_name,
+                   help="folder holding VOCdevkit (default $SEGREPRO_DATA; else the embedded dataset)")
     p.add_argument("--profile", choices=["paper", "quick"], help="default: paper with VOC data, quick without")
     p.add_argument("--device", type=_device, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--seeds", type=_seeds, default=[0], help="e.g. 0,1,2")
@@ -415,6 +416,13 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _folder_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name the folder holding VOCdevkit, or leave --data out for the "
+                                         "embedded dataset")
+    return text
+
+
 def _kernel(text: str) -> int:
     kernel = _positive_int(text)
     if kernel > 99:
@@ -463,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("prepare-data", help="convert SBD into SegmentationClassAug and build the trainaug split")
-    p.add_argument("--data", help="folder holding VOCdevkit (default $SEGREPRO_DATA)")
+    p.add_argument("--data", type=_folder_name, help="folder holding VOCdevkit (default $SEGREPRO_DATA)")
     p.add_argument("--sbd", help="the extracted SBD archive (benchmark_RELEASE or its dataset folder)")
     p.add_argument("--embedded", action="store_true", help="generate the embedded dataset into the cache and say where")
     p.set_defaults(func=cmd_prepare_data)

@@ -43,7 +43,7 @@ _RULES: tuple[tuple[str, Callable[[typing.Any], bool], str], ...] = (
     ("iterations", _count, _COUNT),
     ("log_every", _count, _COUNT),
     ("checkpoint_every", _count, _COUNT),
-    ("lr", _positive, "a finite number > 0"),
+    ("lr", lambda v: _positive(v) and v <= 1e12, "a number in (0, 1e12] (beyond, float32 updates overflow)"),
     ("momentum", lambda v: _non_negative(v) and v < 1, "a number in [0, 1)"),
     ("weight_decay", _non_negative, "a finite number >= 0"),
     ("gamma", _positive, "a finite number > 0"),

@@ -227,11 +227,14 @@ def test_staging_folder_of_a_killed_generation_is_removed(tmp_path):
 COUNT = "a whole number >= 1"
 
 
+LR = "a number in (0, 1e12] (beyond, float32 updates overflow)"
+
+
 @pytest.mark.parametrize(("override", "allowed"), [
     ("iterations=0", COUNT), ("iterations=-5", COUNT), ("batch_size=0", COUNT), ("crop=0", f"none or {COUNT}"),
     ("checkpoint_every=0", COUNT), ("log_every=0", COUNT),
     ("loss=bogus", "mean or sum"), ("optimizer=rmsprop", "sgd or adam"), ("schedule=cosine", "fixed, step or poly"),
-    ("lr=nan", "a finite number > 0"), ("lr=0", "a finite number > 0"), ("lr=inf", "a finite number > 0"),
+    ("lr=nan", LR), ("lr=0", LR), ("lr=inf", LR), ("lr=1e30", LR),
     ("momentum=1", "a number in [0, 1)"), ("weight_decay=-1e-4", "a finite number >= 0"),
     ("dropout=1", "none or a number in [0, 1)"), ("width=0", "a finite number > 0"),
     ("scale=1.5,0.5", "none or low,high with 0 < low <= high"), ("scale=0,1", "none or low,high with 0 < low <= high"),
