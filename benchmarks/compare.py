@@ -70,6 +70,9 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     from benchmarks.records import load_counts
     from benchmarks.run import run
 
+    if new in baselines:
+        raise ValueError(f"{new} is among its own baselines ({', '.join(baselines)}); the difference would be 0 by "
+                         "construction: compare it with other methods")
     if new not in recipe_methods():
         base = get_recipe(recipe_from or baselines[0], plan.profile)
         plan = dataclasses.replace(plan, extra_recipes=(*plan.extra_recipes, recipe_for_new_head(new, base)))

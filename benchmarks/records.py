@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -117,6 +118,29 @@ def _order(record: dict[str, object]) -> tuple[str, str, str, int]:
     return record["profile"], record["dataset"]["name"], record["method"], record["seed"]
 
 
+_PLAIN_NAME = re.compile(r"\w[\w.+-]*")
+
+
+def _check_fields(record: dict[str, object]) -> None:
+    """The fields every consumer relies on, with their types and ranges; names that become folder
+    or file names (profile, dataset, method) must be plain names, so no report escapes its folder."""
+    for key in ("profile", "method", "base_method"):
+        value = record[key] if key != "base_method" else record.get(key, record["method"])
+        if not (isinstance(value, str) and _PLAIN_NAME.fullmatch(value) and ".." not in value):
+            raise ValueError(f"{key} {value!r} is not a plain name")
+    name = record["dataset"]["name"]
+    if not (isinstance(name, str) and _PLAIN_NAME.fullmatch(name) and ".." not in name):
+        raise ValueError(f"dataset name {name!r} is not a plain name")
+    if not (isinstance(record["seed"], int) and not isinstance(record["seed"], bool) and record["seed"] >= 0):
+        raise ValueError(f"seed {record['seed']!r} is not a whole number >= 0")
+    for key in ("miou", "pixel_acc", "mean_acc", "fwiou"):
+        if key != "miou" and key not in record["metrics"]:
+            continue
+        value = record["metrics"][key]
+        if not (isinstance(value, float | int) and not isinstance(value, bool) and 0 <= value <= 1):
+            raise ValueError(f"metrics.{key} {value!r} is not a number in [0, 1]")
+
+
 def load_records(results: Path) -> list[dict[str, object]]:
     """Every record under ``results/records`` (plus ``path``), sorted by method and seed. A file
     that is not a record (truncated, hand-edited) is a :class:`RecordError` naming it: skipping it
@@ -124,9 +148,11 @@ def load_records(results: Path) -> list[dict[str, object]]:
     records = []
     for path in sorted((results / "records").rglob("*.json")):
         try:
+            if not path.is_file():
+                raise ValueError("not a regular file (a folder or a pipe)")
             record = json.loads(path.read_text())
             record["path"] = str(path)
-            _order(record)
+            _check_fields(record)
         except (ValueError, KeyError, TypeError) as error:
             raise RecordError(f"record {path} is not a readable record ({type(error).__name__}: {error}); delete "
                               f"it, or restore it from git (`git checkout -- {path}`) if it is committed") from None
@@ -136,5 +162,10 @@ def load_records(results: Path) -> list[dict[str, object]]:
 
 def load_counts(record: Path) -> tuple[list[str], np.ndarray]:
     """The per-image ids and counts stored beside the record at ``record``."""
-    with np.load(record.with_suffix(".npz")) as data:
-        return data["image_ids"].tolist(), data["counts"]
+    counts = record.with_suffix(".npz")
+    try:
+        with np.load(counts) as data:
+            return data["image_ids"].tolist(), data["counts"]
+    except (OSError, ValueError, KeyError) as error:
+        raise RecordError(f"the per-image counts {counts} of record {record} do not read ({type(error).__name__}); "
+                          "score it again with --rerun") from None

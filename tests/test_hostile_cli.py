@@ -111,6 +111,37 @@ def test_a_truncated_checkpoint_or_weights_file_names_itself(capsys, tmp_path, s
     assert_one_line_error(status, err, str(path), "truncated or damaged", "delete it", fix)
 
 
+@pytest.mark.parametrize(("change", "words"), [
+    ({"metrics": {"miou": float("nan")}}, "metrics.miou nan"),
+    ({"metrics": {"miou": "0.5"}}, "metrics.miou '0.5'"),
+    ({"metrics": {"miou": 1.5}}, "metrics.miou 1.5"),
+    ({"seed": "1"}, "seed '1'"),
+    ({"profile": "../../.."}, "profile '../../..'"),
+    ({"profile": "/abs/where"}, "profile '/abs/where'"),
+    ({"dataset": {"name": "../../z", "split": "val"}}, "dataset name '../../z'"),
+    ({"metrics": None}, "TypeError"),
+])
+@pytest.mark.parametrize("command", ["check", "report"])
+def test_a_record_with_impossible_fields_names_itself(capsys, tmp_path, change, words, command):
+    """Hand-edited or foreign records: out-of-range or mistyped values and names that would become
+    paths outside ``results/`` or ``reports/`` stop every reader with a line naming the file."""
+    path = write_record(tmp_path, "deeplab_v1", 62.0)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    extra = ["--reports", tmp_path / "reports"] if command == "report" else []
+    status, err = run_main(capsys, command, "--results", tmp_path, *extra)
+    assert_one_line_error(status, err, str(path), words, "delete it")
+    assert not (tmp_path / "reports").exists() and not (tmp_path.parent / "tables").exists()
+
+
+def test_a_record_that_is_a_pipe_does_not_hang(tmp_path):
+    path = write_record(tmp_path, "deeplab_v1", 62.0)
+    path.unlink()
+    os.mkfifo(path)
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "check", "--results", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert_one_line_error(done.returncode, done.stderr, str(path), "not a regular file")
+
+
 def unwritable(tmp_path: Path, kind: str) -> Path:
     """A folder that cannot be written, even as root: under /proc, under a regular file, or a
     regular file itself."""
