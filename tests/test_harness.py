@@ -150,14 +150,14 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env, monkeypatch):
     # a record that this checkout did not produce (no weights under runs/, e.g. shipped) is run again, the old kept
     shipped = _cli([*base, "--results", str(tmp_path / "r1"), "--runs", str(tmp_path / "fresh")], env)
     assert shipped.returncode == 0 and "was not produced from" in shipped.stdout
-    assert list((tmp_path / "r1").rglob("seed0.1.json.superseded"))
+    assert list((tmp_path / "r1").rglob("seed0-*.1.json.superseded"))
     assert load_records(tmp_path / "r1")[0]["metrics"] == first[0]["metrics"]
     # the CRF variant of retrained weights is scored again too, not reused from the old weights
     crf_args = ["run", "deeplab_v1+crf", *TINY, "--no-report", "--results", str(tmp_path / "r6")]
     assert _cli([*crf_args, "--runs", str(tmp_path / "w6")], env).returncode == 0
     rerun = _cli([*crf_args, "--runs", str(tmp_path / "w7")], env)  # retrained bit for bit: same weights
     assert "exists; reusing it" in rerun.stdout, rerun.stdout
-    crf_record = next((tmp_path / "r6").rglob("seed0.json"))
+    (crf_record,) = (tmp_path / "r6" / "records" / "quick-embedded" / "deeplab_v1+crf").glob("seed0-*.json")
     content = json.loads(crf_record.read_text())
     crf_record.write_text(json.dumps({**content, "trained_weights_sha256": "0" * 64}))  # from other weights
     rescored = _cli([*crf_args, "--runs", str(tmp_path / "w7")], env)
