@@ -528,6 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written is left; run the same command again to resume from the last "
+              "checkpoint", file=sys.stderr)
+        return 130
     except Exception as error:
         if not isinstance(error, expected_errors()):
             raise

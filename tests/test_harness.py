@@ -147,9 +147,15 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env, monkeypatch):
     assert (tmp_path / "reports" / "quick-embedded-training-curves.png").is_file()
     assert (tmp_path / "reports" / "quick-embedded-qualitative.png").is_file() and "Effective receptive" in text
 
-    # a record that this checkout did not produce (no weights under runs/, e.g. shipped) is run again, the old kept
-    shipped = _cli([*base, "--results", str(tmp_path / "r1"), "--runs", str(tmp_path / "fresh")], env)
-    assert shipped.returncode == 0 and "was not produced from" in shipped.stdout
+    # a record whose weights are not under this runs/ (e.g. shipped): the network is trained here; bit-identical
+    # weights keep the record, other weights replace it (the old one kept)
+    shipped = [*base, "--results", str(tmp_path / "r1"), "--runs", str(tmp_path / "fresh")]
+    retrained = _cli(shipped, env)
+    assert retrained.returncode == 0 and "exists; reusing it" in retrained.stdout, retrained.stdout
+    (record_file,) = (tmp_path / "r1" / "records" / "quick-embedded" / "deeplab_v1").glob("seed0-*.json")
+    record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "trained_weights_sha256": "0" * 64}))
+    replaced = _cli(shipped, env)
+    assert replaced.returncode == 0 and "was not produced from" in replaced.stdout
     assert list((tmp_path / "r1").rglob("seed0-*.1.json.superseded"))
     assert load_records(tmp_path / "r1")[0]["metrics"] == first[0]["metrics"]
     # the CRF variant of retrained weights is scored again too, not reused from the old weights

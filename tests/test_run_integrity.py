@@ -4,8 +4,10 @@ training, and training images are never scored unless the user says so."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +118,18 @@ def test_training_images_are_not_scored_unless_allowed(tmp_path, small_voc, shar
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     (record,) = load_records(tmp_path / "results")
     assert record["train_eval_overlap"] == 1 and not record["comparable_to_paper"]
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, small_voc):
+    data = small_voc(tmp_path / "voc")
+    command = [sys.executable, "-m", "benchmarks", "run", "deeplab_v1", "--data", str(data), *TINY, "--set",
+               "iterations=400", "--set", "checkpoint_every=1", "--results", str(tmp_path / "results"), "--runs",
+               str(tmp_path / "runs")]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "runs").rglob("checkpoint.pt")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: nothing half-written is left; run the same command")
