@@ -125,7 +125,7 @@ def _check_fields(record: dict[str, object]) -> None:
     """The fields every consumer relies on, with their types and ranges; names that become folder
     or file names (profile, dataset, method) must be plain names, so no report escapes its folder."""
     for key in ("profile", "method", "base_method"):
-        value = record[key] if key != "base_method" else record.get(key, record["method"])
+        value = record[key]
         if not (isinstance(value, str) and _PLAIN_NAME.fullmatch(value) and ".." not in value):
             raise ValueError(f"{key} {value!r} is not a plain name")
     name = record["dataset"]["name"]
@@ -152,6 +152,7 @@ def load_records(results: Path) -> list[dict[str, object]]:
                 raise ValueError("not a regular file (a folder or a pipe)")
             record = json.loads(path.read_text())
             record["path"] = str(path)
+            record.setdefault("base_method", record["method"])  # hand-written records may leave it out
             _check_fields(record)
         except (ValueError, KeyError, TypeError) as error:
             raise RecordError(f"record {path} is not a readable record ({type(error).__name__}: {error}); delete "
