@@ -141,7 +141,13 @@ def _check_fields(record: dict[str, object]) -> None:
             raise ValueError(f"metrics.{key} {value!r} is not a number in [0, 1]")
 
 
-def load_records(results: Path) -> list[dict[str, object]]:
+REPORTED_FIELDS = (("metrics", "pixel_acc"), ("metrics", "mean_acc"), ("metrics", "fwiou"),
+                   ("metrics", "per_class_iou"), ("hardware", "name"), ("hardware", "device"), ("weights_source",),
+                   ("dataset", "images"), ("comparable_to_paper",), ("comparable_reason",))
+"""What the report reads besides what every reader needs (``check`` reads less)."""
+
+
+def load_records(results: Path, *, for_report: bool = False) -> list[dict[str, object]]:
     """Every record under ``results/records`` (plus ``path``), sorted by method and seed. A file
     that is not a record (truncated, hand-edited) is a :class:`RecordError` naming it: skipping it
     could let ``check`` pass without the record that would have failed."""
@@ -154,6 +160,10 @@ def load_records(results: Path) -> list[dict[str, object]]:
             record["path"] = str(path)
             record.setdefault("base_method", record["method"])  # hand-written records may leave it out
             _check_fields(record)
+            for keys in REPORTED_FIELDS if for_report else ():
+                value = record
+                for key in keys:
+                    value = value[key]
         except (ValueError, KeyError, TypeError) as error:
             raise RecordError(f"record {path} is not a readable record ({type(error).__name__}: {error}); delete "
                               f"it, or restore it from git (`git checkout -- {path}`) if it is committed") from None

@@ -274,7 +274,7 @@ def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, 
 
 def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
     """Regenerate ``results/tables/*`` and ``reports/report.md``; returns the files written."""
-    records = load_records(results)
+    records = load_records(results, for_report=True)
     if not records:
         raise FileNotFoundError(f"no records under {results / 'records'}; run `python -m benchmarks run --all` first")
     tables, written = results / "tables", []
