@@ -39,6 +39,9 @@ def _count(value: object) -> bool:
 
 _COUNT = "a whole number >= 1"
 _RULES: tuple[tuple[str, Callable[[typing.Any], bool], str], ...] = (
+    ("crf_grid", lambda v: sorted(name for name, _ in v) == ["theta_alpha", "theta_beta", "w1"]
+     and all(isinstance(values, tuple) and values and all(_positive(x) for x in values) for _, values in v),
+     "values > 0 for each of w1, theta_alpha and theta_beta (crf-search --w1 1,2 ... sets them; --set cannot)"),
     ("batch_size", _count, _COUNT),
     ("iterations", _count, _COUNT),
     ("log_every", _count, _COUNT),

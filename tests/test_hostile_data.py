@@ -235,6 +235,8 @@ LR = "a number in (0, 1e12] (beyond, float32 updates overflow)"
     ("checkpoint_every=0", COUNT), ("log_every=0", COUNT),
     ("loss=bogus", "mean or sum"), ("optimizer=rmsprop", "sgd or adam"), ("schedule=cosine", "fixed, step or poly"),
     ("lr=nan", LR), ("lr=0", LR), ("lr=inf", LR), ("lr=1e30", LR),
+    ("crf_grid=w1:5", "values > 0 for each of w1, theta_alpha and theta_beta (crf-search --w1 1,2 ... sets them; "
+                      "--set cannot)"),
     ("momentum=1", "a number in [0, 1)"), ("weight_decay=-1e-4", "a finite number >= 0"),
     ("dropout=1", "none or a number in [0, 1)"), ("width=0", "a finite number > 0"),
     ("scale=1.5,0.5", "none or low,high with 0 < low <= high"), ("scale=0,1", "none or low,high with 0 < low <= high"),
