@@ -34,11 +34,12 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from benchmarks.networks import RunLocked
     from benchmarks.recipes import RecipeError
     from benchmarks.records import RecordError, RecordExists
+    from benchmarks.sanity import SuspiciousLoss
     from benchmarks.train import TrainingError
     from methods.vgg import WeightsUnavailable
 
     return (UsageError, DataError, RecipeError, RecordError, TrainingError, WeightsUnavailable, RecordExists, RunLocked,
-            DamagedFile, OSError, ValueError)
+            DamagedFile, SuspiciousLoss, OSError, ValueError)
 
 
 def error_message(error: Exception) -> str:
@@ -159,7 +160,7 @@ def _plan(args: argparse.Namespace, profile: str) -> RunPlan:
     return RunPlan(profile=profile, seeds=tuple(args.seeds), overrides=tuple(args.set), results=Path(args.results),
                    runs=Path(args.runs), workers=args.workers, rerun=getattr(args, "rerun", False),
                    crf_backend=args.crf_backend, eval_batch=args.eval_batch,
-                   allow_overlap=args.allow_train_eval_overlap)
+                   allow_overlap=args.allow_train_eval_overlap, sanity_gate=not args.no_sanity_gate)
 
 
 def _profile(args: argparse.Namespace) -> str:
@@ -363,6 +364,8 @@ def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf"
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     p.add_argument("--allow-train-eval-overlap", action="store_true",
                    help="score on a split that shares images with the training split (the record is not comparable)")
+    p.add_argument("--no-sanity-gate", action="store_true",
+                   help="train on even when the first loss is far from ln(21) or flat at the first checkpoint")
 
 
 def _crf_values(name: str) -> Callable[[str], tuple[float, ...]]:

@@ -91,6 +91,7 @@ class Recipe:
     scale: tuple[float, float] | None = None
     flip: bool = False
     loss_on_score_map: bool = False  # loss on labels subsampled to the score map (DeepLab)
+    padded_crops: bool = False  # fyu/dilation: the crop of the reflection-padded image is the input; loss on its scores
     pretrained: bool = True
     width: float = 1.0
     dropout: float | None = None  # None: the paper's dropout; a value replaces p in every dropout layer
@@ -110,6 +111,9 @@ class Recipe:
             problems.append(("step_size", f"{_COUNT} with schedule=step"))
         if self.init_from == self.method:
             problems.append(("init_from", f"another method than {self.method} (or none)"))
+        if self.padded_crops and (self.crop is None or self.cached_features or self.loss_on_score_map):
+            problems.append(("padded_crops", "false unless crop is set and the images are the input (not "
+                                             "cached_features, not loss_on_score_map)"))
         if self.cached_features and self.train_only is None:
             problems.append(("cached_features", "false unless train_only names the part trained on them (the staged "
                                                 "context_basic and context_large recipes)"))
@@ -140,8 +144,9 @@ PAPER_RECIPES = {
                          "trainaug", "val", 20, 6_000, 1e-3, 0.9, 5e-4, schedule="step", step_size=2_000,
                          lr_multipliers=(("fc8", 10.0),), crop=321, flip=True, loss_on_score_map=True),
     "frontend": Recipe("frontend", "paper", "Yu & Koltun (ICLR 2016) Sec 4: batch 14, lr 1e-3, momentum 0.9, "
-                       "60k iterations, 500x500 crops of reflection-padded images",
-                       "trainaug", "val", 14, 60_000, 1e-3, 0.9, 5e-4, crop=500, flip=True),
+                       "60k iterations; fyu/dilation train.py: 500x500 crops of the reflection-padded image as "
+                       "the input, loss on the 16x16 score map (labels at offset 186, stride 8), mirroring",
+                       "trainaug", "val", 14, 60_000, 1e-3, 0.9, 5e-4, crop=500, flip=True, padded_crops=True),
     "context_basic": Recipe("context_basic", "paper", "Yu & Koltun Sec 4: context module trained on front-end "
                             "outputs, batch 60, lr 1e-3, momentum 0.9 (until validation plateaus: 40k here); "
                             "trains on whole cached maps, not the paper's 66x66 crops; no joint fine-tuning",
@@ -152,7 +157,8 @@ PAPER_RECIPES["context_large"] = dataclasses.replace(PAPER_RECIPES["context_basi
 
 
 def _quick(recipe: Recipe) -> Recipe:
-    """The CPU profile: width 1/16, the embedded images whole, a short poly schedule, Adam, no
+    """The CPU profile: width 1/16, the embedded images whole (the front end: 468 = 2 x 186 + 96
+    crops of the padded 96 x 128 images, as the paper recipe crops), a short poly schedule, Adam, no
     dropout, 1,000 steps for the context modules on their cached inputs (400 for the others, 200
     for the staged FCN-16s/8s). The measurements behind each choice: NOTES.md."""
     staged = recipe.init_from is not None and not recipe.cached_features
@@ -160,7 +166,8 @@ def _quick(recipe: Recipe) -> Recipe:
     return dataclasses.replace(
         recipe, profile="quick", source=f"quick profile derived from: {recipe.source}",
         train_split="trainaug", eval_split="val", batch_size=8, iterations=iterations,
-        optimizer="adam", lr=2e-3, momentum=0.9, weight_decay=5e-4, schedule="poly", loss="mean", crop=None, scale=None,
+        optimizer="adam", lr=2e-3, momentum=0.9, weight_decay=5e-4, schedule="poly", loss="mean",
+        crop=468 if recipe.padded_crops else None, scale=None,
         flip=True, pretrained=False, width=1 / 16, dropout=0.0, log_every=20, checkpoint_every=100,
         crf=(("w1", 5.0), ("theta_alpha", 20.0), ("theta_beta", 5.0), ("w2", 3.0), ("theta_gamma", 3.0),
              ("iterations", 10.0)),

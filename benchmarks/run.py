@@ -49,6 +49,7 @@ class RunPlan:
     crf_backend: str = "pydensecrf"  # the reference; "torch" agrees with it (tests/test_crf.py) and runs on the GPU
     eval_batch: int = 1  # images of one size scored together
     allow_overlap: bool = False  # score on images the network trained on (the record is then not comparable)
+    sanity_gate: bool = True  # stop a run whose loss is suspicious (benchmarks.sanity)
 
     def recipe(self, method: str) -> Recipe:
         """``method``'s recipe as this plan runs it."""
@@ -181,7 +182,8 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
     if trained:
         dependency = weights_path(plan, source, recipe.init_from, seed) if recipe.init_from else None
         started = time.perf_counter()
-        train(recipe, source, weights.parent, seed, dist_info, dependency, plan.workers, progress)
+        train(recipe, source, weights.parent, seed, dist_info, dependency, plan.workers, progress,
+              sanity_gate=plan.sanity_gate)
         train_seconds = time.perf_counter() - started
     if not scored:
         return None  # a dependency only: trained, not scored

@@ -23,14 +23,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from benchmarks.data.datasets import DatasetSource, SegmentationDataset
 from benchmarks.data.transforms import train_transform
-from benchmarks.data.voc import IGNORE_INDEX
+from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES
 from benchmarks.distributed import Distributed, fast_path
 from benchmarks.files import load_torch, save_torch
 from benchmarks.networks import build_model
 from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe, RecipeError
+from benchmarks.sanity import SanityGate
 
-__all__ = ["TrainedPart", "TrainingError", "build_optimizer", "train", "training_step"]
+__all__ = ["TrainedPart", "TrainingError", "build_optimizer", "train", "training_step", "training_transform"]
 
 
 class TrainingError(RuntimeError):
@@ -187,12 +188,14 @@ class TrainedPart(nn.Module):
     """What a recipe trains, as the one module the optimizer steps and DDP wraps. It maps a batch
     (uint8 images, or the frozen stem's cached outputs) and its labels to the scores the loss
     sees: the whole network's full-resolution scores; its score map, cropped to the labels
-    subsampled by 8 (DeepLab, ``loss_on_score_map``); or the head's scores on cached features,
-    upsampled to the labels (the context modules, ``cached_features``)."""
+    subsampled by 8 (DeepLab, ``loss_on_score_map``); the score map of a crop of the padded image
+    (fyu/dilation, ``padded_crops``); or the head's scores on cached features, upsampled to the
+    labels (the context modules, ``cached_features``)."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, *, channels_last: bool = False) -> None:
         super().__init__()
         self.cached, self.score_map_only = recipe.cached_features, recipe.loss_on_score_map
+        self.padded_crops = recipe.padded_crops
         self.channels_last = channels_last
         self.network = model.staged_split()[1] if self.cached else model
         self.final_upsample = model.final_upsample
@@ -206,6 +209,12 @@ class TrainedPart(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         if self.score_map_only:
             return self.network.score_map(images)[..., : labels.shape[-2], : labels.shape[-1]]
+        if self.padded_crops:
+            scores = self.network.score_map_of_padded(images)
+            if scores.shape[-2:] != labels.shape[-2:]:
+                raise ValueError(f"score map {tuple(scores.shape[-2:])} of a {tuple(images.shape[-2:])} padded crop "
+                                 f"does not match the {tuple(labels.shape[-2:])} labels")
+            return scores
         return self.network(images)
 
 
@@ -227,12 +236,20 @@ def training_step(part: nn.Module, optimizer: torch.optim.Optimizer, inputs: tor
     return loss, grad_norm
 
 
+def _loss_per_pixel(loss: float, labels: torch.Tensor, recipe: Recipe, world_size: int) -> float:
+    """This process's loss per labelled pixel (what :func:`_loss` returns, undone)."""
+    if recipe.loss == "sum":
+        return loss / world_size / max(int((labels != IGNORE_INDEX).sum()), 1)
+    return loss
+
+
 def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_info: Distributed,
           dependency_weights: Path | None = None, workers: int = 0,
-          progress: Callable[[str], None] = print) -> nn.Module:
+          progress: Callable[[str], None] = print, sanity_gate: bool = True) -> nn.Module:
     """Train ``recipe`` (resuming from ``run_dir/checkpoint.pt`` if there) and write the final
     weights to ``run_dir/weights.pt``; returns the trained model. ``progress`` gets one line per
-    log step (above the live bar on a terminal, see ``benchmarks.progress``)."""
+    log step (above the live bar on a terminal, see ``benchmarks.progress``). ``sanity_gate``:
+    a run with a fresh classifier stops on a suspicious loss (``benchmarks.sanity``)."""
     device = dist_info.device
     progress = beside_bars(progress)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -254,8 +271,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
         torch.set_rng_state(state["rng"])
         start = int(state["iteration"])
         progress(f"{recipe.method}: resuming from iteration {start} ({checkpoint_path})")
-    dataset = SegmentationDataset(source.split(recipe.train_split), train_transform(
-        recipe.crop, recipe.scale, recipe.flip, _mean_rgb(model), 8 if recipe.loss_on_score_map else 1))
+    dataset = SegmentationDataset(source.split(recipe.train_split), training_transform(model, recipe))
     if recipe.cached_features:
         cached = _frozen_features(model, SegmentationDataset(dataset.split), dist_info,
                                   f"{recipe.method}: caching features")
@@ -275,6 +291,8 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
     if recipe.train_only is not None:
         model.eval()
         part.train()
+    gate = SanityGate(recipe.method, NUM_CLASSES, recipe.checkpoint_every,
+                      enabled=sanity_gate and start == 0 and recipe.init_from is None)
     started, seen = time.perf_counter(), 0
     live = bar(recipe.method, recipe.iterations, "it", main=dist_info.is_main, initial=start)
     try:
@@ -283,6 +301,8 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                 group["lr"] = learning_rate(recipe, iteration) * group["lr_scale"]
             loss, grad_norm = training_step(wrapped, optimizer, inputs, labels, recipe=recipe, dist_info=dist_info)
             seen += recipe.batch_size
+            if iteration == 0:
+                gate.check_first(_loss_per_pixel(float(loss.detach()), labels, recipe, dist_info.world_size))
             last = iteration + 1 == recipe.iterations
             checkpoint_due = (iteration + 1) % recipe.checkpoint_every == 0 and not last
             if (iteration + 1) % recipe.log_every == 0 or last or checkpoint_due:  # no host sync in other steps
@@ -292,6 +312,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                         f"{recipe.method}: loss {loss_value} / gradient norm {norm_value} at iteration {iteration} "
                         f"(lr {learning_rate(recipe, iteration):.3g}); the run diverged. Lower the learning rate "
                         f"(--set lr=...) or check the data; the last good checkpoint is {checkpoint_path}")
+                gate.check_logged(iteration + 1, _loss_per_pixel(loss_value, labels, recipe, dist_info.world_size))
                 rate = seen / (time.perf_counter() - started)
                 eta = (recipe.iterations - iteration - 1) * recipe.batch_size / max(rate, 1e-9)
                 progress(f"{recipe.method} it {iteration + 1}/{recipe.iterations} loss {loss_value:.4f} "
@@ -313,6 +334,20 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
         save_torch(model.state_dict(), run_dir / "weights.pt")
     dist_info.barrier()
     return model
+
+
+def training_transform(model: nn.Module, recipe: Recipe) -> Callable:
+    """The recipe's augmentation for ``model``: labels subsampled to the score map for
+    ``loss_on_score_map`` and ``padded_crops`` (the latter from the model's input margin on)."""
+    label_factor = model.score_stride if recipe.loss_on_score_map or recipe.padded_crops else 1
+    margin = model.input_margin if recipe.padded_crops else 0
+    if recipe.padded_crops and not margin:
+        raise RecipeError(f"recipe {recipe.method} ({recipe.profile}): padded_crops=True needs a network that pads "
+                          "its input (an input margin); set padded_crops=false")
+    try:
+        return train_transform(recipe.crop, recipe.scale, recipe.flip, _mean_rgb(model), label_factor, margin=margin)
+    except ValueError as error:
+        raise RecipeError(f"recipe {recipe.method} ({recipe.profile}): {error} (--set crop=...)") from None
 
 
 def _mean_rgb(model: nn.Module) -> tuple[int, int, int]:

@@ -76,6 +76,9 @@ class SegmentationModel(nn.Module):
     input_convention: InputConvention = TORCHVISION_VGG
     paper_input_convention: InputConvention = CAFFE_VGG
 
+    input_margin: int = 0
+    """Pixels the model pads on every side of its input itself (Yu & Koltun's 186-px reflection)."""
+
     final_upsample: nn.Module  # called as final_upsample(scores, input) -> scores at input size
 
     def staged_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
@@ -85,6 +88,14 @@ class SegmentationModel(nn.Module):
 
     def score_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def score_map_of_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """The score map of an input that already carries ``input_margin`` pixels of padding on
+        every side (fyu/dilation trains on crops of the padded image); ``score_map`` when the
+        model pads nothing."""
+        if self.input_margin:
+            raise NotImplementedError(f"{type(self).__name__} pads its input but cannot skip the padding")
+        return self.score_map(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_upsample(self.score_map(x), x)

@@ -26,15 +26,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .common import ReflectPad101, SegmentationModel, UpsampleCrop, scaled_channels
+from .common import InputConvention, ReflectPad101, SegmentationModel, UpsampleCrop, scaled_channels
 from .registry import register
 from .vgg import TrunkLayout, add_vgg16_trunk, apply_pretrained, fc_as_convolutions, run_layers
 
-__all__ = ["CONTEXT_DILATIONS", "ContextModule", "ContextNetwork", "FrontEnd", "identity_init_"]
+__all__ = ["CONTEXT_DILATIONS", "PASCAL_MEAN_BGR", "ContextModule", "ContextNetwork", "FrontEnd", "identity_init_"]
 
 PAPER = "Yu & Koltun, Multi-Scale Context Aggregation by Dilated Convolutions, ICLR 2016"
 FRONTEND_MARGIN = 186
 CONTEXT_BUFFER = 33
+
+PASCAL_MEAN_BGR = InputConvention(name="pascal-mean", channel_order="BGR", mean=(102.93, 111.36, 116.52),
+                                  std=(1.0, 1.0, 1.0))
+"""fyu/dilation's input convention: the PASCAL VOC mean pixel, BGR, subtracted from 0..255 values
+(``train.py``: ``--mean`` default), not the ImageNet mean of the VGG release."""
 
 FRONTEND_LAYOUT = TrunkLayout(
     conv_padding=(0, 0, 0, 0, 0),
@@ -73,8 +78,9 @@ class FrontEnd(nn.Module):
         self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
         self.out_channels = fc
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = run_layers(self, [name for block in self.blocks for name in block], self.pad(x))
+    def forward(self, x: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
+        """fc7 features of ``x``, reflection-padded here unless it is ``padded`` already."""
+        h = run_layers(self, [name for block in self.blocks for name in block], x if padded else self.pad(x))
         h = self.drop6(self.relu6(self.fc6(h)))
         return self.drop7(self.relu7(self.fc7(h)))
 
@@ -138,6 +144,8 @@ class ContextNetwork(SegmentationModel):
     upsampling."""
 
     score_stride = 8
+    input_margin = FRONTEND_MARGIN
+    paper_input_convention = PASCAL_MEAN_BGR
 
     def __init__(self, num_classes: int, width: float = 1.0, context: ContextModule | None = None) -> None:
         super().__init__()
@@ -148,13 +156,18 @@ class ContextNetwork(SegmentationModel):
         self.context = context
         self.final_upsample = UpsampleCrop(num_classes, 16, 8, padding=4)
 
-    def frontend_scores(self, x: torch.Tensor) -> torch.Tensor:
+    def frontend_scores(self, x: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
         """The front end's stride-8 scores (the context module's input)."""
-        return self.final(self.frontend(x))
+        return self.final(self.frontend(x, padded=padded))
 
-    def score_map(self, x: torch.Tensor) -> torch.Tensor:
-        scores = self.frontend_scores(x)
+    def score_map(self, x: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
+        scores = self.frontend_scores(x, padded=padded)
         return scores if self.context is None else self.context(scores)
+
+    def score_map_of_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """fyu/dilation's training input: a crop of the reflection-padded image, (crop - 372) / 8
+        scores a side (a 500x500 crop gives 16x16)."""
+        return self.score_map(x, padded=True)
 
     def staged_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
         """Yu & Koltun Sec 4: the context module is trained on the front end's output."""

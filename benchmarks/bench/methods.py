@@ -106,8 +106,10 @@ def _bench_recipe(recipe: Recipe, size: BenchSize) -> Recipe:
 
 def _training_inputs(model: nn.Module, recipe: Recipe, size: BenchSize, device: torch.device
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A synthetic batch at the recipe's crop (or VOC size): images, or cached stem outputs."""
-    height = width = size.side(recipe.crop) if recipe.crop else None
+    """A synthetic batch at the recipe's crop (or VOC size): images, or cached stem outputs. A crop
+    of the padded image keeps the model's margin and scales the rest."""
+    margin = model.input_margin if recipe.padded_crops else 0
+    height = width = margin * 2 + size.side(recipe.crop - 2 * margin) // 8 * 8 if recipe.crop else None
     height, width = height or size.side(VOC_HEIGHT), width or size.side(VOC_WIDTH)
     if device.type == "meta":
         images = torch.zeros(recipe.batch_size, 3, height, width, dtype=torch.uint8, device=device)
@@ -118,6 +120,8 @@ def _training_inputs(model: nn.Module, recipe: Recipe, size: BenchSize, device: 
         labels = torch.randint(0, 21, (recipe.batch_size, height, width), generator=generator)
     if recipe.loss_on_score_map:
         labels = labels[:, ::8, ::8].contiguous()
+    if recipe.padded_crops:
+        labels = labels[:, margin : height - margin : 8, margin : width - margin : 8].contiguous()
     if recipe.cached_features:
         stem, _ = model.staged_split()
         with torch.no_grad():
@@ -130,7 +134,8 @@ def training_flops(model: nn.Module, recipe: Recipe, inputs: torch.Tensor) -> in
     if recipe.cached_features:
         return 3 * forward_flops(model, inputs, model.staged_split()[1])
     images = model.input_convention.normalize(inputs)
-    return 3 * forward_flops(model, images, model.score_map if recipe.loss_on_score_map else model)
+    call = model.score_map if recipe.loss_on_score_map else model.score_map_of_padded if recipe.padded_crops else model
+    return 3 * forward_flops(model, images, call)
 
 
 def paper_profile_flops(name: str) -> dict[str, float]:
