@@ -228,6 +228,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from benchmarks.distributed import Distributed
+    from benchmarks.score import score_weights
+
+    _import_modules(args.imports)
+    _writable_folder(Path(args.results), "--results")
+    dist_info = Distributed.from_environment(args.device)
+    score_weights(args.method, Path(args.weights), _dataset(args.data), split=args.split, crf=args.crf,
+                  results=Path(args.results), dist_info=dist_info, width=args.width, convention=args.convention,
+                  conditions=dict(args.condition), crf_backend=args.crf_backend, eval_batch=args.eval_batch,
+                  progress=print if dist_info.is_main else (lambda _: None))
+    return 0
+
+
+def _condition(text: str) -> tuple[str, bool]:
+    key, _, value = text.partition("=")
+    if not key or value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected NAME=true or NAME=false (e.g. coco_pretraining=true), got {text!r}")
+    return key, value.lower() == "true"
+
+
 def cmd_crf_search(args: argparse.Namespace) -> int:
     from benchmarks.crf_search import SEARCHED, search_method
     from benchmarks.distributed import Distributed
@@ -486,6 +507,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports")
     p.add_argument("--no-report", action="store_true")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("score", help="evaluate given weights (e.g. a converted released model) with the method's "
+                                     "published test procedure; writes a record under the `released` profile")
+    p.add_argument("method", help="the registered method the weights belong to")
+    p.add_argument("--weights", required=True, help="a state dict of the method (convert-caffe writes one)")
+    p.add_argument("--data", type=_folder_name, help="folder holding VOCdevkit (default: the embedded dataset)")
+    p.add_argument("--split", default="val", help="e.g. val, seg11valid (FCN's released models)")
+    p.add_argument("--crf", action="store_true", help="add the dense CRF (the paper recipe's parameters): NAME+crf")
+    p.add_argument("--width", type=float, default=1.0, help="channel width the weights were made at")
+    p.add_argument("--convention", choices=["paper", "torchvision"], default="paper",
+                   help="input convention of the weights: paper (Caffe-trained releases) or torchvision")
+    p.add_argument("--condition", type=_condition, action="append", default=[], metavar="NAME=true|false",
+                   help="how the weights were trained, as a reference needs it (e.g. coco_pretraining=true)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--device", type=_device, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--eval-batch", type=_positive_int, default=1, help="images of one size scored together")
+    p.add_argument("--crf-backend", choices=["pydensecrf", "torch"], default="pydensecrf")
+    _add_import_option(p)
+    p.set_defaults(func=cmd_score)
     p = sub.add_parser("crf-search", help="DeepLab's CRF parameter search for METHOD; +crf then uses the result")
     p.add_argument("method")
     p.add_argument("--split", default="crfholdout", help="images to search on (default: the held-out list)")

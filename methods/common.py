@@ -21,6 +21,7 @@ __all__ = [
     "SegmentationModel",
     "UpsampleCrop",
     "bilinear_kernel",
+    "reflect_pad_101",
     "scaled_channels",
 ]
 
@@ -99,6 +100,11 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_upsample(self.score_map(x), x)
+
+    def published_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities at input resolution by the paper's own test procedure: the softmax
+        of ``forward`` (FCN's whole image, DeepLab's x8 ``Interp``) unless a family says otherwise."""
+        return torch.softmax(self(x).float(), dim=1)
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -182,25 +188,30 @@ class CaffeInterp(nn.Module):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
+def reflect_pad_101(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Pad the last two axes by reflection without repeating the edge pixel (OpenCV
+    ``BORDER_REFLECT_101``). Pads wider than the map reflect again off the far edge, as OpenCV
+    does, so small maps work too."""
+    pads = [left, right, top, bottom]
+    while any(pads):
+        h, w = x.shape[-2], x.shape[-1]
+        if min(h, w) < 2:
+            raise ValueError(f"cannot reflect-pad a {h}x{w} map")
+        step = [min(p, w - 1) for p in pads[:2]] + [min(p, h - 1) for p in pads[2:]]
+        x = F.pad(x, step, mode="reflect")
+        pads = [p - s for p, s in zip(pads, step, strict=True)]
+    return x
+
+
 class ReflectPad101(nn.Module):
-    """Reflection padding without repeating the edge pixel (OpenCV ``BORDER_REFLECT_101``, as the
-    official front end pads its input) by ``margin`` on every side. Margins wider than the image
-    reflect again off the far edge, as OpenCV does, so small images work too."""
+    """:func:`reflect_pad_101` by ``margin`` on every side (the official front end's input padding)."""
 
     def __init__(self, margin: int) -> None:
         super().__init__()
         self.margin = margin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        left = self.margin
-        while left > 0:
-            h, w = x.shape[-2], x.shape[-1]
-            if min(h, w) < 2:
-                raise ValueError(f"cannot reflect-pad a {h}x{w} map")
-            step = min(left, h - 1, w - 1)
-            x = F.pad(x, (step, step, step, step), mode="reflect")
-            left -= step
-        return x
+        return reflect_pad_101(x, self.margin, self.margin, self.margin, self.margin)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"

@@ -24,9 +24,10 @@ import os
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .common import InputConvention, ReflectPad101, SegmentationModel, UpsampleCrop, scaled_channels
+from .common import InputConvention, ReflectPad101, SegmentationModel, UpsampleCrop, reflect_pad_101, scaled_channels
 from .registry import register
 from .vgg import TrunkLayout, add_vgg16_trunk, apply_pretrained, fc_as_convolutions, run_layers
 
@@ -35,6 +36,7 @@ __all__ = ["CONTEXT_DILATIONS", "PASCAL_MEAN_BGR", "ContextModule", "ContextNetw
 PAPER = "Yu & Koltun, Multi-Scale Context Aggregation by Dilated Convolutions, ICLR 2016"
 FRONTEND_MARGIN = 186
 CONTEXT_BUFFER = 33
+TEST_TILE = 900  # fyu/dilation test.py: --input_size default 900 x 900 (66 x 66 scores)
 
 PASCAL_MEAN_BGR = InputConvention(name="pascal-mean", channel_order="BGR", mean=(102.93, 111.36, 116.52),
                                   std=(1.0, 1.0, 1.0))
@@ -168,6 +170,29 @@ class ContextNetwork(SegmentationModel):
         """fyu/dilation's training input: a crop of the reflection-padded image, (crop - 372) / 8
         scores a side (a 500x500 crop gives 16x16)."""
         return self.score_map(x, padded=True)
+
+    def published_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """fyu/dilation's test procedure (``test.py: test_image``, ``util.py: interp_map``): pad the
+        image by 186 (reflect-101); cut it into 900 x 900 tiles whose 528 x 528 cores tile the image,
+        each reflect-padded at its bottom and right edges to 900; softmax of each tile's 66 x 66
+        scores; then zoom x8 bilinearly with score k on pixel 8k (not the deconvolution of
+        ``forward``, which puts it on 8k + 3.5, the centre of its receptive field)."""
+        height, width = x.shape[-2:]
+        margin, core = self.input_margin, TEST_TILE - 2 * self.input_margin
+        padded = reflect_pad_101(x, margin, margin, margin, margin)
+        rows = []
+        for top in range(0, height, core):
+            row = []
+            for left in range(0, width, core):
+                tile = padded[..., top : top + TEST_TILE, left : left + TEST_TILE]
+                tile = reflect_pad_101(tile, 0, TEST_TILE - tile.shape[-2], 0, TEST_TILE - tile.shape[-1])
+                row.append(torch.softmax(self.score_map_of_padded(tile).float(), dim=1))
+            rows.append(torch.cat(row, dim=-1))
+        probabilities = F.pad(torch.cat(rows, dim=-2), (0, 1, 0, 1), mode="replicate")  # interp_map reads h // 8 + 1
+        n, m = probabilities.shape[-2:]
+        zoomed = F.interpolate(probabilities, size=(8 * (n - 1) + 1, 8 * (m - 1) + 1), mode="bilinear",
+                               align_corners=True)
+        return zoomed[..., :height, :width]
 
     def staged_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
         """Yu & Koltun Sec 4: the context module is trained on the front end's output."""

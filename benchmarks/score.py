@@ -1,0 +1,107 @@
+"""``python -m benchmarks score``: evaluate given weights (a released model converted with
+``convert-caffe``, or any state dict of the method) with the method's published test procedure
+(``published_probabilities``: FCN's whole image, DeepLab's x8 ``Interp``, fyu/dilation's 900 x 900
+tiles) and write a record under the ``released`` profile. Nothing is trained, so this checks the
+architecture, the weights and the evaluator against a published number in minutes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import methods
+from benchmarks.crf.dense_crf import CRFParams, dense_crf
+from benchmarks.data.datasets import DatasetSource
+from benchmarks.data.voc import NUM_CLASSES
+from benchmarks.distributed import Distributed
+from benchmarks.evaluation import evaluate
+from benchmarks.files import file_sha256
+from benchmarks.networks import load_weights
+from benchmarks.recipes import RecipeError, get_recipe
+from benchmarks.records import environment, git_commit, hardware, record_path, write_record
+from benchmarks.run import CRF_SUFFIX
+from methods.common import TORCHVISION_VGG
+
+__all__ = ["RELEASED_PROFILE", "score_weights"]
+
+RELEASED_PROFILE = "released"
+
+
+def _model(method: str, weights: Path, width: float, convention: str):
+    model = methods.create(method, NUM_CLASSES, width=width)
+    state = load_weights(weights)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(f"weights {weights} do not fit {method} at width {width:g}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}, other shapes {wrong[:3]} (convert a caffemodel with "
+                         f"`convert-caffe FILE --method {method}`, or pass --width)")
+    model.load_state_dict(state)
+    model.input_convention = model.paper_input_convention if convention == "paper" else TORCHVISION_VGG
+    return model
+
+
+def _crf_params(method: str) -> CRFParams:
+    try:
+        return CRFParams.from_pairs(get_recipe(method, "paper").crf)
+    except RecipeError:
+        return CRFParams()
+
+
+def score_weights(method: str, weights: Path, source: DatasetSource, *, split: str, crf: bool, results: Path,
+                  dist_info: Distributed, width: float = 1.0, convention: str = "paper",
+                  conditions: dict[str, bool] | None = None, crf_backend: str = "pydensecrf", eval_batch: int = 1,
+                  progress: Callable[[str], None] = print) -> Path | None:
+    """Score ``weights`` as ``method`` (``+crf`` with the paper recipe's CRF parameters when
+    ``crf``) on ``split``; returns the record written (``None`` on a non-main DDP process).
+    ``convention``: ``paper`` (the Caffe-trained releases) or ``torchvision``. ``conditions`` are
+    the user's statement of how the weights were trained (e.g. ``coco_pretraining``)."""
+    model = _model(method, weights, width, convention).to(dist_info.device)
+    sha = file_sha256(weights)
+    params = _crf_params(method) if crf else None
+    refine = (lambda image, probs: dense_crf(image, probs, params, crf_backend)) if params else None
+    started = time.perf_counter()
+    result = evaluate(model, source.split(split), dist_info, refine, batch_size=eval_batch, published=True)
+    seconds = time.perf_counter() - started
+    if not dist_info.is_main:
+        return None
+    target = f"{method}{CRF_SUFFIX}" if crf else method
+    comparable = source.comparable_to_paper
+    record = {
+        "schema": 2,
+        "method": target,
+        "base_method": method,
+        "paper": methods.get_entry(method).paper,
+        "profile": RELEASED_PROFILE,
+        "dataset": source.facts(split),
+        "train_dataset": None,
+        "weights_source": f"released {weights.name} sha256 {sha}",
+        "trained_weights_sha256": sha,
+        "input_convention": model.input_convention.name,
+        "test_protocol": f"published ({type(model).__name__}.published_probabilities)",
+        "conditions": dict(conditions or {}),
+        "conditions_source": "stated by the user (--condition)" if conditions else None,
+        "train_eval_overlap": None,
+        "recipe": None,
+        "overrides": [],
+        "crf": asdict(params) if params else None,
+        "crf_backend": crf_backend if params else None,
+        "seed": 0,
+        "git": git_commit(),
+        "environment": environment(),
+        "hardware": hardware(dist_info.device, dist_info.world_size),
+        "wall_time_s": {"train": 0.0, "evaluate": round(seconds, 1)},
+        "metrics": result.metrics,
+        "comparable_to_paper": comparable,
+        "comparable_reason": "released weights, published test procedure, real VOC 2012" if comparable else
+                             "embedded generated dataset, not PASCAL VOC",
+    }
+    path = record_path(results, RELEASED_PROFILE, source.name, target, 0, key=sha[:12])
+    write_record(path, record, result.counts, result.image_ids, overwrite=True)
+    progress(f"{target} ({weights.name}): mIoU {100 * result.metrics['miou']:.2f} on {split} -> {path}")
+    return path
