@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +70,14 @@ class SegmentationModel(nn.Module):
     ``score_map(x)`` returns the class scores before the final upsampling (stride
     ``score_stride``); ``forward(x)`` returns scores at input resolution. ``input_convention`` is
     the convention of the weights the model holds; ``paper_input_convention`` the one the paper
-    used.
+    used. ``caffe_aliases`` maps the Caffe layer names of the authors' released nets that differ
+    from our module names to the module (``methods.caffe_weights``).
     """
 
     score_stride: int
     input_convention: InputConvention = TORCHVISION_VGG
     paper_input_convention: InputConvention = CAFFE_VGG
+    caffe_aliases: ClassVar[dict[str, str]] = {}
 
     final_upsample: nn.Module  # called as final_upsample(scores, input) -> scores at input size
 
