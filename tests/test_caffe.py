@@ -3,6 +3,8 @@ Caffe file and against files written by an independent encoder (the ``protobuf``
 the caffe.proto messages declared here), the conversion of every method's Caffe layers, and
 ``pretrained="caffe"``."""
 
+import dataclasses
+import hashlib
 import json
 import mmap
 import tracemalloc
@@ -19,8 +21,11 @@ from benchmarks.caffe_blobs import blob_rows
 from benchmarks.check import verdict
 from benchmarks.cli import main
 from benchmarks.convert_caffe import convert_caffe
+from benchmarks.data.datasets import resolve_dataset
+from benchmarks.networks import build_model, build_trained
 from benchmarks.recipes import apply_overrides, get_recipe, paper_weights
 from benchmarks.records import TORCHVISION_WEIGHTS, weights_summary
+from benchmarks.run import RunPlan, run_identity
 from methods.caffe_weights import caffe_state_dict, read_caffe_source
 from methods.caffemodel import CaffeModelError, read_caffemodel
 
@@ -334,3 +339,23 @@ def test_recipes_take_caffe_torchvision_or_none_and_records_name_the_weights(tmp
     assert verdict(old, reference)["weights"] == TORCHVISION_WEIGHTS
     caffe = {**old, "recipe": {"pretrained": "caffe"}, "weights_source": "DeepLab init, vgg16_20M.caffemodel sha256 ab"}
     assert weights_summary(caffe) == caffe["weights_source"]
+
+
+def test_a_caffe_run_names_its_init_file_and_scores_in_the_caffe_convention(tmp_path, monkeypatch, small_voc):
+    init, _ = _deeplab_init(tmp_path)
+    plan = RunPlan(profile="quick", seeds=(0,), overrides=("pretrained=caffe",), runs=tmp_path / "runs")
+    source = resolve_dataset(small_voc(tmp_path / "voc", train=1, val=1))
+    monkeypatch.delenv("SEGREPRO_CAFFE_DEEPLAB_INIT", raising=False)
+    with pytest.raises(FileNotFoundError, match="SEGREPRO_CAFFE_DEEPLAB_INIT"):
+        run_identity(plan, source, "deeplab_v1", 0)
+    monkeypatch.setenv("SEGREPRO_CAFFE_DEEPLAB_INIT", str(init))
+    identity = run_identity(plan, source, "deeplab_v1", 0)
+    assert identity["initial_weights"] == {"caffe_init": init.name,
+                                           "sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
+    assert identity["key"] != run_identity(dataclasses.replace(plan, overrides=()), source, "deeplab_v1", 0)["key"]
+    recipe = plan.recipe("deeplab_v1")
+    weights = tmp_path / "w.pt"
+    torch.save(build_model(recipe).state_dict(), weights)
+    assert build_trained(recipe, weights).input_convention is methods.CAFFE_VGG
+    assert build_trained(dataclasses.replace(recipe, pretrained=False), weights).input_convention is \
+        methods.TORCHVISION_VGG
