@@ -16,7 +16,7 @@ What is not a plain copy:
 * a ``Deconvolution`` into our fixed bilinear upsampling (FCN Sec 3.3, ``lr_mult: 0`` in the
   reference nets) holds no tensor: its blob must equal the per-class bilinear kernel, and is then
   dropped by design (anything else is an error: the model could not compute it);
-* a ``Scale`` into :class:`methods.fcn.Scale` (``voc-fcn8s-atonce``'s fixed ``scale_pool4`` x0.01
+* a ``Scale`` into :class:`methods.common.Scale` (``voc-fcn8s-atonce``'s fixed ``scale_pool4`` x0.01
   and ``scale_pool3`` x1e-4) must hold that model's constant, and is dropped by design;
 * ``fc8`` with 1000 outputs (the ImageNet classifier of the init models) is dropped by design.
 """
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .caffemodel import CaffeModelError, read_caffemodel
-from .common import BilinearUpsample, bilinear_kernel
+from .common import BilinearUpsample, Scale, bilinear_kernel
 from .vgg import _TORCHVISION_CONV_INDICES, CONV_NAMES, LoadReport
 
 __all__ = ["CAFFE_VGG16", "DEEPLAB_INIT", "VGG_CONV", "CaffeInit", "SourceLayer", "caffe_state_dict", "load_caffe_init",
@@ -60,10 +60,14 @@ def _torchvision_layers(path: Path) -> list[SourceLayer]:
                               "again") from None
     names = {f"features.{i}": name for name, i in zip(CONV_NAMES, _TORCHVISION_CONV_INDICES, strict=True)}
     names.update({"classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"})
-    layers, unknown = [], sorted(k for k in state if k.rsplit(".", 1)[0] not in names)
-    if unknown or not isinstance(state, dict):
+    if not isinstance(state, dict):
+        raise CaffeModelError(f"{path} holds a {type(state).__name__}, not a state dict; pass pytorch-fcn's "
+                              "vgg16_from_caffe.pth or a .caffemodel")
+    unknown = sorted(k for k in state if k.rsplit(".", 1)[0] not in names)
+    if unknown:
         raise CaffeModelError(f"{path} is not in torchvision's vgg16 layout (unknown tensors {unknown[:4]}); "
                               "pass pytorch-fcn's vgg16_from_caffe.pth or a .caffemodel")
+    layers = []
     for module, name in names.items():
         if f"{module}.weight" in state:
             kind = "InnerProduct" if module.startswith("classifier") else "Convolution"
@@ -133,19 +137,24 @@ def _fixed_layer_reason(layer: SourceLayer, module: nn.Module) -> str:
     return f"fixed scale x{factor:g} (voc-fcn8s-atonce), a constant of the model"
 
 
+def _imagenet_classifier(layer: SourceLayer) -> bool:
+    """``fc8`` with 1000 outputs: InnerProduct (1000, in) or legacy (1, 1, 1000, in), or a convolution."""
+    weight = layer.arrays[0]
+    outputs = weight.shape[weight.ndim - 2] if layer.type == "InnerProduct" else weight.shape[0]
+    return layer.name == "fc8" and outputs == IMAGENET_CLASSES
+
+
 def caffe_state_dict(model: nn.Module, layers: list[SourceLayer], source: str) -> tuple[dict[str, torch.Tensor],
                                                                                         LoadReport]:
     """``model``'s state dict with every tensor the source has replaced by name; the
     :class:`LoadReport` lists what was mapped, dropped by design, unmapped (source layers no
     module takes) and left at the model's initialisation (target tensors the source lacks)."""
     report = LoadReport(source=source)
-    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    state = dict(model.state_dict())  # entries are replaced, never written into
     for layer in layers:
         if not layer.arrays:
             continue
-        first = layer.arrays[0]
-        if layer.name == "fc8" and first.shape[first.ndim - 2 if layer.type == "InnerProduct" else 0] == \
-                IMAGENET_CLASSES:
+        if _imagenet_classifier(layer):
             report.dropped[layer.name] = "ImageNet 1000-way classifier; the papers replace it by a C-way score layer"
             continue
         target = _target_module(model, layer.name)
@@ -153,7 +162,7 @@ def caffe_state_dict(model: nn.Module, layers: list[SourceLayer], source: str) -
             report.unmapped.append(layer.name)
             continue
         path, module = target
-        if isinstance(module, BilinearUpsample) or hasattr(module, "factor"):
+        if isinstance(module, BilinearUpsample | Scale):
             report.dropped[layer.name] = _fixed_layer_reason(layer, module)
             continue
         if not isinstance(module, nn.Conv2d):

@@ -71,7 +71,7 @@ class CaffeLayer:
 
 
 class _Reader:
-    """The wire format of one message: ``buffer[start:end]``."""
+    """The protobuf wire format of ``buffer``, one message (``start:end``) at a time."""
 
     def __init__(self, buffer: mmap.mmap | bytes, path: Path) -> None:
         self.buffer, self.path = buffer, path

@@ -19,6 +19,7 @@ __all__ = [
     "Crop",
     "InputConvention",
     "ReflectPad101",
+    "Scale",
     "SegmentationModel",
     "UpsampleCrop",
     "bilinear_kernel",
@@ -149,6 +150,21 @@ class Crop(nn.Module):
 
     def extra_repr(self) -> str:
         return f"offset={self.offset}"
+
+
+class Scale(nn.Module):
+    """Multiply by a constant (Caffe ``Scale`` with a fixed factor, as ``voc-fcn8s-atonce`` scales its
+    pool3/pool4 skips)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
 
 
 class UpsampleCrop(nn.Module):

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .caffe_weights import CAFFE_VGG16
-from .common import BilinearUpsample, Crop, SegmentationModel, UpsampleCrop, scaled_channels
+from .common import BilinearUpsample, Crop, Scale, SegmentationModel, UpsampleCrop, scaled_channels
 from .registry import register
 from .vgg import TrunkLayout, add_vgg16_trunk, apply_pretrained, fc_as_convolutions, run_layers
 
@@ -45,20 +45,6 @@ FCN_LAYOUT = TrunkLayout(
 
 # stride of the final score map -> (final upsampling kernel, stride, crop offset), reference nets.
 _FINAL_UPSAMPLING = {32: (64, 32, 19), 16: (32, 16, 27), 8: (16, 8, 31)}
-
-
-class Scale(nn.Module):
-    """Multiply by a constant (Caffe ``Scale`` with a fixed factor, ``voc-fcn8s-atonce``)."""
-
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.factor
-
-    def extra_repr(self) -> str:
-        return f"factor={self.factor}"
 
 
 class FCN(SegmentationModel):

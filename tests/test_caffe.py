@@ -57,7 +57,9 @@ def _caffe_messages(packed: bool) -> type:
     message("LayerParameter", ("name", 1, F_.TYPE_STRING, False, None), ("type", 2, F_.TYPE_STRING, False, None),
             ("blobs", 7, F_.TYPE_MESSAGE, True, "BlobProto"))
     message("V1LayerParameter", ("name", 4, F_.TYPE_STRING, False, None), ("type", 5, F_.TYPE_INT32, False, None),
-            ("blobs", 6, F_.TYPE_MESSAGE, True, "BlobProto"))
+            ("blobs", 6, F_.TYPE_MESSAGE, True, "BlobProto"), ("layer", 1, F_.TYPE_MESSAGE, False, "V0LayerParameter"))
+    message("V0LayerParameter", ("name", 1, F_.TYPE_STRING, False, None), ("type", 2, F_.TYPE_STRING, False, None),
+            ("blobs", 50, F_.TYPE_MESSAGE, True, "BlobProto"))
     message("NetParameter", ("name", 1, F_.TYPE_STRING, False, None),
             ("layers", 2, F_.TYPE_MESSAGE, True, "V1LayerParameter"),
             ("layer", 100, F_.TYPE_MESSAGE, True, "LayerParameter"))
@@ -119,6 +121,18 @@ def test_legacy_v1_file_reads_back_exactly(tmp_path, packed, double):
         assert [b.shape for b in layer.blobs] == [(1,) * (4 - a.ndim) + a.shape for a in arrays]
         for blob, array in zip(layer.blobs, arrays, strict=True):
             assert blob.data.dtype == dtype and np.array_equal(blob.array().reshape(array.shape), array)
+
+
+def test_oldest_v0_layers_inside_v1_read_back(tmp_path):
+    net = NET()
+    old = net.layers.add().layer
+    old.name, old.type = "conv1", "conv"
+    blob = old.blobs.add(num=2, channels=1, height=1, width=3)
+    blob.data.extend([1.5, -2.0, 0.25, 4.0, 5.0, -6.5])
+    (tmp_path / "v0.caffemodel").write_bytes(net.SerializeToString())
+    [layer] = read_caffemodel(tmp_path / "v0.caffemodel")
+    assert (layer.name, layer.type, layer.blobs[0].shape) == ("conv1", "conv", (2, 1, 1, 3))
+    assert layer.blobs[0].data.tolist() == [1.5, -2.0, 0.25, 4.0, 5.0, -6.5]
 
 
 def _file_backed(array: np.ndarray) -> bool:
