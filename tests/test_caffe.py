@@ -25,6 +25,7 @@ from benchmarks.data.datasets import resolve_dataset
 from benchmarks.networks import build_model, build_trained
 from benchmarks.recipes import apply_overrides, get_recipe, paper_weights
 from benchmarks.records import TORCHVISION_WEIGHTS, weights_summary
+from benchmarks.report import summary_table
 from benchmarks.run import RunPlan, run_identity
 from methods.caffe_weights import caffe_state_dict, read_caffe_source
 from methods.caffemodel import CaffeModelError, read_caffemodel
@@ -351,8 +352,12 @@ def test_recipes_take_caffe_torchvision_or_none_and_records_name_the_weights(tmp
            "recipe": {"pretrained": True}, "weights_source": "ImageNet VGG-16 (torchvision)"}
     reference = {"id": "deeplab", "miou": {"deeplab_v1": 62.25}, "split": "val", "tolerance": 1.0, "requires": {}}
     assert verdict(old, reference)["weights"] == TORCHVISION_WEIGHTS
-    caffe = {**old, "recipe": {"pretrained": "caffe"}, "weights_source": "DeepLab init, vgg16_20M.caffemodel sha256 ab"}
+    caffe = {**old, "recipe": {"pretrained": "caffe"}, "weights_source": "DeepLab init, vgg16_20M.caffemodel sha256 ab",
+             "seed": 1}
     assert weights_summary(caffe) == caffe["weights_source"]
+    metrics = {"miou": 0.6, "pixel_acc": 0.9, "mean_acc": 0.7, "fwiou": 0.8}
+    table = summary_table([{**old, "metrics": metrics}, {**caffe, "metrics": metrics}])
+    assert table["weights"].tolist() == [f"{TORCHVISION_WEIGHTS}; {caffe['weights_source']}"]
 
 
 def test_a_caffe_run_names_its_init_file_and_scores_in_the_caffe_convention(tmp_path, monkeypatch, small_voc):
