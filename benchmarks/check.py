@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.records import software_summary
+from benchmarks.records import software_summary, weights_summary
 
 __all__ = ["REFERENCES", "check_records", "load_references"]
 
@@ -30,7 +30,8 @@ def verdict(record: dict[str, object], reference: dict[str, object]) -> dict[str
     published, measured = reference["miou"][method], 100 * record["metrics"]["miou"]
     row = {"authoritative": reference.get("authoritative", True), "record": record["path"], "method": method,
            "seed": record["seed"], "reference": reference["id"],
-           "published": published, "measured": round(measured, 2), "software": software_summary(record)}
+           "published": published, "measured": round(measured, 2), "weights": weights_summary(record),
+           "software": software_summary(record)}
     reasons = []
     if not record["comparable_to_paper"]:
         reasons.append(record["comparable_reason"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -229,6 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from benchmarks.convert_caffe import parse_options
     from benchmarks.distributed import Distributed
     from benchmarks.score import score_weights
 
@@ -236,7 +238,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     _writable_folder(Path(args.results), "--results")
     dist_info = Distributed.from_environment(args.device)
     score_weights(args.method, Path(args.weights), _dataset(args.data), split=args.split, crf=args.crf,
-                  results=Path(args.results), dist_info=dist_info, width=args.width, convention=args.convention,
+                  results=Path(args.results), dist_info=dist_info, options=parse_options(args.option),
+                  convention=args.convention,
                   conditions=dict(args.condition), crf_backend=args.crf_backend, eval_batch=args.eval_batch,
                   progress=print if dist_info.is_main else (lambda _: None))
     return 0
@@ -335,7 +338,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         for v in verdicts:
             print(f"{v['method']:<20} seed {v['seed']}  {v['reference']:<20} published {v['published']:6.2f}  "
-                  f"measured {v['measured']:6.2f}  {v['verdict']}: {v['reason']}  [{v['software']}]")
+                  f"measured {v['measured']:6.2f}  {v['verdict']}: {v['reason']}  [weights: {v['weights']}] "
+                  f"[{v['software']}]")
     failed = [v for v in verdicts if v["verdict"] in ("below", "above") and v["authoritative"]]
     return 1 if failed else 0
 
@@ -361,6 +365,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("(embedded dataset: these differences are not comparable to the papers)")
     if args.json:
         print(json.dumps(rows, indent=2))
+    return 0
+
+
+def cmd_caffe_blobs(args: argparse.Namespace) -> int:
+    from benchmarks.caffe_blobs import blob_rows
+
+    rows = blob_rows(args.file)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        blobs = "  ".join(f"{'x'.join(map(str, b['shape']))} mean {b['mean']:.6g} std {b['std']:.6g}"
+                          for b in row["blobs"])
+        print(f"{row['layer']:<20} {row['type']:<16} {blobs}")
+    return 0
+
+
+def cmd_convert_caffe(args: argparse.Namespace) -> int:
+    from benchmarks.convert_caffe import convert_caffe, parse_options
+
+    _import_modules(args.imports)
+    if args.method not in methods.list_methods():
+        raise UsageError(f"unknown method {args.method!r}; registered methods: {', '.join(methods.list_methods())}")
+    report = convert_caffe(args.file, args.method, Path(args.out), parse_options(args.option))
+    if args.json:
+        print(json.dumps({"out": args.out, **dataclasses.asdict(report)}, indent=2))
+        return 0
+    print(f"{report.summary()} -> {args.out}")
+    for name, reason in report.dropped.items():
+        print(f"  dropped {name}: {reason}")
+    if report.initialised:
+        print(f"  not in the source, kept at {args.method}'s initialisation: {', '.join(report.initialised)}")
     return 0
 
 
@@ -514,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=_folder_name, help="folder holding VOCdevkit (default: the embedded dataset)")
     p.add_argument("--split", default="val", help="e.g. val, seg11valid (FCN's released models)")
     p.add_argument("--crf", action="store_true", help="add the dense CRF (the paper recipe's parameters): NAME+crf")
-    p.add_argument("--width", type=float, default=1.0, help="channel width the weights were made at")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder option the weights were made with (width=0.0625, at_once=true)")
     p.add_argument("--convention", choices=["paper", "torchvision"], default="paper",
                    help="input convention of the weights: paper (Caffe-trained releases) or torchvision")
     p.add_argument("--condition", type=_condition, action="append", default=[], metavar="NAME=true|false",
@@ -554,6 +591,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("caffe-blobs", help="each layer of a .caffemodel: name, type, blobs (shape, mean, std)")
+    p.add_argument("file", help="a .caffemodel (current or legacy V1 format)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_caffe_blobs)
+    p = sub.add_parser("convert-caffe", help="a .caffemodel (or vgg16_from_caffe.pth) as a method's state dict")
+    p.add_argument("file", help="a .caffemodel, or pytorch-fcn's vgg16_from_caffe.pth (torchvision layout)")
+    p.add_argument("--method", required=True, help="the registered method whose layers the blobs fill")
+    p.add_argument("--out", required=True, help="the state dict to write (.pt)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder argument, e.g. at_once=true for fcn8s-atonce-pascal, width=0.0625")
+    p.add_argument("--json", action="store_true")
+    _add_import_option(p)
+    p.set_defaults(func=cmd_convert_caffe)
     p = sub.add_parser("compare", help="a new registered head against baselines: paired bootstrap CI of the mIoU gap")
     p.add_argument("new")
     p.add_argument("--baseline", type=_names, required=True, help="comma-separated baseline methods")

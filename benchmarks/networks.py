@@ -119,4 +119,6 @@ def build_trained(recipe: Recipe, weights: Path) -> nn.Module:
     """``recipe``'s architecture holding the trained ``weights`` (loaded with ``weights_only``)."""
     model = build_model(architecture_recipe(recipe))
     model.load_state_dict(load_weights(weights))
+    if recipe.pretrained == "caffe":  # trained from Caffe weights: the Caffe input convention
+        model.input_convention = model.paper_input_convention
     return model

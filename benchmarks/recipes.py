@@ -15,10 +15,12 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import methods
 from benchmarks.crf.dense_crf import CRFParams
 from benchmarks.validate import is_finite_number, is_whole_number
 
-__all__ = ["PROFILES", "Recipe", "RecipeError", "apply_overrides", "get_recipe", "recipe_methods"]
+__all__ = ["PROFILES", "Recipe", "RecipeError", "apply_overrides", "get_recipe", "paper_weights",
+           "recipe_methods"]
 
 
 class RecipeError(ValueError):
@@ -61,6 +63,7 @@ _RULES: tuple[tuple[str, Callable[[typing.Any], bool], str], ...] = (
     ("optimizer", lambda v: v in ("sgd", "adam"), "sgd or adam"),
     ("schedule", lambda v: v in ("fixed", "step", "poly"), "fixed, step or poly"),
     ("loss", lambda v: v in ("mean", "sum"), "mean or sum"),
+    ("pretrained", lambda v: v in (True, False, "caffe"), "caffe, torchvision (true) or none (false)"),
 )
 """(field, test, what it must be) of every recipe field with a range or a set of choices."""
 
@@ -92,7 +95,7 @@ class Recipe:
     flip: bool = False
     loss_on_score_map: bool = False  # loss on labels subsampled to the score map (DeepLab)
     padded_crops: bool = False  # fyu/dilation: the crop of the reflection-padded image is the input; loss on its scores
-    pretrained: bool = True
+    pretrained: bool | str = True  # "caffe" (the papers' Caffe init model) | True (torchvision) | False (none)
     width: float = 1.0
     dropout: float | None = None  # None: the paper's dropout; a value replaces p in every dropout layer
     init_from: str | None = None  # a method whose trained weights initialise this one (staged)
@@ -106,6 +109,10 @@ class Recipe:
     checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
+        # "torchvision" and "none" are stored as True and False, as records before "caffe" existed say them
+        spelled = {"torchvision": True, "none": False, "true": True, "false": False}
+        if isinstance(self.pretrained, str) and self.pretrained.lower() in spelled:
+            object.__setattr__(self, "pretrained", spelled[self.pretrained.lower()])
         problems = [(key, allowed) for key, test, allowed in _RULES if not test(getattr(self, key))]
         if self.schedule == "step" and not _count(self.step_size):
             problems.append(("step_size", f"{_COUNT} with schedule=step"))
@@ -200,7 +207,16 @@ def get_recipe(method: str, profile: str, extra: tuple[Recipe, ...] = ()) -> Rec
     if method not in recipes:
         raise RecipeError(f"no recipe for method {method!r}; methods with recipes: {sorted(recipes)} (a new "
                           "method runs with another's recipe through `compare`)")
-    return recipes[method]
+    return paper_weights(recipes[method]) if profile == "paper" else recipes[method]
+
+
+def paper_weights(recipe: Recipe) -> Recipe:
+    """The paper recipe starts from the method's Caffe init model (SPEC section 6) when its file is
+    configured (``$SEGREPRO_CAFFE_VGG16`` and the like, ``methods.caffe_weights``), else from
+    torchvision's VGG-16, which records and ``check`` then name as not the papers' weights."""
+    init = methods.get_entry(recipe.method).caffe_init
+    path = init.path() if init is not None else None
+    return dataclasses.replace(recipe, pretrained="caffe") if path is not None and path.is_file() else recipe
 
 
 def recipe_for_new_head(method: str, base: Recipe) -> Recipe:
@@ -213,10 +229,14 @@ def recipe_for_new_head(method: str, base: Recipe) -> Recipe:
 def _convert(text: str, annotation: object, key: str) -> object:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if text.lower() in ("none", "null", ""):
-            if type(None) in args:
-                return None
-        return _convert(text, next(a for a in args if a is not type(None)), key)
+        if text.lower() in ("none", "null", "") and type(None) in args:
+            return None
+        for kind in (a for a in args if a is not type(None)):  # the first type the text converts to
+            try:
+                return _convert(text, kind, key)
+            except RecipeError:
+                continue
+        raise RecipeError(f"--set {key}={text}: expected a value of type {annotation}")
     try:
         if annotation is bool:
             if text.lower() not in ("true", "false", "1", "0"):

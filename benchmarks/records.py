@@ -20,7 +20,7 @@ import torch
 from benchmarks.files import write_atomic, write_bytes_atomic
 
 __all__ = ["RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records", "record_path",
-           "software_summary", "write_record"]
+           "software_summary", "weights_summary", "write_record"]
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 LOCK_FILE = REPOSITORY / "uv.lock"
@@ -78,6 +78,18 @@ def software_summary(record: dict[str, object]) -> str:
     packages = ", ".join(f"{name} {version}" for name, version in env["packages"].items() if version)
     lock = env["uv_lock_sha256"]
     return f"{packages}; uv.lock {lock[:12] if lock else 'absent'}"
+
+
+TORCHVISION_WEIGHTS = "torchvision VGG-16; the papers used Caffe VGG-16"
+"""The weights of a record whose recipe starts from torchvision's VGG-16 (``pretrained`` true)."""
+
+
+def weights_summary(record: dict[str, object]) -> str:
+    """The initial weights a record's network started from (or the weights it scored), as
+    ``check`` and the report name them next to each verdict and row."""
+    if (record.get("recipe") or {}).get("pretrained") is True:
+        return TORCHVISION_WEIGHTS  # also records written before "caffe" existed
+    return str(record.get("weights_source", "weights not recorded"))
 
 
 def hardware(device: torch.device, world_size: int) -> dict[str, object]:

@@ -17,7 +17,7 @@ import torch
 from benchmarks.check import check_records, load_references
 from benchmarks.compare import seed_interval
 from benchmarks.data.voc import VOC_CLASSES
-from benchmarks.records import load_records, software_summary
+from benchmarks.records import load_records, software_summary, weights_summary
 
 __all__ = ["CLAIMS", "claims_table", "write_report"]
 
@@ -63,7 +63,8 @@ def summary_table(records: list[dict[str, object]]) -> pd.DataFrame:
                       "pixel acc": round(100 * float(np.mean([r["metrics"]["pixel_acc"] for r in items])), 2),
                       "mean acc": round(100 * float(np.mean([r["metrics"]["mean_acc"] for r in items])), 2),
                       "fwIoU": round(100 * float(np.mean([r["metrics"]["fwiou"] for r in items])), 2),
-                      "comparable": all(r["comparable_to_paper"] for r in items)})
+                      "comparable": all(r["comparable_to_paper"] for r in items),
+                      "weights": "; ".join(dict.fromkeys(weights_summary(r) for r in items))})
     return pd.DataFrame(table)
 
 
@@ -299,7 +300,8 @@ def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
                              for summary, count in Counter(software_summary(r) for r in group).items())
         lines += [f"Evaluated on split `{first['dataset']['split']}` ({first['dataset']['images']} images); "
                   f"hardware: {first['hardware']['name']} ({first['hardware']['device']}); weights: "
-                  f"{first['weights_source']}.", "", f"Software: {software}.", "", markdown, "",
+                  f"{'; '.join(dict.fromkeys(weights_summary(r) for r in group))}.", "", f"Software: {software}.", "",
+                  markdown, "",
                   "### The papers' qualitative claims", ""]
         claims = pd.DataFrame(claims_table(group))
         lines += [("" if comparable else "(Measured here, not comparable to the papers.)\n\n") +

@@ -7,6 +7,7 @@ weights and checkpoints are reused or resumed only by a run of exactly the same 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,11 +25,12 @@ from benchmarks.evaluation import Evaluation, evaluate
 from benchmarks.files import file_sha256
 from benchmarks.networks import build_trained, run_folder, run_lock
 from benchmarks.recipes import Recipe, RecipeError, apply_overrides, get_recipe
-from benchmarks.records import environment, git_commit, hardware, record_path, write_record
+from benchmarks.records import TORCHVISION_WEIGHTS, environment, git_commit, hardware, record_path, write_record
 from benchmarks.train import train
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
-__all__ = ["RunPlan", "expand_targets", "run", "run_identity", "searched_crf", "target_record_path", "weights_path"]
+__all__ = ["RunPlan", "caffe_init_file", "expand_targets", "run", "run_identity", "searched_crf", "target_record_path",
+           "weights_path"]
 
 CRF_SUFFIX = "+crf"
 
@@ -99,10 +101,46 @@ def _initial_weights(plan: RunPlan, source: DatasetSource, recipe: Recipe, seed:
         return {"trained": recipe.init_from, "run": run_identity(plan, source, recipe.init_from, seed)["key"]}
     if not recipe.pretrained:
         return {"random": f"seed {seed}"}
+    if recipe.pretrained == "caffe":
+        path, sha256 = _caffe_init_sha256(recipe.method)
+        return {"caffe_init": path.name, "sha256": sha256}
     given = os.environ.get(WEIGHTS_ENV_VAR)
     if given and Path(given).is_file():
         return {"imagenet_sha256": file_sha256(Path(given))}
     return {"imagenet": TORCHVISION_VGG16_URL.rsplit("/", 1)[-1]}  # the file name carries its hash prefix
+
+
+def caffe_init_file(method: str) -> Path:
+    """The Caffe init model file of ``method`` (``pretrained="caffe"``); missing is a one-line error."""
+    init = methods.get_entry(method).caffe_init
+    path = init.path() if init is not None else None
+    if path is None or not path.is_file():
+        where = f"set ${init.env_var} to the path of {init.file_name} (README, 'Caffe weights')" if init else \
+            "the method names no Caffe init model; use pretrained=torchvision"
+        raise FileNotFoundError(f"{method}: pretrained=caffe needs its Caffe init model "
+                                f"({'not found: ' + str(path) if path else 'not configured'}); {where}")
+    return path
+
+
+@functools.cache
+def _init_sha256(path: Path, modified_ns: int, size: int) -> str:
+    """The sha256 of an init model (hundreds of MB), once per file version: every run identity names it."""
+    return file_sha256(path)
+
+
+def _caffe_init_sha256(method: str) -> tuple[Path, str]:
+    path = caffe_init_file(method)
+    stat = path.stat()
+    return path, _init_sha256(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+def _weights_source(recipe: Recipe) -> str:
+    if recipe.pretrained == "caffe":
+        path, sha256 = _caffe_init_sha256(recipe.method)
+        return f"{methods.get_entry(recipe.method).caffe_init.description}, {path.name} sha256 {sha256}"
+    if recipe.pretrained:
+        return TORCHVISION_WEIGHTS
+    return "random initialisation (He normal trunk; no ImageNet weights)"
 
 
 def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -> dict[str, object]:
@@ -156,6 +194,11 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
     ``plan.rerun``; a replaced record is kept as ``.superseded``)."""
     ordered = expand_targets(targets, plan)
     overlaps = _check_splits(source, plan, ordered)
+    for method in dict.fromkeys(target.removesuffix(CRF_SUFFIX) for target in ordered):
+        recipe, init = plan.recipe(method), methods.get_entry(method).caffe_init
+        if recipe.profile == "paper" and recipe.pretrained is True and init is not None:
+            progress(f"NOTE: {method} starts from torchvision's VGG-16; the paper used {init.description} "
+                     f"(set ${init.env_var} to {init.file_name})")
     records: dict[tuple[str, int], Path] = {}
     for seed in plan.seeds:
         for target in ordered:
@@ -239,8 +282,7 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
         "profile": recipe.profile,
         "dataset": source.facts(recipe.eval_split),
         "train_dataset": source.facts(recipe.train_split),
-        "weights_source": "ImageNet VGG-16 (torchvision)" if recipe.pretrained else
-                          "random initialisation (He normal trunk; no ImageNet weights)",
+        "weights_source": _weights_source(recipe),
         "init_from": recipe.init_from,
         "trained_weights_sha256": file_sha256(weights),
         "run_key": identity["key"],

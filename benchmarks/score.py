@@ -30,17 +30,20 @@ __all__ = ["RELEASED_PROFILE", "score_weights"]
 RELEASED_PROFILE = "released"
 
 
-def _model(method: str, weights: Path, width: float, convention: str):
-    model = methods.create(method, NUM_CLASSES, width=width)
+def _model(method: str, weights: Path, options: dict[str, object], convention: str):
+    try:
+        model = methods.create(method, NUM_CLASSES, **options)
+    except TypeError as error:  # an option the builder does not take
+        raise ValueError(f"--option for {method}: {error}") from None
     state = load_weights(weights)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(f"weights {weights} do not fit {method} at width {width:g}: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}, other shapes {wrong[:3]} (convert a caffemodel with "
-                         f"`convert-caffe FILE --method {method}`, or pass --width)")
+        raise ValueError(f"weights {weights} do not fit {method} built with {options or 'its defaults'}: missing "
+                         f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]} (convert a caffemodel "
+                         f"with `convert-caffe FILE --method {method}`, or pass the builder's --option KEY=VALUE)")
     model.load_state_dict(state)
     model.input_convention = model.paper_input_convention if convention == "paper" else TORCHVISION_VGG
     return model
@@ -54,14 +57,15 @@ def _crf_params(method: str) -> CRFParams:
 
 
 def score_weights(method: str, weights: Path, source: DatasetSource, *, split: str, crf: bool, results: Path,
-                  dist_info: Distributed, width: float = 1.0, convention: str = "paper",
+                  dist_info: Distributed, options: dict[str, object] | None = None, convention: str = "paper",
                   conditions: dict[str, bool] | None = None, crf_backend: str = "pydensecrf", eval_batch: int = 1,
                   progress: Callable[[str], None] = print) -> Path | None:
     """Score ``weights`` as ``method`` (``+crf`` with the paper recipe's CRF parameters when
     ``crf``) on ``split``; returns the record written (``None`` on a non-main DDP process).
+    ``options`` go to the method's builder (``width``, ``at_once`` for fcn8s-atonce).
     ``convention``: ``paper`` (the Caffe-trained releases) or ``torchvision``. ``conditions`` are
     the user's statement of how the weights were trained (e.g. ``coco_pretraining``)."""
-    model = _model(method, weights, width, convention).to(dist_info.device)
+    model = _model(method, weights, dict(options or {}), convention).to(dist_info.device)
     sha = file_sha256(weights)
     params = _crf_params(method) if crf else None
     refine = (lambda image, probs: dense_crf(image, probs, params, crf_backend)) if params else None
@@ -82,6 +86,7 @@ def score_weights(method: str, weights: Path, source: DatasetSource, *, split: s
         "train_dataset": None,
         "weights_source": f"released {weights.name} sha256 {sha}",
         "trained_weights_sha256": sha,
+        "builder_options": dict(options or {}),
         "input_convention": model.input_convention.name,
         "test_protocol": f"published ({type(model).__name__}.published_probabilities)",
         "conditions": dict(conditions or {}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ __all__ = [
     "Crop",
     "InputConvention",
     "ReflectPad101",
+    "Scale",
     "SegmentationModel",
     "UpsampleCrop",
     "bilinear_kernel",
@@ -70,12 +72,14 @@ class SegmentationModel(nn.Module):
     ``score_map(x)`` returns the class scores before the final upsampling (stride
     ``score_stride``); ``forward(x)`` returns scores at input resolution. ``input_convention`` is
     the convention of the weights the model holds; ``paper_input_convention`` the one the paper
-    used.
+    used. ``caffe_aliases`` maps the Caffe layer names of the authors' released nets that differ
+    from our module names to the module (``methods.caffe_weights``).
     """
 
     score_stride: int
     input_convention: InputConvention = TORCHVISION_VGG
     paper_input_convention: InputConvention = CAFFE_VGG
+    caffe_aliases: ClassVar[dict[str, str]] = {}
 
     input_margin: int = 0
     """Pixels the model pads on every side of its input itself (Yu & Koltun's 186-px reflection)."""
@@ -163,6 +167,21 @@ class Crop(nn.Module):
 
     def extra_repr(self) -> str:
         return f"offset={self.offset}"
+
+
+class Scale(nn.Module):
+    """Multiply by a constant (Caffe ``Scale`` with a fixed factor, as ``voc-fcn8s-atonce`` scales its
+    pool3/pool4 skips)."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
 
 
 class UpsampleCrop(nn.Module):

@@ -19,10 +19,12 @@ Faithful details (Sec 3.1 and Table 2, "DeepLab-LargeFOV"; reference net ``vgg12
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from .caffe_weights import DEEPLAB_INIT
 from .common import CaffeInterp, SegmentationModel, scaled_channels
 from .registry import register
 from .vgg import FcSurgery, TrunkLayout, add_vgg16_trunk, apply_pretrained, run_layers
@@ -42,6 +44,7 @@ class DeepLabLargeFOV(SegmentationModel):
     """DeepLab-LargeFOV: VGG-16 at output stride 8 with a 3x3, dilation-12, 1024-channel fc6."""
 
     score_stride = 8
+    caffe_aliases: ClassVar[dict[str, str]] = {"fc8_voc12": "fc8"}  # the released LargeFOV prototxt's classifier
 
     def __init__(self, num_classes: int, width: float = 1.0, fc_channels: int = 1024) -> None:
         super().__init__()
@@ -80,10 +83,10 @@ def deeplab_fc_decimation(channels: int = 1024) -> FcSurgery:
     }
 
 
-@register("deeplab_v1", paper=f"{PAPER}, Sec 3.1 and Table 2 (DeepLab-LargeFOV)")
-def deeplab_v1(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+@register("deeplab_v1", paper=f"{PAPER}, Sec 3.1 and Table 2 (DeepLab-LargeFOV)", caffe_init=DEEPLAB_INIT)
+def deeplab_v1(num_classes: int = 21, width: float = 1.0, pretrained: bool | str = False,
                weights_path: str | os.PathLike[str] | None = None) -> DeepLabLargeFOV:
     """DeepLab-LargeFOV (Table 2): kernel 3x3, input stride 12, 1024 fc channels, RF via dilation."""
     model = DeepLabLargeFOV(num_classes, width=width)
-    apply_pretrained(model, pretrained, weights_path, deeplab_fc_decimation(1024), width)
+    apply_pretrained(model, pretrained, weights_path, deeplab_fc_decimation(1024), width, caffe_init=DEEPLAB_INIT)
     return model

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .caffe_weights import VGG_CONV
 from .common import InputConvention, ReflectPad101, SegmentationModel, UpsampleCrop, reflect_pad_101, scaled_channels
 from .registry import register
 from .vgg import TrunkLayout, add_vgg16_trunk, apply_pretrained, fc_as_convolutions, run_layers
@@ -148,6 +150,10 @@ class ContextNetwork(SegmentationModel):
     score_stride = 8
     input_margin = FRONTEND_MARGIN
     paper_input_convention = PASCAL_MEAN_BGR
+    # the spellings of fyu/dilation's deploy net (models/dilation8_pascal_voc_deploy.prototxt), which the
+    # released caffemodels use; its training net (network.py) spells them as our modules do
+    caffe_aliases: ClassVar[dict[str, str]] = {
+        "fc-final": "final", **{f"ct_{name[4:]}": f"context.{name}" for name, _, _ in CONTEXT_LAYERS}}
 
     def __init__(self, num_classes: int, width: float = 1.0, context: ContextModule | None = None) -> None:
         super().__init__()
@@ -199,7 +205,7 @@ class ContextNetwork(SegmentationModel):
         return None if self.context is None else (self.frontend_scores, self.context)
 
 
-def _build(num_classes: int, *, width: float, pretrained: bool, weights_path: str | os.PathLike[str] | None,
+def _build(num_classes: int, *, width: float, pretrained: bool | str, weights_path: str | os.PathLike[str] | None,
            multipliers: tuple[int, ...] | None = None, buffer: str = "zeros", noise_std: float = 0.0,
            seed: int = 0) -> ContextNetwork:
     context = None
@@ -209,19 +215,20 @@ def _build(num_classes: int, *, width: float, pretrained: bool, weights_path: st
         multipliers = tuple(max(1, round(m * width)) if m > 1 else m for m in multipliers)
         context = ContextModule(num_classes, multipliers, buffer=buffer, noise_std=noise_std, seed=seed)
     model = ContextNetwork(num_classes, width=width, context=context)
-    apply_pretrained(model, pretrained, weights_path, fc_as_convolutions(7), width, prefix="frontend.")
+    apply_pretrained(model, pretrained, weights_path, fc_as_convolutions(7), width, prefix="frontend.",
+                     caffe_init=VGG_CONV)
     return model
 
 
-@register("frontend", paper=f"{PAPER}, Sec 4 (front end); fyu/dilation dilation8_pascal_voc")
-def frontend(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+@register("frontend", paper=f"{PAPER}, Sec 4 (front end); fyu/dilation dilation8_pascal_voc", caffe_init=VGG_CONV)
+def frontend(num_classes: int = 21, width: float = 1.0, pretrained: bool | str = False,
              weights_path: str | os.PathLike[str] | None = None) -> ContextNetwork:
     """The front-end prediction module alone (Sec 4)."""
     return _build(num_classes, width=width, pretrained=pretrained, weights_path=weights_path)
 
 
-@register("context_basic", paper=f"{PAPER}, Sec 3 and Table 1 (basic context module)")
-def context_basic(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+@register("context_basic", paper=f"{PAPER}, Sec 3 and Table 1 (basic context module)", caffe_init=VGG_CONV)
+def context_basic(num_classes: int = 21, width: float = 1.0, pretrained: bool | str = False,
                   weights_path: str | os.PathLike[str] | None = None, buffer: str = "zeros",
                   seed: int = 0) -> ContextNetwork:
     """Front end + basic context module: C channels in every layer, identity init (Eq. 4)."""
@@ -229,8 +236,8 @@ def context_basic(num_classes: int = 21, width: float = 1.0, pretrained: bool = 
                   multipliers=BASIC_MULTIPLIERS, buffer=buffer, seed=seed)
 
 
-@register("context_large", paper=f"{PAPER}, Sec 3 and Table 1 (large context module)")
-def context_large(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+@register("context_large", paper=f"{PAPER}, Sec 3 and Table 1 (large context module)", caffe_init=VGG_CONV)
+def context_large(num_classes: int = 21, width: float = 1.0, pretrained: bool | str = False,
                   weights_path: str | os.PathLike[str] | None = None, buffer: str = "zeros",
                   noise_std: float = 1e-3, seed: int = 0) -> ContextNetwork:
     """Front end + large context module: channels 2C ... 32C, C; identity init of Eq. 5 with

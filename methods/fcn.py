@@ -22,11 +22,13 @@ Faithful details:
 from __future__ import annotations
 
 import os
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from .common import BilinearUpsample, Crop, SegmentationModel, UpsampleCrop, scaled_channels
+from .caffe_weights import CAFFE_VGG16
+from .common import BilinearUpsample, Crop, Scale, SegmentationModel, UpsampleCrop, scaled_channels
 from .registry import register
 from .vgg import TrunkLayout, add_vgg16_trunk, apply_pretrained, fc_as_convolutions, run_layers
 
@@ -45,23 +47,12 @@ FCN_LAYOUT = TrunkLayout(
 _FINAL_UPSAMPLING = {32: (64, 32, 19), 16: (32, 16, 27), 8: (16, 8, 31)}
 
 
-class Scale(nn.Module):
-    """Multiply by a constant (Caffe ``Scale`` with a fixed factor, ``voc-fcn8s-atonce``)."""
-
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.factor
-
-    def extra_repr(self) -> str:
-        return f"factor={self.factor}"
-
-
 class FCN(SegmentationModel):
     """FCN-``score_stride``s: 32 (no skips), 16 (pool4 skip) or 8 (pool4 and pool3 skips)."""
 
+    # the final deconvolution's name in voc-fcn32s / voc-fcn16s / voc-fcn8s (net.py)
+    caffe_aliases: ClassVar[dict[str, str]] = {
+        name: "final_upsample.upsample" for name in ("upscore", "upscore16", "upscore8")}
 
     def __init__(self, num_classes: int, score_stride: int, at_once: bool = False, width: float = 1.0) -> None:
         super().__init__()
@@ -127,29 +118,30 @@ def init_from_previous_stage(model: FCN, previous_state: dict[str, torch.Tensor]
     return sorted(set(target) - set(previous_state))
 
 
-def _build(num_classes: int, *, score_stride: int, width: float, pretrained: bool,
+def _build(num_classes: int, *, score_stride: int, width: float, pretrained: bool | str,
            weights_path: str | os.PathLike[str] | None, at_once: bool = False) -> FCN:
     model = FCN(num_classes, score_stride, at_once=at_once, width=width)
-    apply_pretrained(model, pretrained, weights_path, fc_as_convolutions(7), width)
+    apply_pretrained(model, pretrained, weights_path, fc_as_convolutions(7), width, caffe_init=CAFFE_VGG16)
     return model
 
 
-@register("fcn32s", paper=f"{PAPER}, Table 2 (FCN-32s); reference net voc-fcn32s")
-def fcn32s(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+@register("fcn32s", paper=f"{PAPER}, Table 2 (FCN-32s); reference net voc-fcn32s", caffe_init=CAFFE_VGG16)
+def fcn32s(num_classes: int = 21, width: float = 1.0, pretrained: bool | str = False,
            weights_path: str | os.PathLike[str] | None = None) -> FCN:
     """FCN-32s: VGG-16 made fully convolutional, one stride-32 score map upsampled 32x."""
     return _build(num_classes, score_stride=32, width=width, pretrained=pretrained, weights_path=weights_path)
 
 
-@register("fcn16s", paper=f"{PAPER}, Table 2 (FCN-16s); reference net voc-fcn16s")
-def fcn16s(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,
+@register("fcn16s", paper=f"{PAPER}, Table 2 (FCN-16s); reference net voc-fcn16s", caffe_init=CAFFE_VGG16)
+def fcn16s(num_classes: int = 21, width: float = 1.0, pretrained: bool | str = False,
            weights_path: str | os.PathLike[str] | None = None) -> FCN:
     """FCN-16s: FCN-32s plus the pool4 skip (Sec 4.2), trained from FCN-32s."""
     return _build(num_classes, score_stride=16, width=width, pretrained=pretrained, weights_path=weights_path)
 
 
-@register("fcn8s", paper=f"{PAPER}, Table 2 (FCN-8s); reference nets voc-fcn8s / voc-fcn8s-atonce")
-def fcn8s(num_classes: int = 21, at_once: bool = False, width: float = 1.0, pretrained: bool = False,
+@register("fcn8s", paper=f"{PAPER}, Table 2 (FCN-8s); reference nets voc-fcn8s / voc-fcn8s-atonce",
+          caffe_init=CAFFE_VGG16)
+def fcn8s(num_classes: int = 21, at_once: bool = False, width: float = 1.0, pretrained: bool | str = False,
           weights_path: str | os.PathLike[str] | None = None) -> FCN:
     """FCN-8s: FCN-16s plus the pool3 skip (Sec 4.2). ``at_once=False`` (default) is the staged
     form, trained from FCN-16s; ``at_once=True`` is ``voc-fcn8s-atonce`` (pool4 x0.01, pool3

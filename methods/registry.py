@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .caffe_weights import CaffeInit
+
 __all__ = ["MethodEntry", "create", "get_entry", "list_methods", "register"]
 
 
@@ -22,13 +24,16 @@ class MethodEntry:
     name: str
     builder: Callable[..., nn.Module]
     paper: str
+    caffe_init: CaffeInit | None = None  # the Caffe ImageNet model the paper fine-tuned from (pretrained="caffe")
 
 
 _REGISTRY: dict[str, MethodEntry] = {}
 
 
-def register(name: str, *, paper: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``builder`` under ``name``; ``paper`` cites the paper and the table or section it follows."""
+def register(name: str, *, paper: str,
+             caffe_init: CaffeInit | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``builder`` under ``name``; ``paper`` cites the paper and the table or section it
+    follows; ``caffe_init`` is the Caffe init model its builder loads with ``pretrained="caffe"``."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
@@ -38,7 +43,7 @@ def register(name: str, *, paper: str) -> Callable[[Callable[..., nn.Module]], C
             )
         if "+" in name:
             raise ValueError(f"method name {name!r} may not contain '+': '+crf' marks a post-processing variant")
-        _REGISTRY[name] = MethodEntry(name=name, builder=builder, paper=paper)
+        _REGISTRY[name] = MethodEntry(name=name, builder=builder, paper=paper, caffe_init=caffe_init)
         return builder
 
     return decorator

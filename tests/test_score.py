@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from test_caffe import _caffe_net, write_caffemodel
 
 import methods
 from benchmarks.data.voc import read_image
@@ -67,28 +68,35 @@ def _cli(args, env):
                           text=True, timeout=600)
 
 
-def test_score_writes_a_record_that_check_and_report_show(tmp_path, small_voc):
+def test_converted_caffemodel_scores_into_a_record_that_check_and_report_show(tmp_path, small_voc):
+    """A dilation8_pascal_voc-style caffemodel (deploy-net layer names, width 1/16, random values)
+    through convert-caffe and score on genuine VOC samples."""
     data = small_voc(tmp_path / "voc", train=1, val=2)
-    torch.manual_seed(0)
-    weights = tmp_path / "released_frontend.pt"
-    torch.save(methods.create("frontend", width=1 / 16).state_dict(), weights)
+    layers, _ = _caffe_net("context_large", methods.create("context_large", width=1 / 16))
+    caffemodel = write_caffemodel(tmp_path / "dilation8_pascal_voc.caffemodel", layers)
+    weights = tmp_path / "dilation8_pascal_voc.pt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SEGREPRO_CACHE": str(tmp_path / "cache")}
+    width = ["--option", "width=0.0625"]
+    converted = _cli(["convert-caffe", str(caffemodel), "--method", "context_large", "--out", str(weights), *width],
+                     env)
+    assert converted.returncode == 0, converted.stderr
     results = tmp_path / "results"
-    scored = _cli(["score", "frontend", "--weights", str(weights), "--width", "0.0625", "--data", str(data),
-                   "--results", str(results)], env)
+    scored = _cli(["score", "context_large", "--weights", str(weights), *width, "--data", str(data),
+                   "--condition", "coco_pretraining=true", "--results", str(results)], env)
     assert scored.returncode == 0, scored.stderr
     [path] = (results / "records").rglob("*.json")
     record = json.loads(path.read_text())
     assert record["profile"] == "released" and record["dataset"]["split"] == "val"
-    assert record["weights_source"].startswith("released released_frontend.pt sha256 ")
+    assert record["weights_source"].startswith("released dilation8_pascal_voc.pt sha256 ")
     assert record["input_convention"] == "pascal-mean" and record["comparable_to_paper"]
+    assert record["conditions"] == {"coco_pretraining": True}
 
-    checked = _cli(["check", "--results", str(results)], env)
-    assert "frontend" in checked.stdout and "needs coco_pretraining=True" in checked.stdout, checked.stdout
+    checked = _cli(["check", "--results", str(results)], env)  # comparable, and far below Table 3: exit 1
+    assert checked.returncode == 1 and "context_large" in checked.stdout and "below" in checked.stdout, checked.stdout
     report = _cli(["report", "--results", str(results), "--reports", str(tmp_path / "reports"), "--runs",
                    str(tmp_path / "runs")], env)
     assert report.returncode == 0, report.stderr
-    assert "released released_frontend.pt sha256" in (tmp_path / "reports" / "report.md").read_text()
+    assert "released dilation8_pascal_voc.pt sha256" in (tmp_path / "reports" / "report.md").read_text()
 
     wrong = _cli(["score", "fcn8s", "--weights", str(weights), "--data", str(data), "--results", str(results)], env)
     assert wrong.returncode == 2 and "do not fit fcn8s" in wrong.stderr and len(wrong.stderr.splitlines()) == 1

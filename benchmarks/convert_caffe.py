@@ -1,0 +1,50 @@
+"""``python -m benchmarks convert-caffe FILE --method NAME --out W.pt``: a ``.caffemodel`` (or
+pytorch-fcn's ``vgg16_from_caffe.pth``) as the state dict of a registered method, by Caffe layer
+name with asserted shapes (``methods.caffe_weights``), saved atomically.
+
+Every source layer must land somewhere (a layer no module takes is an error that names it);
+target tensors the source lacks keep the method's initialisation and are listed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import methods
+from benchmarks.data.voc import NUM_CLASSES
+from benchmarks.files import save_torch
+from methods.caffe_weights import caffe_state_dict, read_caffe_source
+from methods.vgg import LoadReport
+
+__all__ = ["convert_caffe", "parse_options"]
+
+
+def parse_options(items: list[str]) -> dict[str, object]:
+    """``["at_once=true", "width=0.0625"]`` -> builder options (JSON values, else strings)."""
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--option takes KEY=VALUE (a builder argument, e.g. at_once=true), got {item!r}")
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text
+    return options
+
+
+def convert_caffe(source: str | os.PathLike[str], method: str, out: Path,
+                  options: dict[str, object] | None = None) -> LoadReport:
+    """Convert ``source`` into ``method`` (built with ``options``) and save the state dict to ``out``."""
+    options = {"num_classes": NUM_CLASSES, **(options or {})}
+    try:
+        model = methods.create(method, **options)
+    except TypeError as error:  # an option the builder does not take
+        raise ValueError(f"--option for {method}: {error}") from None
+    state, report = caffe_state_dict(model, read_caffe_source(source), str(source))
+    if report.unmapped:
+        raise ValueError(f"{source}: layers that no tensor of {method} takes: {report.unmapped} (is it a model of "
+                         f"{method}? the README's 'Caffe weights' lists which file fits which method)")
+    save_torch(state, out)
+    return report
