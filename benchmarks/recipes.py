@@ -129,6 +129,11 @@ class Recipe:
         """The registered method this recipe trains."""
         return self.network or self.method
 
+    @property
+    def training_splits(self) -> tuple[str, ...]:
+        """``train_split`` and, if any, ``extra_train_split``."""
+        return (self.train_split, *([self.extra_train_split] if self.extra_train_split else []))
+
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 

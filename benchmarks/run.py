@@ -108,9 +108,8 @@ def _initial_weights(plan: RunPlan, source: DatasetSource, recipe: Recipe, seed:
 def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -> dict[str, object]:
     """What determines the weights of one run, and its hash ``key`` (12 hex digits)."""
     recipe = plan.recipe(method)
-    data = [{k: v for k, v in source.facts(split).items() if k != "root"} for split in training_splits(recipe)]
-    identity = {"method": method, "recipe": recipe.as_dict(), "train_data": data[0] if len(data) == 1 else data,
-                "seed": seed,
+    data = [{k: v for k, v in source.facts(split).items() if k != "root"} for split in recipe.training_splits]
+    identity = {"method": method, "recipe": recipe.as_dict(), "train_data": data, "seed": seed,
                 "initial_weights": _initial_weights(plan, source, recipe, seed)}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return {**identity, "key": key}
@@ -127,11 +126,6 @@ def target_record_path(plan: RunPlan, source: DatasetSource, target: str, seed: 
     overridden recipe, so that it never replaces (or pools with) the recipe's own records."""
     key = run_identity(plan, source, target.removesuffix(CRF_SUFFIX), seed)["key"] if plan.overrides else None
     return record_path(plan.results, plan.profile, source.name, target, seed, key=key)
-
-
-def training_splits(recipe: Recipe) -> tuple[str, ...]:
-    """The splits ``recipe`` trains on: ``train_split`` and its ``extra_train_split``, if any."""
-    return (recipe.train_split, *([recipe.extra_train_split] if recipe.extra_train_split else []))
 
 
 def conditions(plan: RunPlan, method: str) -> dict[str, object]:
@@ -154,17 +148,17 @@ def _check_splits(source: DatasetSource, plan: RunPlan, targets: list[str]) -> d
     overlaps, checked = {}, set()
     for target in targets:
         recipe = plan.recipe(target.removesuffix(CRF_SUFFIX))
-        for split in (*training_splits(recipe), recipe.eval_split):
+        for split in (*recipe.training_splits, recipe.eval_split):
             if split not in checked:
                 source.split(split).check()
                 checked.add(split)
-        train_ids = [i for split in training_splits(recipe) for i in source.split(split).ids]
+        train_ids = [i for split in recipe.training_splits for i in source.split(split).ids]
         eval_ids = source.split(recipe.eval_split).ids
         shared = sorted(set(train_ids) & set(eval_ids))
         if shared and not plan.allow_overlap:
+            splits = "+".join(recipe.training_splits)
             raise DataError(f"{recipe.method} would be scored on {len(shared)} of its {len(train_ids)} training images "
-                            f"({'+'.join(training_splits(recipe))} and {recipe.eval_split} share e.g. {shared[:3]}); "
-                            "fix the split "
+                            f"({splits} and {recipe.eval_split} share e.g. {shared[:3]}); fix the split "
                             "lists, or pass --allow-train-eval-overlap (the record is then not comparable)")
         overlaps[recipe.method] = len(shared)
     return overlaps

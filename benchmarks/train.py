@@ -254,7 +254,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
         torch.set_rng_state(state["rng"])
         start = int(state["iteration"])
         progress(f"{recipe.method}: resuming from iteration {start} ({checkpoint_path})")
-    splits = [source.split(name) for name in (recipe.train_split, recipe.extra_train_split) if name is not None]
+    splits = [source.split(name) for name in recipe.training_splits]
     transform = train_transform(recipe.crop, recipe.scale, recipe.flip, _mean_rgb(model),
                                 8 if recipe.loss_on_score_map else 1)
     dataset = ConcatDataset([SegmentationDataset(split, transform) for split in splits])
