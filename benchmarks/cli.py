@@ -118,17 +118,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from benchmarks.data.coco import prepare_coco
     from benchmarks.data.embedded import embedded_root
     from benchmarks.data.prepare_data import prepare_data
+    from benchmarks.data.voc import resolve_voc_root
 
     if args.embedded:
         print(f"embedded dataset (generated, not comparable to the papers): {embedded_root()}")
         return 0
-    if not args.sbd:
-        raise UsageError("pass --sbd PATH (the extracted SBD benchmark.tgz), or --embedded")
-    done = prepare_data(args.data, args.sbd)
-    print(f"{done.voc_root}: trainaug {done.trainaug} ids; SegmentationClassAug written from VOC {done.from_voc}, "
-          f"from SBD {done.from_sbd}, already there {done.kept}")
+    if not (args.sbd or args.coco):
+        raise UsageError("pass --sbd PATH (the extracted SBD benchmark.tgz) and/or --coco PATH (the COCO training "
+                         "set), or --embedded")
+    if args.sbd:
+        done = prepare_data(args.data, args.sbd)
+        print(f"{done.voc_root}: trainaug {done.trainaug} ids; SegmentationClassAug written from VOC {done.from_voc}, "
+              f"from SBD {done.from_sbd}, already there {done.kept}")
+    if args.coco:
+        coco = prepare_coco(resolve_voc_root(args.data), args.coco)
+        print(f"{coco.annotation_file}: coco split {coco.kept} images with a VOC category ({coco.skipped} without, "
+              f"skipped); SegmentationClassCOCO written {coco.written}, already there {coco.already_there}")
     return 0
 
 
@@ -530,9 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=_num_classes, default=21, help="2 to 255 (default 21)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("prepare-data", help="convert SBD into SegmentationClassAug and build the trainaug split")
+    p = sub.add_parser("prepare-data", help="SBD (trainaug split), COCO (coco split) -> VOC labels")
     p.add_argument("--data", type=_folder_name, help="folder holding VOCdevkit (default $SEGREPRO_DATA)")
     p.add_argument("--sbd", help="the extracted SBD archive (benchmark_RELEASE or its dataset folder)")
+    p.add_argument("--coco", help="the COCO folder holding annotations/instances_train2014.json and train2014/ "
+                                  "(or the 2017 names): the coco split of the *_coco recipes")
     p.add_argument("--embedded", action="store_true", help="generate the embedded dataset into the cache and say where")
     p.set_defaults(func=cmd_prepare_data)
     p = sub.add_parser("run", help="train and evaluate methods; one record per run under results/")

@@ -99,6 +99,8 @@ class Recipe:
     width: float = 1.0
     dropout: float | None = None  # None: the paper's dropout; a value replaces p in every dropout layer
     init_from: str | None = None  # a method whose trained weights initialise this one (staged)
+    network: str | None = None  # the registered method built; None: ``method`` (a variant names its network)
+    extra_train_split: str | None = None  # a second split trained on with train_split (Yu & Koltun Sec 5: coco)
     train_only: str | None = None  # train only parameters under this prefix; the rest frozen
     cached_features: bool = False  # train the head on cached outputs of the frozen part
     crf: tuple[tuple[str, float], ...] = tuple((k, float(v)) for k, v in dataclasses.asdict(CRFParams()).items())
@@ -133,6 +135,16 @@ class Recipe:
         except ValueError as error:
             raise RecipeError(f"recipe {self.method} ({self.profile}): crf: {error}") from None
 
+    @property
+    def architecture(self) -> str:
+        """The registered method this recipe trains."""
+        return self.network or self.method
+
+    @property
+    def training_splits(self) -> tuple[str, ...]:
+        """``train_split`` and, if any, ``extra_train_split``."""
+        return (self.train_split, *([self.extra_train_split] if self.extra_train_split else []))
+
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
@@ -161,6 +173,20 @@ PAPER_RECIPES = {
                             train_only="context.", cached_features=True),
 }
 PAPER_RECIPES["context_large"] = dataclasses.replace(PAPER_RECIPES["context_basic"], method="context_large")
+_COCO = "Yu & Koltun Sec 5 (the front end of Table 3)"
+PAPER_RECIPES |= {
+    "frontend_coco_stage1": dataclasses.replace(
+        PAPER_RECIPES["frontend"], method="frontend_coco_stage1", network="frontend", extra_train_split="coco",
+        source=f"{_COCO}, stage 1: VOC trainaug + Microsoft COCO, batch 14, 100k iterations at lr 1e-3, then 40k at "
+               "1e-4", iterations=140_000, schedule="step", step_size=100_000),
+    "frontend_coco": dataclasses.replace(
+        PAPER_RECIPES["frontend"], method="frontend_coco", network="frontend", init_from="frontend_coco_stage1",
+        source=f"{_COCO}, stage 2: VOC trainaug only, 50k iterations at lr 1e-5", iterations=50_000, lr=1e-5),
+}
+for _name in ("context_basic", "context_large"):
+    PAPER_RECIPES[f"{_name}_coco"] = dataclasses.replace(
+        PAPER_RECIPES[_name], method=f"{_name}_coco", network=_name, init_from="frontend_coco",
+        source=f"{PAPER_RECIPES[_name].source}; on the COCO-pretrained front end ({_COCO}, Table 3)")
 
 
 def _quick(recipe: Recipe) -> Recipe:
@@ -192,7 +218,8 @@ def recipe_methods() -> list[str]:
     return sorted(PAPER_RECIPES)
 
 
-CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large")
+CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large", "frontend_coco",
+                     "context_basic_coco", "context_large_coco")
 """Methods the papers also report with dense-CRF post-processing (SPEC section 2): ``NAME+crf``."""
 
 
@@ -222,7 +249,8 @@ def paper_weights(recipe: Recipe) -> Recipe:
 def recipe_for_new_head(method: str, base: Recipe) -> Recipe:
     """The recipe a new head gets from a baseline's (``compare``): the same data, schedule and
     optimiser, trained end to end from the start (no staging)."""
-    return dataclasses.replace(base, method=method, init_from=None, train_only=None, cached_features=False,
+    return dataclasses.replace(base, method=method, network=None, init_from=None, train_only=None,
+                               cached_features=False,
                                source=f"the {base.method} recipe ({base.source}), applied to {method}")
 
 
@@ -262,7 +290,8 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         key, sep, text = item.partition("=")
         if not sep:
             raise RecipeError(f"--set takes key=value, got {item!r}")
-        if key not in hints or key in ("method", "profile"):
-            raise RecipeError(f"--set {key}: unknown recipe key; known: {sorted(set(hints) - {'method', 'profile'})}")
+        if key not in hints or key in ("method", "profile", "network"):
+            known = sorted(set(hints) - {"method", "profile", "network"})
+            raise RecipeError(f"--set {key}: unknown recipe key; known: {known}")
         changes[key] = _convert(text, hints[key], key)
     return dataclasses.replace(recipe, **changes)

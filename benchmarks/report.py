@@ -19,7 +19,7 @@ from benchmarks.compare import seed_interval
 from benchmarks.data.voc import VOC_CLASSES
 from benchmarks.records import load_records, software_summary, weights_summary
 
-__all__ = ["CLAIMS", "claims_table", "write_report"]
+__all__ = ["CLAIMS", "claims_table", "paper_tables", "write_report"]
 
 CLAIMS = (
     ("FCN-8s beats FCN-32s", "fcn8s", "fcn32s"),
@@ -107,6 +107,37 @@ def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
             status = "undecided (interval spans 0)"
         rows.append({"claim": statement, "better": better, "worse": worse, **interval, "verdict": status})
     return rows
+
+
+def paper_tables(records: list[dict[str, object]],
+                 references: list[dict[str, object]]) -> list[tuple[dict[str, object], pd.DataFrame]]:
+    """Each reference set with a ``layout`` (``references.json``; Yu & Koltun's Table 3) as the
+    paper lays it out: a row per network, a column per post-processing (cell = row method +
+    column suffix), the mean mIoU over the seeds of the recipe's own records (no overrides) or
+    "not run", and the paper's number beside. Sets with no cell run are left out."""
+    measured: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        if not record.get("overrides"):
+            measured[record["method"]].append(100 * record["metrics"]["miou"])
+    tables = []
+    for reference in references:
+        layout = reference.get("layout")
+        if not layout:
+            continue
+        cells = {f"{method}{suffix}" for _, method in layout["rows"] for _, suffix in layout["columns"]}
+        if not cells & set(measured):
+            continue
+        rows = []
+        for label, method in layout["rows"]:
+            row: dict[str, object] = {"": label}
+            for column, suffix in layout["columns"]:
+                mious = measured.get(f"{method}{suffix}")
+                seeds = f" ({len(mious)} seeds)" if mious and len(mious) > 1 else ""
+                row[column] = f"{np.mean(mious):.2f}{seeds}" if mious else "not run"
+                row[f"{column}, paper"] = reference["miou"].get(f"{method}{suffix}")
+            rows.append(row)
+        tables.append((reference, pd.DataFrame(rows)))
+    return tables
 
 
 def crf_settings(records: list[dict[str, object]]) -> pd.DataFrame:
@@ -306,6 +337,13 @@ def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
         claims = pd.DataFrame(claims_table(group))
         lines += [("" if comparable else "(Measured here, not comparable to the papers.)\n\n") +
                   claims.to_markdown(index=False, floatfmt=".2f"), ""]
+        for reference, table in paper_tables(group, load_references()):
+            table.to_csv(tables / f"{stem}-{reference['id']}.csv", index=False)
+            written.append(tables / f"{stem}-{reference['id']}.csv")
+            lines += [f"### {reference['source']}: the paper's layout", "",
+                      "Measured mIoU (%) beside the paper's; " + ("comparable records." if comparable else
+                      "**measured here, not comparable to the paper's numbers beside them.**"), "",
+                      table.to_markdown(index=False), ""]
         crf_rows = crf_settings(group)
         if not crf_rows.empty:
             lines += ["### Dense-CRF settings of the `+crf` records", "", crf_rows.to_markdown(index=False), ""]

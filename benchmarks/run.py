@@ -18,6 +18,7 @@ from pathlib import Path
 
 import methods
 from benchmarks.crf.dense_crf import CRFParams, dense_crf
+from benchmarks.data.coco import COCO_SPLIT
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.data.voc import DataError
 from benchmarks.distributed import Distributed
@@ -146,7 +147,7 @@ def _weights_source(recipe: Recipe) -> str:
 def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -> dict[str, object]:
     """What determines the weights of one run, and its hash ``key`` (12 hex digits)."""
     recipe = plan.recipe(method)
-    data = {k: v for k, v in source.facts(recipe.train_split).items() if k != "root"}
+    data = [{k: v for k, v in source.facts(split).items() if k != "root"} for split in recipe.training_splits]
     identity = {"method": method, "recipe": recipe.as_dict(), "train_data": data, "seed": seed,
                 "initial_weights": _initial_weights(plan, source, recipe, seed)}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
@@ -166,6 +167,19 @@ def target_record_path(plan: RunPlan, source: DatasetSource, target: str, seed: 
     return record_path(plan.results, plan.profile, source.name, target, seed, key=key)
 
 
+def conditions(plan: RunPlan, method: str) -> dict[str, object]:
+    """The training conditions a reference set may require (``check``): ``coco_pretraining``, whether
+    ``method`` or a method it starts from (``init_from``) trained on the ``coco`` split (Yu & Koltun
+    Sec 5)."""
+    recipe, chain = plan.recipe(method), []
+    while True:
+        chain.append(recipe)
+        if recipe.init_from is None:
+            break
+        recipe = plan.recipe(recipe.init_from)
+    return {"coco_pretraining": any(r.extra_train_split == COCO_SPLIT for r in chain)}
+
+
 def _check_splits(source: DatasetSource, plan: RunPlan, targets: list[str]) -> dict[str, int]:
     """Before any training: every split the targets read is checked image by image, and the
     training and evaluation splits must not share images (unless ``plan.allow_overlap``).
@@ -173,15 +187,17 @@ def _check_splits(source: DatasetSource, plan: RunPlan, targets: list[str]) -> d
     overlaps, checked = {}, set()
     for target in targets:
         recipe = plan.recipe(target.removesuffix(CRF_SUFFIX))
-        for split in (recipe.train_split, recipe.eval_split):
+        for split in (*recipe.training_splits, recipe.eval_split):
             if split not in checked:
                 source.split(split).check()
                 checked.add(split)
-        train_ids, eval_ids = source.split(recipe.train_split).ids, source.split(recipe.eval_split).ids
+        train_ids = [i for split in recipe.training_splits for i in source.split(split).ids]
+        eval_ids = source.split(recipe.eval_split).ids
         shared = sorted(set(train_ids) & set(eval_ids))
         if shared and not plan.allow_overlap:
+            splits = "+".join(recipe.training_splits)
             raise DataError(f"{recipe.method} would be scored on {len(shared)} of its {len(train_ids)} training images "
-                            f"({recipe.train_split} and {recipe.eval_split} share e.g. {shared[:3]}); fix the split "
+                            f"({splits} and {recipe.eval_split} share e.g. {shared[:3]}); fix the split "
                             "lists, or pass --allow-train-eval-overlap (the record is then not comparable)")
         overlaps[recipe.method] = len(shared)
     return overlaps
@@ -278,10 +294,12 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
         "schema": 2,
         "method": target,
         "base_method": recipe.method,
-        "paper": methods.get_entry(recipe.method).paper,
+        "paper": methods.get_entry(recipe.architecture).paper,
         "profile": recipe.profile,
         "dataset": source.facts(recipe.eval_split),
         "train_dataset": source.facts(recipe.train_split),
+        "extra_train_dataset": source.facts(recipe.extra_train_split) if recipe.extra_train_split else None,
+        "conditions": conditions(plan, recipe.method),
         "weights_source": _weights_source(recipe),
         "init_from": recipe.init_from,
         "trained_weights_sha256": file_sha256(weights),

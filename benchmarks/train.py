@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from benchmarks.data.datasets import DatasetSource, SegmentationDataset
 from benchmarks.data.transforms import train_transform
@@ -99,7 +99,7 @@ class _PlannedBatches(Sampler[list[tuple[int, int]]]):
 
 
 class _SeededAugmentation(Dataset):
-    def __init__(self, dataset: SegmentationDataset, seed: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int) -> None:
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
@@ -169,7 +169,7 @@ class _CsvLog:
             self.tensorboard.close()
 
 
-def _frozen_features(model: nn.Module, dataset: SegmentationDataset, dist_info: Distributed,
+def _frozen_features(model: nn.Module, dataset: Dataset, dist_info: Distributed,
                      description: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The frozen stem's output of every training image (computed once, kept in memory)."""
     stem, _ = model.staged_split()
@@ -271,9 +271,11 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
         torch.set_rng_state(state["rng"])
         start = int(state["iteration"])
         progress(f"{recipe.method}: resuming from iteration {start} ({checkpoint_path})")
-    dataset = SegmentationDataset(source.split(recipe.train_split), training_transform(model, recipe))
+    splits = [source.split(name) for name in recipe.training_splits]
+    transform = training_transform(model, recipe)
+    dataset = ConcatDataset([SegmentationDataset(split, transform) for split in splits])
     if recipe.cached_features:
-        cached = _frozen_features(model, SegmentationDataset(dataset.split), dist_info,
+        cached = _frozen_features(model, ConcatDataset([SegmentationDataset(split) for split in splits]), dist_info,
                                   f"{recipe.method}: caching features")
     part = TrainedPart(model, recipe, channels_last=fast_path(device)[1])
     wrapped: nn.Module = part

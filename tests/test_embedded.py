@@ -14,11 +14,13 @@ from benchmarks.data.embedded import (
     EmbeddedConfig,
     embedded_root,
     generate,
+    render_coco_sample,
     render_sample,
 )
-from benchmarks.data.voc import VOCSplit, read_image, read_label
+from benchmarks.data.voc import NUM_CLASSES, VOCSplit, read_image, read_label
 
-SMALL = EmbeddedConfig(seed=3, train_images=12, val_images=6, crf_holdout_images=4, height=64, width=80)
+SMALL = EmbeddedConfig(seed=3, train_images=12, val_images=6, crf_holdout_images=4, coco_images=10, height=64,
+                       width=80)
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -31,7 +33,8 @@ def test_two_generations_are_byte_identical(tmp_path):
     generate(SMALL, tmp_path / "b")
     first, second = _tree_digest(tmp_path / "a"), _tree_digest(tmp_path / "b")
     assert first == second
-    assert len([p for p in first if p.endswith(".jpg")]) == 22
+    assert len([p for p in first if p.startswith("VOCdevkit/VOC2012/JPEGImages/")]) == 22
+    assert len([p for p in first if p.startswith("coco/train2017/")]) == 10
     generate(EmbeddedConfig(**{**SMALL.__dict__, "seed": 4}), tmp_path / "c")
     assert _tree_digest(tmp_path / "c") != first
 
@@ -49,6 +52,13 @@ def test_loader_round_trips_the_generated_tree(tmp_path):
             error = np.abs(sample.image.astype(int) - image.astype(int)).mean()
             assert error < 10, f"JPEG error {error}"  # the 6-grey-level sensor noise is what JPEG loses
             assert read_label(split.label_path(sample.image_id)).shape == (64, 80)
+    coco = VOCSplit(root, "coco")  # the COCO-format extra set, converted by prepare-data --coco
+    instances = [render_coco_sample(SMALL, k)[1] for k in range(10)]
+    kept = [k for k in range(10) if any(cls < NUM_CLASSES and not crowd for cls, _, crowd in instances[k])]
+    assert coco.ids == [f"{k + 1:012d}" for k in kept] and 0 < len(kept) < 10
+    for index, k in enumerate(kept):
+        drawn = {cls for cls, _, _ in instances[k] if cls < NUM_CLASSES}
+        assert set(np.unique(coco[index].label).tolist()) <= drawn | {0, 255}  # the non-VOC object is background
     with Image.open(train.label_path(train.ids[0])) as png:
         assert png.mode == "P"
     assert read_image(train.image_path(train.ids[0])).shape == (64, 80, 3)

@@ -183,8 +183,11 @@ def test_check_verdicts():
     assert ("voc2012_test", "not comparable") in verdicts
     below = check_records([_record("deeplab_v1", 55.0)], references)
     assert {v["verdict"] for v in below if v["reference"] == "deeplab_v1_table1a"} == {"below"}
-    coco = check_records([_record("context_large", 72.1)], references)
-    assert {v["verdict"] for v in coco if v["reference"] == "yu_koltun_table3"} == {"not comparable"}
+    voc_only = check_records([_record("context_large_coco", 72.1)], references)  # no coco_pretraining condition
+    assert {v["verdict"] for v in voc_only if v["reference"] == "yu_koltun_table3"} == {"not comparable"}
+    coco = check_records([{**_record("context_large_coco+crfrnn", 73.5), "conditions": {"coco_pretraining": True}}],
+                         references)
+    assert [(v["reference"], v["verdict"]) for v in coco] == [("yu_koltun_table3", "reproduced")]
     assert {v["verdict"] for v in check_records([_record("fcn8s", 62.7, False)], references)} == {"not comparable"}
 
 

@@ -42,13 +42,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, voc_palette
+from benchmarks.data.coco import COCO_LABELS, COCO_SPLIT, COCO_TO_VOC, prepare_coco
+from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, voc_palette
 from benchmarks.files import process_alive
 
 __all__ = ["CACHE_ENV_VAR", "CONTEXT_PAIRS", "MARKER", "EmbeddedConfig", "embedded_root", "generate",
            "is_embedded_tree", "render_sample"]
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5  # 5: the COCO-format extra set (coco_images)
 CACHE_ENV_VAR = "SEGREPRO_CACHE"
 MARKER = "SEGREPRO_EMBEDDED.json"
 """Written into the generated ``VOC2012`` folder, so a copy of it is still known to be generated."""
@@ -73,6 +74,7 @@ class EmbeddedConfig:
     train_images: int = 1500
     val_images: int = 100
     crf_holdout_images: int = 100  # `crfholdout`: never trained on, for `crf-search`
+    coco_images: int = 500  # the COCO-format extra set, converted into the `coco` split (about 450 kept)
     height: int = 96
     width: int = 128
     cue_height: int = 20  # the top strip holding the scene's cue object
@@ -159,11 +161,38 @@ def _draw_object(draw: ImageDraw.ImageDraw, cls: int, rng: np.random.Generator, 
     elif rng.random() < 0.5:
         draw.ellipse(box, fill=cls)
     else:
-        corners = int(rng.integers(3, 7))
-        angles = rng.uniform(0, 2 * np.pi) + np.linspace(0, 2 * np.pi, corners, endpoint=False)
-        angles += rng.uniform(-0.3, 0.3, corners) * np.pi / corners
-        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-        draw.polygon([(cx + rx * np.cos(a), cy + ry * np.sin(a)) for a in angles], fill=cls)
+        draw.polygon(_polygon(rng, box, int(rng.integers(3, 7))), fill=cls)
+
+
+def _polygon(rng: np.random.Generator, box: tuple[int, int, int, int], corners: int) -> list[tuple[float, float]]:
+    """A convex-ish polygon of ``corners`` jittered vertices on the ellipse inscribed in ``box``."""
+    x0, y0, x1, y1 = box
+    angles = rng.uniform(0, 2 * np.pi) + np.linspace(0, 2 * np.pi, corners, endpoint=False)
+    angles += rng.uniform(-0.3, 0.3, corners) * np.pi / corners
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    return [(cx + rx * np.cos(a), cy + ry * np.sin(a)) for a in angles]
+
+
+def _paint(config: EmbeddedConfig, rng: np.random.Generator, appearance: np.ndarray,
+           table: dict[int, tuple[np.ndarray, str, int]] = APPEARANCE) -> np.ndarray:
+    """The ``H x W x 3`` uint8 image of a map of appearance classes (0: the background; a key of
+    ``table`` elsewhere): grey textured background, jittered class colours and textures, noise."""
+    h, w = appearance.shape
+    image = np.empty((h, w, 3), dtype=np.float64)
+    image[:] = rng.uniform(80, 170)
+    image += _smooth_field(rng, h, w, 5, 30.0).mean(axis=-1, keepdims=True)  # luminance texture
+    image += _smooth_field(rng, h, w, 4, 8.0)  # faint colour: the background is nearly grey
+    for cls in np.unique(appearance).tolist():
+        if cls == 0:
+            continue
+        colour, texture, period = table[cls]
+        colour = colour * (1 + rng.uniform(-config.colour_jitter, config.colour_jitter, size=3))
+        texture = texture if config.textured else "flat"
+        pattern = _texture(texture, period, h, w, (int(rng.integers(period)), int(rng.integers(period))))
+        mask = appearance == cls
+        image[mask] = (colour[None, :] * pattern[mask][:, None])
+    image += rng.normal(0.0, config.noise_std, size=image.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def render_sample(config: EmbeddedConfig, index: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -189,23 +218,7 @@ def render_sample(config: EmbeddedConfig, index: int) -> tuple[np.ndarray, np.nd
         y0 = int(rng.integers(top, h - size + 1))
         _draw_object(draw, cls, rng, (x0, y0, x0 + size - 1, y0 + size - 1))
     label = np.asarray(canvas).copy()
-
-    image = np.empty((h, w, 3), dtype=np.float64)
-    image[:] = rng.uniform(80, 170)
-    image += _smooth_field(rng, h, w, 5, 30.0).mean(axis=-1, keepdims=True)  # luminance texture
-    image += _smooth_field(rng, h, w, 4, 8.0)  # faint colour: the background is nearly grey
-    for cls in np.unique(label).tolist():
-        if cls == 0:
-            continue
-        colour, texture, period = APPEARANCE[cls]
-        colour = colour * (1 + rng.uniform(-config.colour_jitter, config.colour_jitter, size=3))
-        texture = texture if config.textured else "flat"
-        pattern = _texture(texture, period, h, w, (int(rng.integers(period)), int(rng.integers(period))))
-        mask = label == cls
-        image[mask] = (colour[None, :] * pattern[mask][:, None])
-    image += rng.normal(0.0, config.noise_std, size=image.shape)
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
+    image = _paint(config, rng, label)
     if config.boundary_width > 0:
         k = 2 * (config.boundary_width // 2) + 1
         label_image = Image.fromarray(label)
@@ -213,6 +226,90 @@ def render_sample(config: EmbeddedConfig, index: int) -> tuple[np.ndarray, np.nd
         low = np.asarray(label_image.filter(ImageFilter.MinFilter(k)))
         label = np.where(high != low, IGNORE_INDEX, label).astype(np.uint8)
     return image, label, scene
+
+
+NON_VOC_CATEGORY = "giraffe"
+"""A COCO category outside VOC's 20, drawn in the COCO-format extra set; the conversion makes it background."""
+COCO_APPEARANCE = {**APPEARANCE, NUM_CLASSES: (np.array([150.0, 105.0, 50.0]), "checks", 3)}
+"""The appearance table of the COCO-format images: VOC's, plus the non-VOC category (drawn as class
+``NUM_CLASSES``)."""
+COCO_NAMES = {**{cls: {voc: coco for coco, voc in COCO_TO_VOC.items()}.get(name, name)
+                 for cls, name in enumerate(VOC_CLASSES) if cls}, NUM_CLASSES: NON_VOC_CATEGORY}
+"""Class -> COCO category name (also the category id of the extra set)."""
+
+Instance = tuple[int, "list[tuple[float, float]] | np.ndarray", bool]
+"""(class, polygon vertices or a boolean mask, crowd) of one annotated object."""
+
+
+def render_coco_sample(config: EmbeddedConfig, index: int) -> tuple[np.ndarray, list[Instance]]:
+    """Image ``index`` of the COCO-format extra set and its instances, in drawing order: the same
+    scenes and appearances as the VOC-format images (the cue object decides the context pairs) but
+    COCO's statistics: more and smaller objects, all polygons, overlapping (drawn larger first, the
+    conversion's rule), no boundary bands, a crowd region of a VOC class in a quarter of the images,
+    a non-VOC object in half, and one image in ten without any VOC object. A pure function of
+    (config, index)."""
+    rng = np.random.default_rng([config.seed, 1, index])
+    h, w = config.height, config.width
+    scene, top = int(rng.integers(0, 2)), config.cue_height + config.context_distance
+    pair_of = {c: pair for pair in CONTEXT_PAIRS for c in pair}
+    instances: list[Instance] = []
+    if rng.random() < 0.5:
+        x0, y0 = int(rng.integers(0, w - 24)), int(rng.integers(0, h - 24))
+        instances.append((NUM_CLASSES, _polygon(rng, (x0, y0, x0 + 23, y0 + 23), 5), False))
+    if rng.random() >= 0.1:
+        cue_x, cue_size = int(rng.integers(0, w - config.cue_height + 3)), config.cue_height - 2
+        instances.append((SCENE_CUES[scene], [(cue_x, 1), (cue_x + cue_size, 1), (cue_x + cue_size, cue_size + 1),
+                                              (cue_x, cue_size + 1)], False))
+        classes = np.asarray(config.object_classes)[rng.integers(0, len(config.object_classes), size=8)].tolist()
+        classes = [pair_of[c][scene] if c in pair_of else c for c in classes]
+        room = min(h - top, w)
+        if rng.random() < 0.25:
+            crowd = np.zeros((h, w), bool)
+            y0, x0 = int(rng.integers(top, h - room // 2 + 1)), int(rng.integers(0, w - room + 1))
+            crowd[y0 : y0 + room // 2, x0 : x0 + room] = True
+            instances.append((classes.pop(), crowd, True))
+        sizes = sorted(rng.integers(12, 31, size=int(rng.integers(3, 7))).tolist(), reverse=True)
+        for cls, size in zip(classes, (min(size, room) for size in sizes), strict=False):
+            x0, y0 = int(rng.integers(0, w - size + 1)), int(rng.integers(top, h - size + 1))
+            instances.append((cls, _polygon(rng, (x0, y0, x0 + size - 1, y0 + size - 1), 8), False))
+    canvas = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(canvas)
+    for cls, shape, _ in instances:
+        if isinstance(shape, np.ndarray):
+            canvas.paste(cls, mask=Image.fromarray(shape.astype(np.uint8) * 255))
+        else:
+            draw.polygon(shape, fill=cls)
+    return _paint(config, rng, np.asarray(canvas), COCO_APPEARANCE), instances
+
+
+def _write_coco_set(config: EmbeddedConfig, folder: Path) -> dict[Path, bytes]:
+    """The files of the COCO-format extra set (2017 layout: ``annotations/instances_train2017.json``
+    and ``train2017/<id>.jpg``), path -> bytes."""
+    from pycocotools import mask as coco_mask
+
+    h, w = config.height, config.width
+    files, images, annotations = {}, [], []
+    for index in range(config.coco_images):
+        image, instances = render_coco_sample(config, index)
+        name = f"{index + 1:012d}.jpg"
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=config.jpeg_quality)
+        files[folder / "train2017" / name] = buffer.getvalue()
+        images.append({"id": index + 1, "file_name": name, "height": h, "width": w})
+        for cls, shape, crowd in instances:
+            if crowd:
+                rle = coco_mask.encode(np.asfortranarray(shape.astype(np.uint8)))
+                segmentation = {"size": rle["size"], "counts": rle["counts"].decode()}
+            else:
+                segmentation = [[round(float(v), 2) for point in shape for v in point]]
+                rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, h, w))
+            annotations.append({"id": len(annotations) + 1, "image_id": index + 1, "category_id": cls,
+                                "iscrowd": int(crowd), "segmentation": segmentation,
+                                "area": float(coco_mask.area(rle)), "bbox": coco_mask.toBbox(rle).round(2).tolist()})
+    content = {"images": images, "annotations": annotations,
+               "categories": [{"id": cls, "name": name} for cls, name in COCO_NAMES.items()]}
+    files[folder / "annotations" / "instances_train2017.json"] = json.dumps(content).encode()
+    return files
 
 
 def _encode(image: np.ndarray, label: np.ndarray, quality: int) -> tuple[bytes, bytes]:
@@ -262,6 +359,13 @@ def generate(config: EmbeddedConfig, destination: Path) -> dict[str, object]:
         data = "".join(f"embedded_{i:06d}\n" for i in indices).encode()
         path.write_bytes(data)
         digest[str(path.relative_to(destination))] = hashlib.sha256(data).hexdigest()
+    for path, data in _write_coco_set(config, destination / "coco").items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        digest[str(path.relative_to(destination))] = hashlib.sha256(data).hexdigest()
+    prepare_coco(voc, destination / "coco")
+    for path in [*sorted((voc / COCO_LABELS).iterdir()), voc / "ImageSets" / "Segmentation" / f"{COCO_SPLIT}.txt"]:
+        digest[str(path.relative_to(destination))] = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest = {"name": "embedded", "generator_version": GENERATOR_VERSION, "config": dataclasses.asdict(config),
                 "fingerprint": config.fingerprint(), "scenes": scenes, "sha256": digest,
                 "comparable_to_paper": False}

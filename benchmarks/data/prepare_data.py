@@ -39,7 +39,7 @@ from benchmarks.data.voc import (
 )
 from benchmarks.files import write_bytes_atomic
 
-__all__ = ["PreparedData", "prepare_data", "read_sbd_mat", "resolve_sbd_root", "trainaug_ids"]
+__all__ = ["PreparedData", "palette_png", "prepare_data", "read_sbd_mat", "resolve_sbd_root", "trainaug_ids"]
 
 
 def resolve_sbd_root(sbd: str | os.PathLike[str]) -> Path:
@@ -83,7 +83,7 @@ def trainaug_ids(voc_train: list[str], voc_val: list[str], sbd_train: list[str],
     return sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val))
 
 
-def _palette_png(label: np.ndarray) -> bytes:
+def palette_png(label: np.ndarray) -> bytes:
     image = Image.fromarray(label, mode="P")
     image.putpalette(voc_palette().reshape(-1).tolist())
     buffer = io.BytesIO()
@@ -128,7 +128,7 @@ def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str
         else:
             label = read_sbd_mat(id_path(sbd_root / "cls", image_id, ".mat"))
             counts["sbd"] += 1
-        write_bytes_atomic(target, _palette_png(label))
+        write_bytes_atomic(target, palette_png(label))
     for name, content in (("trainaug.txt", ids), ("sbdtrain.txt", sbd_train), ("sbdval.txt", sbd_val)):
         write_bytes_atomic(lists / name, "".join(f"{i}\n" for i in content).encode())
     return PreparedData(voc, len(ids), counts["voc"], counts["sbd"], counts["kept"])

@@ -60,7 +60,10 @@ SPLITS = {
     "seg11valid": (("Segmentation/seg11valid.txt",), "SegmentationClass"),
     "sbdtrain": (("Segmentation/sbdtrain.txt",), "SegmentationClassAug"),
     "crfholdout": (("Segmentation/crfholdout.txt",), "SegmentationClassAug"),
+    "coco": (("Segmentation/coco.txt",), "SegmentationClassCOCO"),  # `prepare-data --coco` (benchmarks/data/coco.py)
 }
+IMAGE_FOLDERS = {"coco": "JPEGImagesCOCO"}
+"""The image folder of a split whose images are not in ``JPEGImages``."""
 
 
 class DataError(ValueError):
@@ -236,12 +239,12 @@ class VOCSplit:
             raise DataError(f"split list {odd} is not a regular file (a folder or a pipe); replace it with the text "
                             "file of image ids")
         if list_path is None:
-            from_sbd = split in ("trainaug", "sbdtrain")
-            hint = " (run `python -m benchmarks prepare-data --sbd PATH` to build it from SBD)" if from_sbd else ""
+            source = {"trainaug": "--sbd PATH", "sbdtrain": "--sbd PATH", "coco": "--coco PATH"}.get(split)
+            hint = f" (run `python -m benchmarks prepare-data {source}` to build it)" if source else ""
             raise DataError(f"no split list for {split!r}: looked for {[str(p) for p in candidates]}{hint}")
         self.list_path = list_path
         self.ids = read_split(list_path)
-        self.image_dir, self.label_dir = self.root / "JPEGImages", self.root / label_folder
+        self.image_dir, self.label_dir = self.root / IMAGE_FOLDERS.get(split, "JPEGImages"), self.root / label_folder
         missing = [(i, p) for i in self.ids for p in (self.image_path(i), self.label_path(i)) if not p.is_file()]
         if missing:
             image_id, path = missing[0]
