@@ -168,7 +168,7 @@ PAPER_RECIPES = {
                        "trainaug", "val", 14, 60_000, 1e-3, 0.9, 5e-4, crop=500, flip=True, padded_crops=True),
     "context_basic": Recipe("context_basic", "paper", "Yu & Koltun Sec 4: context module trained on front-end "
                             "outputs, batch 60, lr 1e-3, momentum 0.9 (until validation plateaus: 40k here); "
-                            "trains on whole cached maps, not the paper's 66x66 crops; no joint fine-tuning",
+                            "trains on whole cached maps, not the paper's 66x66 crops (joint fine-tuning: NAME_joint)",
                             "trainaug", "val", 60, 40_000, 1e-3, 0.9, 5e-4, init_from="frontend",
                             train_only="context.", cached_features=True),
 }
@@ -183,19 +183,26 @@ PAPER_RECIPES |= {
         PAPER_RECIPES["frontend"], method="frontend_coco", network="frontend", init_from="frontend_coco_stage1",
         source=f"{_COCO}, stage 2: VOC trainaug only, 50k iterations at lr 1e-5", iterations=50_000, lr=1e-5),
 }
+_JOINT = ("fyu/dilation docs/training.md, joint training: the staged front end and context module fine-tuned "
+          "together on 500x500 crops of the padded image, batch 14, lr 1e-5, momentum 0.9 (the paper does not "
+          "describe it and no iteration count is given: 20k here)")
 for _name in ("context_basic", "context_large"):
     PAPER_RECIPES[f"{_name}_coco"] = dataclasses.replace(
         PAPER_RECIPES[_name], method=f"{_name}_coco", network=_name, init_from="frontend_coco",
         source=f"{PAPER_RECIPES[_name].source}; on the COCO-pretrained front end ({_COCO}, Table 3)")
+    PAPER_RECIPES[f"{_name}_joint"] = dataclasses.replace(
+        PAPER_RECIPES["frontend"], method=f"{_name}_joint", network=_name, init_from=_name, source=_JOINT,
+        iterations=20_000, lr=1e-5)
 
 
 def _quick(recipe: Recipe) -> Recipe:
     """The CPU profile: width 1/16, the embedded images whole (the front end: 468 = 2 x 186 + 96
     crops of the padded 96 x 128 images, as the paper recipe crops), a short poly schedule, Adam, no
     dropout, 1,000 steps for the context modules on their cached inputs (400 for the others, 200
-    for the staged FCN-16s/8s). The measurements behind each choice: NOTES.md."""
+    for the staged FCN-16s/8s and joint fine-tuning, and 200 for each of the two COCO front-end
+    stages, the VOC-only front end's 400 split in two). The measurements behind each choice: NOTES.md."""
     staged = recipe.init_from is not None and not recipe.cached_features
-    iterations = 1000 if recipe.cached_features else 200 if staged else 400
+    iterations = 1000 if recipe.cached_features else 200 if staged or recipe.extra_train_split else 400
     return dataclasses.replace(
         recipe, profile="quick", source=f"quick profile derived from: {recipe.source}",
         train_split="trainaug", eval_split="val", batch_size=8, iterations=iterations,
@@ -217,6 +224,13 @@ PROFILES = {
 def recipe_methods() -> list[str]:
     return sorted(PAPER_RECIPES)
 
+
+MAIN_COMMAND_METHODS = ("fcn32s", "fcn16s", "fcn8s", "deeplab_v1", "frontend_coco_stage1", "frontend_coco",
+                        "context_basic_coco", "context_large_coco")
+"""What ``run --all`` trains: every table of SPEC section 2, with the dilation family trained as
+Yu & Koltun's Table 3 was (the COCO chain). The VOC-only ``frontend``/``context_*`` chain and the
+``*_joint`` fine-tuning run by name; leaving them out keeps the main command under 15 minutes
+on a 2-core CPU."""
 
 CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large", "frontend_coco",
                      "context_basic_coco", "context_large_coco")
@@ -241,7 +255,7 @@ def paper_weights(recipe: Recipe) -> Recipe:
     """The paper recipe starts from the method's Caffe init model (SPEC section 6) when its file is
     configured (``$SEGREPRO_CAFFE_VGG16`` and the like, ``methods.caffe_weights``), else from
     torchvision's VGG-16, which records and ``check`` then name as not the papers' weights."""
-    init = methods.get_entry(recipe.method).caffe_init
+    init = methods.get_entry(recipe.architecture).caffe_init
     path = init.path() if init is not None else None
     return dataclasses.replace(recipe, pretrained="caffe") if path is not None and path.is_file() else recipe
 

@@ -103,7 +103,7 @@ def _initial_weights(plan: RunPlan, source: DatasetSource, recipe: Recipe, seed:
     if not recipe.pretrained:
         return {"random": f"seed {seed}"}
     if recipe.pretrained == "caffe":
-        path, sha256 = _caffe_init_sha256(recipe.method)
+        path, sha256 = _caffe_init_sha256(recipe.architecture)
         return {"caffe_init": path.name, "sha256": sha256}
     given = os.environ.get(WEIGHTS_ENV_VAR)
     if given and Path(given).is_file():
@@ -137,8 +137,8 @@ def _caffe_init_sha256(method: str) -> tuple[Path, str]:
 
 def _weights_source(recipe: Recipe) -> str:
     if recipe.pretrained == "caffe":
-        path, sha256 = _caffe_init_sha256(recipe.method)
-        return f"{methods.get_entry(recipe.method).caffe_init.description}, {path.name} sha256 {sha256}"
+        path, sha256 = _caffe_init_sha256(recipe.architecture)
+        return f"{methods.get_entry(recipe.architecture).caffe_init.description}, {path.name} sha256 {sha256}"
     if recipe.pretrained:
         return TORCHVISION_WEIGHTS
     return "random initialisation (He normal trunk; no ImageNet weights)"
@@ -211,7 +211,8 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
     ordered = expand_targets(targets, plan)
     overlaps = _check_splits(source, plan, ordered)
     for method in dict.fromkeys(target.removesuffix(CRF_SUFFIX) for target in ordered):
-        recipe, init = plan.recipe(method), methods.get_entry(method).caffe_init
+        recipe = plan.recipe(method)
+        init = methods.get_entry(recipe.architecture).caffe_init
         if recipe.profile == "paper" and recipe.pretrained is True and init is not None:
             progress(f"NOTE: {method} starts from torchvision's VGG-16; the paper used {init.description} "
                      f"(set ${init.env_var} to {init.file_name})")

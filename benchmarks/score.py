@@ -30,9 +30,21 @@ __all__ = ["RELEASED_PROFILE", "score_weights"]
 RELEASED_PROFILE = "released"
 
 
+def architecture(name: str) -> str:
+    """The registered method behind ``name``: itself, or the network of the paper recipe ``name``
+    (``context_large_coco`` is a ``context_large`` trained as Yu & Koltun's Table 3)."""
+    if name in methods.list_methods():
+        return name
+    try:
+        return get_recipe(name, "paper").architecture
+    except RecipeError:
+        raise ValueError(f"{name!r} is neither a registered method ({', '.join(methods.list_methods())}) nor a "
+                         "recipe (`list`)") from None
+
+
 def _model(method: str, weights: Path, options: dict[str, object], convention: str):
     try:
-        model = methods.create(method, NUM_CLASSES, **options)
+        model = methods.create(architecture(method), NUM_CLASSES, **options)
     except TypeError as error:  # an option the builder does not take
         raise ValueError(f"--option for {method}: {error}") from None
     state = load_weights(weights)
@@ -60,8 +72,10 @@ def score_weights(method: str, weights: Path, source: DatasetSource, *, split: s
                   dist_info: Distributed, options: dict[str, object] | None = None, convention: str = "paper",
                   conditions: dict[str, bool] | None = None, crf_backend: str = "pydensecrf", eval_batch: int = 1,
                   progress: Callable[[str], None] = print) -> Path | None:
-    """Score ``weights`` as ``method`` (``+crf`` with the paper recipe's CRF parameters when
-    ``crf``) on ``split``; returns the record written (``None`` on a non-main DDP process).
+    """Score ``weights`` as ``method`` (a registered method, or a paper recipe's name such as
+    ``context_large_coco`` for a COCO-trained large context network; ``+crf`` with the paper
+    recipe's CRF parameters when ``crf``) on ``split``; returns the record written (``None`` on a
+    non-main DDP process).
     ``options`` go to the method's builder (``width``, ``at_once`` for fcn8s-atonce).
     ``convention``: ``paper`` (the Caffe-trained releases) or ``torchvision``. ``conditions`` are
     the user's statement of how the weights were trained (e.g. ``coco_pretraining``)."""
@@ -80,7 +94,7 @@ def score_weights(method: str, weights: Path, source: DatasetSource, *, split: s
         "schema": 2,
         "method": target,
         "base_method": method,
-        "paper": methods.get_entry(method).paper,
+        "paper": methods.get_entry(architecture(method)).paper,
         "profile": RELEASED_PROFILE,
         "dataset": source.facts(split),
         "train_dataset": None,

@@ -16,6 +16,7 @@ __all__ = [
     "TORCHVISION_VGG",
     "BilinearUpsample",
     "CaffeInterp",
+    "CaffeZoom",
     "Crop",
     "InputConvention",
     "ReflectPad101",
@@ -205,6 +206,29 @@ class CaffeInterp(nn.Module):
     def forward(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         size = (reference.shape[-2], reference.shape[-1])
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+class CaffeZoom(CaffeInterp):
+    """Caffe's ``Interp`` with ``zoom_factor`` (and fyu/dilation's ``util.interp_map``): score k
+    lands on pixel ``zoom * k``, bilinear between neighbouring scores; the last score row and
+    column are repeated where the reference reaches past them, then the result is cropped to the
+    reference's size."""
+
+    def __init__(self, zoom: int) -> None:
+        super().__init__()
+        self.zoom = zoom
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        height, width = reference.shape[-2], reference.shape[-1]
+        rows, columns = x.shape[-2], x.shape[-1]
+        if (height - 1) > self.zoom * rows or (width - 1) > self.zoom * columns:
+            raise ValueError(f"a {rows}x{columns} score map zoomed x{self.zoom} cannot cover {height}x{width}")
+        x = F.pad(x, (0, 1, 0, 1), mode="replicate")
+        size = (self.zoom * rows + 1, self.zoom * columns + 1)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)[..., :height, :width]
+
+    def extra_repr(self) -> str:
+        return f"zoom={self.zoom}"
 
 
 def reflect_pad_101(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:

@@ -6,9 +6,11 @@ Front end (Sec 4): VGG-16 with pool4 and pool5 removed; conv5_x dilated by 2 and
 4096) dilated by 4; no padding inside the network ("we removed the padding of the intermediate
 feature maps"); instead the input is reflection-padded (official: a 186-px margin,
 ``BORDER_REFLECT_101``; a 900x900 input gives a 66x66 output); ``final`` is a 1x1 C-way layer
-initialised N(0, 0.001^2); score stride 8; the scores are upsampled x8 by a fixed bilinear
-deconvolution (k16, s8, p4 in ``network.py``), which lines each score up with the centre of its
-receptive field.
+initialised N(0, 0.001^2); score stride 8. The scores are zoomed x8 as the deploy net's test
+code does (``util.py: interp_map``; the deploy prototxt has no deconvolution): score k on pixel
+8k, where its training label sits (``label_slice`` at offset 186 of the padded crop), 3.5 px
+before the centre of its receptive field. (``network.py``'s k16 s8 p4 deconvolution belongs to
+the ``--up`` variant trained on full-resolution labels.)
 
 Context module (Sec 3, Table 1): 8 layers; 3x3 convolutions in layers 1-7 with dilations
 1, 1, 2, 4, 8, 16, 1 and a 1x1 layer 8; ReLU after layers 1-7; no padding inside: the input is
@@ -25,11 +27,10 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .caffe_weights import VGG_CONV
-from .common import InputConvention, ReflectPad101, SegmentationModel, UpsampleCrop, reflect_pad_101, scaled_channels
+from .common import CaffeZoom, InputConvention, ReflectPad101, SegmentationModel, reflect_pad_101, scaled_channels
 from .registry import register
 from .vgg import TrunkLayout, add_vgg16_trunk, apply_pretrained, fc_as_convolutions, run_layers
 
@@ -162,7 +163,7 @@ class ContextNetwork(SegmentationModel):
         nn.init.normal_(self.final.weight, std=0.001)
         nn.init.zeros_(self.final.bias)
         self.context = context
-        self.final_upsample = UpsampleCrop(num_classes, 16, 8, padding=4)
+        self.final_upsample = CaffeZoom(8)
 
     def frontend_scores(self, x: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
         """The front end's stride-8 scores (the context module's input)."""
@@ -181,8 +182,8 @@ class ContextNetwork(SegmentationModel):
         """fyu/dilation's test procedure (``test.py: test_image``, ``util.py: interp_map``): pad the
         image by 186 (reflect-101); cut it into 900 x 900 tiles whose 528 x 528 cores tile the image,
         each reflect-padded at its bottom and right edges to 900; softmax of each tile's 66 x 66
-        scores; then zoom x8 bilinearly with score k on pixel 8k (not the deconvolution of
-        ``forward``, which puts it on 8k + 3.5, the centre of its receptive field)."""
+        scores; then zoom the probabilities x8 with score k on pixel 8k, as ``forward`` zooms the
+        scores of the whole image."""
         height, width = x.shape[-2:]
         margin, core = self.input_margin, TEST_TILE - 2 * self.input_margin
         padded = reflect_pad_101(x, margin, margin, margin, margin)
@@ -194,11 +195,7 @@ class ContextNetwork(SegmentationModel):
                 tile = reflect_pad_101(tile, 0, TEST_TILE - tile.shape[-2], 0, TEST_TILE - tile.shape[-1])
                 row.append(torch.softmax(self.score_map_of_padded(tile).float(), dim=1))
             rows.append(torch.cat(row, dim=-1))
-        probabilities = F.pad(torch.cat(rows, dim=-2), (0, 1, 0, 1), mode="replicate")  # interp_map reads h // 8 + 1
-        n, m = probabilities.shape[-2:]
-        zoomed = F.interpolate(probabilities, size=(8 * (n - 1) + 1, 8 * (m - 1) + 1), mode="bilinear",
-                               align_corners=True)
-        return zoomed[..., :height, :width]
+        return self.final_upsample(torch.cat(rows, dim=-2), x)
 
     def staged_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
         """Yu & Koltun Sec 4: the context module is trained on the front end's output."""

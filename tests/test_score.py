@@ -81,7 +81,7 @@ def test_converted_caffemodel_scores_into_a_record_that_check_and_report_show(tm
                      env)
     assert converted.returncode == 0, converted.stderr
     results = tmp_path / "results"
-    scored = _cli(["score", "context_large", "--weights", str(weights), *width, "--data", str(data),
+    scored = _cli(["score", "context_large_coco", "--weights", str(weights), *width, "--data", str(data),
                    "--condition", "coco_pretraining=true", "--results", str(results)], env)
     assert scored.returncode == 0, scored.stderr
     [path] = (results / "records").rglob("*.json")
@@ -92,7 +92,8 @@ def test_converted_caffemodel_scores_into_a_record_that_check_and_report_show(tm
     assert record["conditions"] == {"coco_pretraining": True}
 
     checked = _cli(["check", "--results", str(results)], env)  # comparable, and far below Table 3: exit 1
-    assert checked.returncode == 1 and "context_large" in checked.stdout and "below" in checked.stdout, checked.stdout
+    assert checked.returncode == 1 and "yu_koltun_table3" in checked.stdout, checked.stdout
+    assert "context_large_coco" in checked.stdout and "below" in checked.stdout, checked.stdout
     report = _cli(["report", "--results", str(results), "--reports", str(tmp_path / "reports"), "--runs",
                    str(tmp_path / "runs")], env)
     assert report.returncode == 0, report.stderr
