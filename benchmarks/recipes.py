@@ -44,6 +44,9 @@ _RULES: tuple[tuple[str, Callable[[typing.Any], bool], str], ...] = (
      "values > 0 for each of w1, theta_alpha and theta_beta (crf-search --w1 1,2 ... sets them; --set cannot)"),
     ("batch_size", _count, _COUNT),
     ("iterations", _count, _COUNT),
+    ("crfrnn_iterations", _count, _COUNT),
+    ("crfrnn_lr", _positive, "a finite number > 0"),
+    ("crfrnn_images", lambda v: v is None or _count(v), f"none or {_COUNT}"),
     ("log_every", _count, _COUNT),
     ("checkpoint_every", _count, _COUNT),
     ("lr", lambda v: _positive(v) and v <= 1e12, "a number in (0, 1e12] (beyond, float32 updates overflow)"),
@@ -101,6 +104,12 @@ class Recipe:
     crf_grid: tuple[tuple[str, tuple[float, ...]], ...] = (  # crf-search: DeepLab's coarse grid (SPEC 5)
         ("w1", (5.0, 6.0, 7.0, 8.0, 9.0, 10.0)), ("theta_alpha", (50.0, 60.0, 70.0, 80.0, 90.0, 100.0)),
         ("theta_beta", (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)))
+    # NAME+crfrnn (benchmarks/crfrnn_stage.py): CRF-RNN steps (one image each) on the frozen network,
+    # their lr, and how many training images they cycle through (None: the whole split). Neither
+    # Yu & Koltun nor Zheng et al. give a schedule for a CRF-RNN on a frozen network: these are ours.
+    crfrnn_iterations: int = 2000
+    crfrnn_lr: float = 1e-3
+    crfrnn_images: int | None = None
     log_every: int = 20
     checkpoint_every: int = 500
 
@@ -165,6 +174,7 @@ def _quick(recipe: Recipe) -> Recipe:
         crf=(("w1", 5.0), ("theta_alpha", 20.0), ("theta_beta", 5.0), ("w2", 3.0), ("theta_gamma", 3.0),
              ("iterations", 10.0)),
         crf_grid=(("w1", (3.0, 5.0, 8.0)), ("theta_alpha", (10.0, 20.0, 40.0)), ("theta_beta", (3.0, 5.0, 10.0))),
+        crfrnn_iterations=40, crfrnn_lr=1e-2, crfrnn_images=40,
     )
 
 
@@ -179,7 +189,8 @@ def recipe_methods() -> list[str]:
 
 
 CRF_STAGE_METHODS = ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large")
-"""Methods the papers also report with dense-CRF post-processing (SPEC section 2): ``NAME+crf``."""
+"""Methods the papers also report with dense-CRF post-processing (SPEC section 2): ``NAME+crf``, and
+with a CRF-RNN trained on top (Yu & Koltun Table 3; here for all five): ``NAME+crfrnn``."""
 
 
 def get_recipe(method: str, profile: str, extra: tuple[Recipe, ...] = ()) -> Recipe:
