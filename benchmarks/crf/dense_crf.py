@@ -10,6 +10,7 @@ w1·exp(−|Δp|²/2θα² − |ΔI|²/2θβ²) + w2·exp(−|Δp|²/2θγ²); m
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,7 +121,8 @@ def _pydensecrf(image: torch.Tensor, probs: torch.Tensor, params: CRFParams) -> 
     return torch.from_numpy(refined)
 
 
-_POSITION_LATTICES: dict[tuple, PermutohedralLattice] = {}
+_POSITION_LATTICES: OrderedDict[tuple, PermutohedralLattice] = OrderedDict()
+_KEPT_POSITION_LATTICES = 4
 
 
 def _position_lattice(shapes: list[tuple[int, int]], width: float, position: torch.Tensor,
@@ -129,8 +131,10 @@ def _position_lattice(shapes: list[tuple[int, int]], width: float, position: tor
     pixels: kept for the next batch of the same sizes (most VOC images are 500x375)."""
     key = (tuple(shapes), width, str(position.device))
     if key not in _POSITION_LATTICES:
-        _POSITION_LATTICES.clear()
         _POSITION_LATTICES[key] = PermutohedralLattice(position / width, segment)
+        if len(_POSITION_LATTICES) > _KEPT_POSITION_LATTICES:
+            _POSITION_LATTICES.popitem(last=False)
+    _POSITION_LATTICES.move_to_end(key)
     return _POSITION_LATTICES[key]
 
 
