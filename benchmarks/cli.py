@@ -212,14 +212,13 @@ def _dataset(data: str | None) -> DatasetSource:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmarks.distributed import Distributed
-    from benchmarks.recipes import CRF_STAGE_METHODS, recipe_methods
-    from benchmarks.run import CRF_SUFFIX, run
+    from benchmarks.run import main_command_targets, run
 
     _import_modules(args.imports)
     if args.all and args.methods:
         raise UsageError(f"pass either --all or method names, not both (got --all and {' '.join(args.methods)})")
     if args.all:
-        targets = [*recipe_methods(), *(f"{m}{CRF_SUFFIX}" for m in CRF_STAGE_METHODS)]
+        targets = main_command_targets()
     elif args.methods:
         targets = args.methods
     else:
@@ -546,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedded", action="store_true", help="generate the embedded dataset into the cache and say where")
     p.set_defaults(func=cmd_prepare_data)
     p = sub.add_parser("run", help="train and evaluate methods; one record per run under results/")
-    p.add_argument("methods", nargs="*", help="method names, NAME+crf for the CRF variant")
-    p.add_argument("--all", action="store_true", help="every method with a recipe and every +crf variant")
+    p.add_argument("methods", nargs="*", help="method names, NAME+crf for the CRF variant, NAME+crfrnn for CRF-RNN")
+    p.add_argument("--all", action="store_true", help="every method with a recipe and every +crf and +crfrnn variant")
     _add_run_options(p)
     p.add_argument("--rerun", action="store_true", help="train and score again, replacing existing records")
     p.add_argument("--reports", default="reports")

@@ -1,5 +1,6 @@
 """``python -m benchmarks run``: train and evaluate methods, resolving staged dependencies, and
-write one record per (method, seed); ``NAME+crf`` reuses the trained network and adds the CRF.
+write one record per (method, seed); ``NAME+crf`` reuses the trained network and adds the CRF,
+``NAME+crfrnn`` trains a CRF-RNN on top of the frozen network and scores with it.
 
 A run is identified by everything that determines its weights (method, effective recipe, training
 data, seed, initial weights): its folder under ``runs/`` is named by that identity's hash, so
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import methods
 from benchmarks.crf.dense_crf import CRFParams, dense_crf
+from benchmarks.crfrnn_stage import crfrnn_refine, crfrnn_training, trained_crfrnn
 from benchmarks.data.coco import COCO_SPLIT
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.data.voc import DataError
@@ -25,15 +27,39 @@ from benchmarks.distributed import Distributed
 from benchmarks.evaluation import Evaluation, evaluate
 from benchmarks.files import file_sha256
 from benchmarks.networks import build_trained, run_folder, run_lock
-from benchmarks.recipes import Recipe, RecipeError, apply_overrides, get_recipe
+from benchmarks.recipes import (
+    CRF_STAGE_METHODS,
+    MAIN_COMMAND_CRFRNN,
+    MAIN_COMMAND_METHODS,
+    Recipe,
+    RecipeError,
+    apply_overrides,
+    get_recipe,
+)
 from benchmarks.records import TORCHVISION_WEIGHTS, environment, git_commit, hardware, record_path, write_record
 from benchmarks.train import train
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
-__all__ = ["RunPlan", "caffe_init_file", "expand_targets", "run", "run_identity", "searched_crf", "target_record_path",
-           "weights_path"]
+__all__ = ["CRFRNN_SUFFIX", "CRF_SUFFIX", "RunPlan", "base_method", "caffe_init_file", "expand_targets",
+           "main_command_targets", "run", "run_identity", "searched_crf", "target_record_path", "weights_path"]
 
 CRF_SUFFIX = "+crf"
+CRFRNN_SUFFIX = "+crfrnn"
+
+
+def main_command_targets() -> list[str]:
+    """What ``run --all`` runs: ``MAIN_COMMAND_METHODS``, the ``+crf`` variant of each that has one,
+    and the ``+crfrnn`` variants of ``MAIN_COMMAND_CRFRNN``."""
+    return [*MAIN_COMMAND_METHODS, *(f"{m}{CRF_SUFFIX}" for m in CRF_STAGE_METHODS if m in MAIN_COMMAND_METHODS),
+            *(f"{m}{CRFRNN_SUFFIX}" for m in MAIN_COMMAND_CRFRNN)]
+
+
+def base_method(target: str) -> str:
+    """The network a target scores: ``NAME`` of ``NAME``, ``NAME+crf`` and ``NAME+crfrnn``."""
+    for suffix in (CRF_SUFFIX, CRFRNN_SUFFIX):
+        if target.endswith(suffix):
+            return target.removesuffix(suffix)
+    return target
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +91,7 @@ def expand_targets(names: list[str], plan: RunPlan) -> list[str]:
     ordered: list[str] = []
 
     def visit(name: str, chain: tuple[str, ...] = ()) -> None:
-        base = name.removesuffix(CRF_SUFFIX)
+        base = base_method(name)
         if base in chain:
             cycle = " -> ".join((*chain, base))
             raise RecipeError(f"recipes ({plan.profile}) start from each other in a cycle: {cycle} (init_from); set "
@@ -148,7 +174,9 @@ def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -
     """What determines the weights of one run, and its hash ``key`` (12 hex digits)."""
     recipe = plan.recipe(method)
     data = [{k: v for k, v in source.facts(split).items() if k != "root"} for split in recipe.training_splits]
-    identity = {"method": method, "recipe": recipe.as_dict(), "train_data": data, "seed": seed,
+    # The CRF-RNN stage's fields do not change the network's weights (and leave existing runs' keys as they were).
+    trained = {k: v for k, v in recipe.as_dict().items() if not k.startswith("crfrnn_")}
+    identity = {"method": method, "recipe": trained, "train_data": data, "seed": seed,
                 "initial_weights": _initial_weights(plan, source, recipe, seed)}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return {**identity, "key": key}
@@ -163,7 +191,7 @@ def weights_path(plan: RunPlan, source: DatasetSource, method: str, seed: int) -
 def target_record_path(plan: RunPlan, source: DatasetSource, target: str, seed: int) -> Path:
     """The record of ``target``: ``seed<k>.json``, or ``seed<k>-<identity key>.json`` for an
     overridden recipe, so that it never replaces (or pools with) the recipe's own records."""
-    key = run_identity(plan, source, target.removesuffix(CRF_SUFFIX), seed)["key"] if plan.overrides else None
+    key = run_identity(plan, source, base_method(target), seed)["key"] if plan.overrides else None
     return record_path(plan.results, plan.profile, source.name, target, seed, key=key)
 
 
@@ -186,7 +214,7 @@ def _check_splits(source: DatasetSource, plan: RunPlan, targets: list[str]) -> d
     Returns the overlap per base method."""
     overlaps, checked = {}, set()
     for target in targets:
-        recipe = plan.recipe(target.removesuffix(CRF_SUFFIX))
+        recipe = plan.recipe(base_method(target))
         for split in (*recipe.training_splits, recipe.eval_split):
             if split not in checked:
                 source.split(split).check()
@@ -210,7 +238,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
     ``plan.rerun``; a replaced record is kept as ``.superseded``)."""
     ordered = expand_targets(targets, plan)
     overlaps = _check_splits(source, plan, ordered)
-    for method in dict.fromkeys(target.removesuffix(CRF_SUFFIX) for target in ordered):
+    for method in dict.fromkeys(base_method(target) for target in ordered):
         recipe = plan.recipe(method)
         init = methods.get_entry(recipe.architecture).caffe_init
         if recipe.profile == "paper" and recipe.pretrained is True and init is not None:
@@ -219,9 +247,10 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
     records: dict[tuple[str, int], Path] = {}
     for seed in plan.seeds:
         for target in ordered:
-            base = target.removesuffix(CRF_SUFFIX)
+            base = base_method(target)
             weights = weights_path(plan, source, base, seed)
-            scored = target in targets or (target == base and f"{base}{CRF_SUFFIX}" in targets)
+            scored = target in targets or (target == base and any(f"{base}{suffix}" in targets
+                                                                  for suffix in (CRF_SUFFIX, CRFRNN_SUFFIX)))
             with run_lock(weights.parent, enabled=dist_info.is_main):
                 path = _run_one(target, seed, source=source, plan=plan, dist_info=dist_info, progress=progress,
                                 trained=not weights.is_file() or (plan.rerun and target == base and target in targets),
@@ -234,7 +263,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
 def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, dist_info: Distributed,
              progress: Callable[[str], None], trained: bool, scored: bool, overlap: int) -> Path | None:
     """Train (when ``trained``) and score (when ``scored``) one target of one seed; the record's path."""
-    base = target.removesuffix(CRF_SUFFIX)
+    base = base_method(target)
     recipe = plan.recipe(base)
     path = target_record_path(plan, source, target, seed)
     weights = weights_path(plan, source, base, seed)
@@ -249,11 +278,13 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
         return None  # a dependency only: trained, not scored
     weights_sha = file_sha256(weights)
     crf, crf_source = searched_crf(target_record_path(plan, source, base, seed), weights_sha, recipe) \
-        if target.endswith(CRF_SUFFIX) else (None, None)
+        if target != base else (None, None)
+    crfrnn = crfrnn_training(recipe, crf, weights_sha, seed) if target.endswith(CRFRNN_SUFFIX) else None
     if path.exists() and not plan.rerun:
         recorded = json.loads(path.read_text())
         if recorded.get("trained_weights_sha256") == weights_sha and recorded.get("crf") == (asdict(crf) if crf
-                                                                                             else None):
+                                                                                             else None) \
+                and (recorded.get("crfrnn") or {}).get("key") == (crfrnn or {}).get("key"):
             progress(f"{target} seed {seed}: record {path} exists; reusing it (--rerun to replace)")
             return path
         progress(f"{target} seed {seed}: record {path} was not produced from {weights} (missing or retrained, e.g. "
@@ -261,6 +292,11 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
                  "is kept as .superseded")
     model = build_trained(recipe, weights).to(dist_info.device)
     refine = (lambda image, probs, params=crf: dense_crf(image, probs, params, plan.crf_backend)) if crf else None
+    if crfrnn is not None:
+        module, measured = trained_crfrnn(model, source.split(recipe.train_split), crfrnn, weights.parent,
+                                          dist_info.device, progress)
+        crfrnn = {**crfrnn, **measured}
+        refine = crfrnn_refine(module)
     started = time.perf_counter()
     result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, batch_size=plan.eval_batch)
     eval_seconds = time.perf_counter() - started
@@ -269,7 +305,9 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
                          dist_info=dist_info, weights=weights, overlap=overlap,
                          wall_time={"train": round(train_seconds, 1), "evaluate": round(eval_seconds, 1)})
         if crf is not None:
-            record.update(crf_source=crf_source, crf_backend=plan.crf_backend)
+            record.update(crf_source=crf_source, crf_backend="torch (CRF-RNN)" if crfrnn else plan.crf_backend)
+        if crfrnn is not None:
+            record.update(crfrnn=crfrnn)
         write_record(path, record, result.counts, result.image_ids, overwrite=True)
         progress(f"{target} seed {seed}: mIoU {100 * result.metrics['miou']:.2f} -> {path}")
     return path

@@ -7,7 +7,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from benchmarks.crf.dense_crf import CRFParams, dense_crf, dense_crf_batch
-from benchmarks.crf.permutohedral import PermutohedralLattice
+from benchmarks.crf.permutohedral import PermutohedralLattice, _radix
 from benchmarks.data.voc import VOCSplit
 from benchmarks.evaluation import ConfusionMatrix
 
@@ -105,6 +105,21 @@ def test_lattice_approximates_exact_gaussian_filtering():
     correlation = np.corrcoef(exact.flatten().numpy(), approximate.flatten().numpy())[0, 1]
     assert correlation > 0.95
     assert (exact - approximate).abs().mean() < 0.1 * exact.abs().mean() + 0.05
+
+
+def test_vertex_names_are_one_to_one():
+    """The mixed-radix code that names lattice vertices (and simplices) gives distinct rows distinct
+    codes, whichever column is widest (a first column wider than the last once collided)."""
+    rng = np.random.default_rng(6)
+    rows = torch.from_numpy(np.stack([rng.integers(-40, 40, 5000), rng.integers(0, 3, 5000),
+                                      rng.integers(-2, 2, 5000)], 1))
+    low, strides = _radix(rows, 4)
+    for shift in (0, 4, -4):  # neighbours (+-margin in a column) are named without collisions too
+        moved = rows.clone()
+        moved[:, 0] += shift
+        codes = ((moved - low) * strides).sum(1)
+        assert torch.unique(codes).numel() == torch.unique(moved, dim=0).shape[0]
+    assert _radix(torch.tensor([[0, 0], [2**40, 2**40]]), 0) is None  # too wide for int64: said, not wrapped
 
 
 def test_batch_equals_one_image_at_a_time():

@@ -235,6 +235,7 @@ def test_claims_need_three_seeds_and_an_interval():
     assert seed_interval([1.0, 2.0, 3.0])["low"] == pytest.approx(2.0 - 4.303 * 1.0 / np.sqrt(3))
     assert next(c for c in claims_table(records[:1] + records[3:4]) if c["better"] == "fcn8s")["verdict"] == \
         "not enough seeds"
+    assert not any("context" in c["better"] for c in claims_table(records))  # neither side run: left out
 
 
 def test_quick_profile_replaces_dropout_and_paper_keeps_it():

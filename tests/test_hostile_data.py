@@ -233,6 +233,8 @@ LR = "a number in (0, 1e12] (beyond, float32 updates overflow)"
 @pytest.mark.parametrize(("override", "allowed"), [
     ("iterations=0", COUNT), ("iterations=-5", COUNT), ("batch_size=0", COUNT), ("crop=0", f"none or {COUNT}"),
     ("checkpoint_every=0", COUNT), ("log_every=0", COUNT),
+    ("crfrnn_iterations=0", COUNT), ("crfrnn_images=0", f"none or {COUNT}"),
+    ("crfrnn_lr=0", "a finite number > 0"), ("crfrnn_lr=nan", "a finite number > 0"),
     ("loss=bogus", "mean or sum"), ("optimizer=rmsprop", "sgd or adam"), ("schedule=cosine", "fixed, step or poly"),
     ("lr=nan", LR), ("lr=0", LR), ("lr=inf", LR), ("lr=1e30", LR),
     ("crf_grid=w1:5", "values > 0 for each of w1, theta_alpha and theta_beta (crf-search --w1 1,2 ... sets them; "

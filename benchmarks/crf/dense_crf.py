@@ -10,15 +10,16 @@ w1·exp(−|Δp|²/2θα² − |ΔI|²/2θβ²) + w2·exp(−|Δp|²/2θγ²); m
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from benchmarks.crf.permutohedral import PermutohedralLattice
+from benchmarks.crf.permutohedral import LatticeStack, PermutohedralLattice
 from benchmarks.validate import is_finite_number, is_whole_number
 
-__all__ = ["BACKENDS", "CRFParams", "TorchDenseCRF", "check_inputs", "dense_crf", "dense_crf_batch"]
+__all__ = ["BACKENDS", "CRFKernels", "CRFParams", "TorchDenseCRF", "check_inputs", "dense_crf", "dense_crf_batch"]
 
 
 @dataclass(frozen=True)
@@ -120,57 +121,76 @@ def _pydensecrf(image: torch.Tensor, probs: torch.Tensor, params: CRFParams) -> 
     return torch.from_numpy(refined)
 
 
-class _NormalizedKernel:
-    """``K v`` with the reference's symmetric normalisation ``D^-1/2 K D^-1/2``, ``D = K 1``."""
+_POSITION_LATTICES: OrderedDict[tuple, PermutohedralLattice] = OrderedDict()
+_KEPT_POSITION_LATTICES = 4
 
-    def __init__(self, features: torch.Tensor, segments: torch.Tensor) -> None:
-        self.lattice = PermutohedralLattice(features, segments)
-        ones = torch.ones(features.shape[0], 1, device=features.device)
-        self.norm = torch.rsqrt(self.lattice.filter(ones) + 1e-20)
 
-    def __call__(self, values: torch.Tensor) -> torch.Tensor:
-        return self.lattice.filter(values * self.norm) * self.norm
+def _position_lattice(shapes: list[tuple[int, int]], width: float, position: torch.Tensor,
+                      segment: torch.Tensor) -> PermutohedralLattice:
+    """The smoothness kernel's lattice depends on the image sizes and ``θγ`` only, not on the
+    pixels: kept for the next batch of the same sizes (most VOC images are 500x375)."""
+    key = (tuple(shapes), width, str(position.device))
+    if key not in _POSITION_LATTICES:
+        _POSITION_LATTICES[key] = PermutohedralLattice(position / width, segment)
+        if len(_POSITION_LATTICES) > _KEPT_POSITION_LATTICES:
+            _POSITION_LATTICES.popitem(last=False)
+    _POSITION_LATTICES.move_to_end(key)
+    return _POSITION_LATTICES[key]
+
+
+class CRFKernels:
+    """The pixels of a batch of images (``3 x H x W`` uint8, sizes may differ) as the points of the
+    dense CRF's two kernels; ``stack`` builds them, normalised, for given widths."""
+
+    def __init__(self, images: list[torch.Tensor], device: torch.device) -> None:
+        self.device = device
+        self.sizes = [tuple(image.shape[1:]) for image in images]
+        positions, colours, segments = [], [], []
+        for index, (image, (height, width)) in enumerate(zip(images, self.sizes, strict=True)):
+            rows, cols = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32),
+                                        torch.arange(width, device=device, dtype=torch.float32), indexing="ij")
+            positions.append(torch.stack([cols.reshape(-1), rows.reshape(-1)], 1))
+            colours.append(image.to(device).reshape(3, -1).t().float())
+            segments.append(torch.full((height * width,), index, device=device, dtype=torch.long))
+        self.position, self.colour, self.segment = torch.cat(positions), torch.cat(colours), torch.cat(segments)
+        self._stacks: dict[tuple, LatticeStack] = {}
+
+    def stack(self, theta_gamma: float, theta_alpha: float, theta_beta: float,
+              dtype: torch.dtype = torch.float32) -> LatticeStack:
+        """The smoothness and appearance kernels (in that order) with the reference's symmetric
+        normalisation (pydensecrf's default ``NORMALIZE_SYMMETRIC``: ``D^-1/2 K D^-1/2``, ``D = K 1``)."""
+        key = (theta_gamma, theta_alpha, theta_beta, dtype)
+        if key not in self._stacks:
+            self._stacks = {}  # a parameter search moves on to the next widths
+            smoothness = _position_lattice(self.sizes, theta_gamma, self.position, self.segment)
+            appearance = PermutohedralLattice(torch.cat([self.position / theta_alpha, self.colour / theta_beta], 1),
+                                              self.segment)
+            stack = LatticeStack([smoothness, appearance], dtype=dtype)
+            ones = torch.ones(self.position.shape[0], 1, device=self.device, dtype=dtype)
+            stack.set_scales([torch.rsqrt(norm[:, 0] + 1e-20) for norm in stack.filter_each(ones)])
+            self._stacks[key] = stack
+        return self._stacks[key]
 
 
 class TorchDenseCRF:
     """The ``torch`` backend for a fixed batch of images: the lattices are built once per kernel
     width and reused across ``refine`` calls (a parameter search changes only the weights most of
-    the time). Krähenbühl & Koltun's mean field:
-    ``Q = softmax(-U + w2 K_gauss Q + w1 K_bilateral Q)``, ``U = -log p``."""
+    the time). Krähenbühl & Koltun's mean field, ``Q = softmax(-U + w2 K_gauss Q + w1 K_bilateral Q)``,
+    ``U = -log p``; both kernels are one ``LatticeStack``: one splat and one slice per iteration."""
 
     def __init__(self, images: list[torch.Tensor], probabilities: list[torch.Tensor]) -> None:
-        self.device = probabilities[0].device
         self.shapes = [tuple(p.shape) for p in probabilities]
         classes = self.shapes[0][0]
         if any(shape[0] != classes for shape in self.shapes):
             raise ValueError("all probability maps of a batch must have the same number of classes")
-        positions, colours, segments = [], [], []
-        for index, (image, (_, height, width)) in enumerate(zip(images, self.shapes, strict=True)):
-            rows, cols = torch.meshgrid(torch.arange(height, device=self.device, dtype=torch.float32),
-                                        torch.arange(width, device=self.device, dtype=torch.float32), indexing="ij")
-            positions.append(torch.stack([cols.reshape(-1), rows.reshape(-1)], 1))
-            colours.append(image.to(self.device).reshape(3, -1).t().float())
-            segments.append(torch.full((height * width,), index, device=self.device, dtype=torch.long))
-        self.position, self.colour, self.segment = torch.cat(positions), torch.cat(colours), torch.cat(segments)
+        self.kernels = CRFKernels(images, probabilities[0].device)
         self.unary = torch.cat([-torch.log(p.clamp(1e-8, 1.0)).reshape(classes, -1).t() for p in probabilities])
-        self._kernels: dict[tuple[float, ...], _NormalizedKernel] = {}
-
-    def _kernel(self, *widths: float) -> _NormalizedKernel:
-        if widths not in self._kernels:
-            if len(self._kernels) >= 2:  # the smoothness kernel and the current appearance kernel
-                self._kernels = {k: v for k, v in self._kernels.items() if len(k) == 1}
-            if len(widths) == 1:
-                features = self.position / widths[0]
-            else:
-                features = torch.cat([self.position / widths[0], self.colour / widths[1]], 1)
-            self._kernels[widths] = _NormalizedKernel(features, self.segment)
-        return self._kernels[widths]
 
     def refine(self, params: CRFParams) -> list[torch.Tensor]:
-        smoothness = self._kernel(params.theta_gamma)
-        appearance = self._kernel(params.theta_alpha, params.theta_beta)
+        stack = self.kernels.stack(params.theta_gamma, params.theta_alpha, params.theta_beta)
+        weights = (params.w2, params.w1)
         q = torch.softmax(-self.unary, 1)
         for _ in range(params.iterations):
-            q = torch.softmax(-self.unary + params.w2 * smoothness(q) + params.w1 * appearance(q), 1)
+            q = torch.softmax(stack.slice(stack.blur(stack.splat(q), weights)) - self.unary, 1)
         parts = q.split([height * width for _, height, width in self.shapes])
         return [part.t().reshape(shape).contiguous() for part, shape in zip(parts, self.shapes, strict=True)]
