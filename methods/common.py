@@ -77,6 +77,7 @@ class SegmentationModel(nn.Module):
     paper_input_convention: InputConvention = CAFFE_VGG
 
     final_upsample: nn.Module  # called as final_upsample(scores, input) -> scores at input size
+    unused_parameters: bool = False  # some parameters take no gradient (auxiliary outputs): DDP must look for them
 
     def staged_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
         """For models trained in stages on the cached output of a frozen part: ``(stem, head)``

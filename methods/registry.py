@@ -8,7 +8,7 @@ module it returns is a :class:`SegmentationModel`: it maps a normalised image ba
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -22,15 +22,20 @@ class MethodEntry:
     name: str
     builder: Callable[..., nn.Module]
     paper: str
+    details: dict[str, object] = field(default_factory=dict)  # what a record states beside the paper (JSON)
 
 
 _REGISTRY: dict[str, MethodEntry] = {}
 
 
-def register(name: str, *, paper: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``builder`` under ``name``; ``paper`` cites the paper and the table or section it follows."""
+Builder = Callable[..., nn.Module]
 
-    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+
+def register(name: str, *, paper: str, details: dict[str, object] | None = None) -> Callable[[Builder], Builder]:
+    """Register ``builder`` under ``name``; ``paper`` cites the paper and the table or section it follows;
+    ``details`` (JSON values) is what the method's records state about it besides (e.g. a config)."""
+
+    def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(
                 f"method {name!r} is already registered (by {_REGISTRY[name].builder.__module__}."
@@ -38,7 +43,7 @@ def register(name: str, *, paper: str) -> Callable[[Callable[..., nn.Module]], C
             )
         if "+" in name:
             raise ValueError(f"method name {name!r} may not contain '+': '+crf' marks a post-processing variant")
-        _REGISTRY[name] = MethodEntry(name=name, builder=builder, paper=paper)
+        _REGISTRY[name] = MethodEntry(name=name, builder=builder, paper=paper, details=dict(details or {}))
         return builder
 
     return decorator
