@@ -108,8 +108,9 @@ def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -
     """What determines the weights of one run, and its hash ``key`` (12 hex digits)."""
     recipe = plan.recipe(method)
     data = {k: v for k, v in source.facts(recipe.train_split).items() if k != "root"}
-    identity = {"method": method, "recipe": recipe.as_dict(), "train_data": data, "seed": seed,
-                "initial_weights": _initial_weights(plan, source, recipe, seed)}
+    details = methods.get_entry(method).details  # e.g. an mmseg head's config and package versions
+    identity = {"method": method, **({"method_details": details} if details else {}), "recipe": recipe.as_dict(),
+                "train_data": data, "seed": seed, "initial_weights": _initial_weights(plan, source, recipe, seed)}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return {**identity, "key": key}
 
@@ -229,11 +230,13 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
             wall_time: dict[str, float]) -> dict[str, object]:
     comparable, reason = _comparable(source, recipe, plan.overrides, overlap)
     identity = run_identity(plan, source, recipe.method, seed)
+    entry = methods.get_entry(recipe.method)
     return {
         "schema": 2,
         "method": target,
         "base_method": recipe.method,
-        "paper": methods.get_entry(recipe.method).paper,
+        "paper": entry.paper,
+        **({"method_details": entry.details} if entry.details else {}),
         "profile": recipe.profile,
         "dataset": source.facts(recipe.eval_split),
         "train_dataset": source.facts(recipe.train_split),
