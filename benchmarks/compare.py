@@ -116,6 +116,8 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
             effective = plan.recipe(new)
             progress(f"{why} ({effective.iterations} iterations x {effective.batch_size} images)")
     records = run([new, *baselines], source, plan, dist_info)
+    if not dist_info.is_main:  # under torchrun the main process writes the records and compares them
+        return []
     rows = []
     for baseline in baselines:
         for seed in plan.seeds:

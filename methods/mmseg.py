@@ -76,6 +76,10 @@ norm_cfg; the paper and the mmsegmentation config they come from)."""
 
 
 def _compiled_op(name: str) -> object:
+    """What the stand-in ``mmcv.ops`` gives for any other name: a callable that raises when used."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+
     def unavailable(*args: object, **kwargs: object) -> None:
         raise RuntimeError(f"mmcv.ops.{name} is a compiled op, absent from mmcv-lite; install the full mmcv "
                            "(with its compiled ops) to use a head that needs it")
@@ -98,15 +102,11 @@ def _shim_mmcv_ops() -> None:
     spec.loader.exec_module(point_sample)
     ops = types.ModuleType("mmcv.ops", "mmcv-lite stand-in (segrepro): point_sample only; compiled ops raise")
     ops.point_sample = point_sample.point_sample
-    ops.__getattr__ = lambda name: _compiled_op(name) if not name.startswith("__") else _no_attribute(name)
+    ops.__getattr__ = _compiled_op
     sys.modules["mmcv.ops"], sys.modules["mmcv.ops.point_sample"] = ops, point_sample
     mmcv.ops = ops
     warnings.warn("mmcv has no compiled ops (mmcv-lite): segrepro installed a stand-in mmcv.ops with the pure-PyTorch "
                   "point_sample; heads that need compiled ops (CCHead, PSAHead) raise when built", stacklevel=2)
-
-
-def _no_attribute(name: str) -> None:
-    raise AttributeError(name)
 
 
 def _head_registry() -> object:
