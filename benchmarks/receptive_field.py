@@ -343,7 +343,7 @@ def _op_name(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
 
 
 def _node_geometry(node: torch.fx.Node, args: tuple, kwargs: dict, modules: dict[str, nn.Module],
-                   opaque: dict[nn.Module, Field]) -> tuple[object, int, int]:
+                   opaque: set[nn.Module]) -> tuple[object, int, int]:
     """Value of one call node (a field, the size of a traced tensor, or ``None`` for values that
     hold no input pixel: constants, sizes computed from shapes), with kernel and dilation."""
     target = node.target
@@ -361,7 +361,7 @@ def _node_geometry(node: torch.fx.Node, args: tuple, kwargs: dict, modules: dict
         return None, 1, 1
     try:
         if node.op == "call_module" and modules[target] in opaque:
-            return opaque[modules[target]], 1, 1
+            return GLOBAL, 1, 1
         if node.op == "call_module":
             return _module_geometry(modules[target], args)
         return _function_geometry(node, args, kwargs, fields), 1, 1
@@ -384,44 +384,42 @@ class _Analysis:
         return self.layers[-1].geometry
 
 
-_MAX_OPAQUE = 8
 _PROBE_SIZE = 96  # input pixels of the forward pass that gives an opaque module's input shapes
 
 
 def _analyse(model: nn.Module, method: str) -> _Analysis:
     """Trace ``model.<method>`` (in evaluation mode: a module that updates its state while training,
-    e.g. EMANet's bases, must not store a traced value) and compute every node's field. A module
-    the analysis cannot follow (torch.fx cannot trace it, or it applies an op without a rule, e.g.
-    the matrix products of attention) becomes opaque, innermost first: one call, whose field is
-    ``"global"`` where :func:`_depends_on_everything` measures so, else unknown."""
+    e.g. EMANet's bases, must not store a traced value) and compute every node's field. Where the
+    analysis cannot follow a module (torch.fx cannot trace it, or it applies an op without a rule,
+    e.g. the matrix products of attention), the innermost enclosing module that
+    :func:`_depends_on_everything` measures global becomes one opaque call with a global field;
+    without one, the field stays unknown, naming the op."""
     root = model if method == "forward" else _MethodAsForward(model, method)
     training = model.training
     model.eval()
     try:
-        opaque: dict[nn.Module, Field] = {}
-        for _ in range(_MAX_OPAQUE):
+        opaque: set[nn.Module] = set()
+        while True:
             tracer = _Tracer(frozenset(opaque))
             try:
                 graph = tracer.trace(root)
             except Exception as error:  # a user's module can fail to trace in any way (TraceError, TypeError, ...)
-                culprit = _innermost(root, [name for name, _ in tracer.module_stack.values()], opaque)
-                if culprit is None:
-                    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    failed = LayerGeometry("output", "output", 1, 1,
-                                           _unknown(f"torch.fx cannot trace {method}: {reason}"))
-                    return _Analysis(torch.fx.Graph(), {}, {}, [failed])
-                opaque[culprit] = _opaque_field(root, culprit)
-                continue
+                found = _global_module(root, [name for name, _ in tracer.module_stack.values()], opaque)
+                if found is not None:
+                    opaque.add(found)
+                    continue
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                failed = LayerGeometry("output", "output", 1, 1, _unknown(f"torch.fx cannot trace {method}: {reason}"))
+                return _Analysis(torch.fx.Graph(), {}, {}, [failed])
             modules = dict(root.named_modules())
             env, layers = _forward_geometry(graph, modules, opaque)
             origin = next((node for node in graph.nodes if isinstance(env.get(node), Unbounded)
                            and env[node] is not GLOBAL), None)
             stack = [name for name, _ in origin.meta.get("nn_module_stack", {}).values()] if origin else []
-            culprit = _innermost(root, stack, opaque)
-            if culprit is None:
-                break
-            opaque[culprit] = _opaque_field(root, culprit)
-        return _Analysis(graph, modules, env, layers)
+            found = _global_module(root, stack, opaque)
+            if found is None:
+                return _Analysis(graph, modules, env, layers)
+            opaque.add(found)
     finally:
         model.train(training)
 
@@ -430,22 +428,17 @@ _RULED = (*_LEAVES, *_PASS_THROUGH, *_PADS, nn.Conv2d, nn.ConvTranspose2d, nn.Ma
           nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def _innermost(root: nn.Module, stack: list[str], opaque: dict[nn.Module, Field]) -> nn.Module | None:
-    """The innermost module of a traced module ``stack`` (qualified names) that is not opaque yet,
-    not the root and not one the analysis has a rule for."""
+def _global_module(root: nn.Module, stack: list[str], opaque: set[nn.Module]) -> nn.Module | None:
+    """The innermost module of a traced module ``stack`` (qualified names), other than the root,
+    the opaque ones and those the analysis has a rule for, whose output depends on its whole input."""
     modules = dict(root.named_modules())
     for name in reversed(stack):
         module = modules.get(name)
-        if module is not None and module is not root and module not in opaque and not isinstance(module, _RULED):
+        if module is None or module is root or module in opaque or isinstance(module, _RULED):
+            continue
+        if _depends_on_everything(root, module):
             return module
     return None
-
-
-def _opaque_field(root: nn.Module, module: nn.Module) -> Field:
-    name = next(n for n, m in root.named_modules() if m is module).removeprefix("model.")
-    if _depends_on_everything(root, module):
-        return GLOBAL
-    return _unknown(f"{type(module).__name__} {name}: the analysis cannot follow it")
 
 
 def _depends_on_everything(root: nn.Module, module: nn.Module) -> bool:
@@ -499,7 +492,7 @@ def analytic_geometry(model: nn.Module, method: str = "forward") -> list[LayerGe
     return _analyse(model, method).layers
 
 
-def _forward_geometry(graph: torch.fx.Graph, modules: dict[str, nn.Module], opaque: dict[nn.Module, Field]
+def _forward_geometry(graph: torch.fx.Graph, modules: dict[str, nn.Module], opaque: set[nn.Module]
                       ) -> tuple[dict[torch.fx.Node, object], list[LayerGeometry]]:
     env: dict[torch.fx.Node, object] = {}
     layers: list[LayerGeometry] = []
