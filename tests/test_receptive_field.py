@@ -65,6 +65,9 @@ def test_analytic_field_of_a_unit_equals_the_gradient_support(name):
     if receptive_field(model) == "global":  # one corner pixel changes the opposite corner's scores, 448 px away
         torch.manual_seed(0)  # (farther than half of any finite field here: at most 436 px, mmseg_fcn's)
         model.eval()
+        with torch.no_grad():  # positive / fan-in: every ReLU passes, no softmax saturates, DANet's gates open
+            for parameter in model.parameters():
+                parameter.uniform_(0.5, 1.5).div_(parameter[0].numel() if parameter.dim() > 1 else 1)
         image = torch.rand(1, 3, 449, 449, dtype=torch.float64)
         moved = image.clone()
         moved[..., 0, 0] += 1
