@@ -616,7 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="a new registered head against baselines: paired bootstrap CI of the mIoU gap")
     p.add_argument("new")
     p.add_argument("--baseline", type=_names, required=True, help="comma-separated baseline methods")
-    p.add_argument("--recipe-from", help="whose recipe the new head uses (default: the first baseline)")
+    p.add_argument("--recipe-from", help="whose recipe the new head uses (default: the baseline sharing its trunk, "
+                                         "staged the same way; printed)")
     p.add_argument("--resamples", type=_positive_int, default=2000)
     p.add_argument("--json", action="store_true")
     _add_run_options(p)

@@ -22,8 +22,8 @@ from benchmarks.data.voc import NUM_CLASSES
 from benchmarks.files import load_torch, process_alive
 from benchmarks.recipes import Recipe
 
-__all__ = ["RunLocked", "architecture_recipe", "build_model", "build_trained", "load_weights", "recipe_from_record",
-           "run_folder", "run_lock"]
+__all__ = ["RunLocked", "architecture_recipe", "build_model", "build_trained", "load_weights", "parameter_shapes",
+           "recipe_from_record", "run_folder", "run_lock", "staged_head_prefix"]
 
 
 class RunLocked(RuntimeError):
@@ -98,6 +98,24 @@ def build_model(recipe: Recipe, dependency_weights: Path | None = None) -> nn.Mo
             if isinstance(module, nn.modules.dropout._DropoutNd):
                 module.p = recipe.dropout
     return model
+
+
+def parameter_shapes(method: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter of ``method`` at width 1 (built on the ``meta`` device)."""
+    with torch.device("meta"):
+        model = methods.create(method, NUM_CLASSES)
+    return {name: tuple(parameter.shape) for name, parameter in model.named_parameters()}
+
+
+def staged_head_prefix(method: str) -> str | None:
+    """The parameter-name prefix of the head that ``method``'s ``staged_split`` trains (``"head."``),
+    or ``None`` when the method has no staged split."""
+    with torch.device("meta"):
+        model = methods.create(method, NUM_CLASSES)
+    split = model.staged_split()
+    if split is None:
+        return None
+    return next(f"{name}." for name, module in model.named_modules() if module is split[1])
 
 
 def architecture_recipe(recipe: Recipe) -> Recipe:

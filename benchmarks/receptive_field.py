@@ -250,8 +250,12 @@ _LEAVES = (UpsampleCrop, CaffeInterp, Crop, BilinearUpsample, ReflectPad101, Sca
 
 
 class _Tracer(torch.fx.Tracer):
+    def __init__(self, opaque: frozenset[nn.Module] = frozenset()) -> None:
+        super().__init__()
+        self.opaque = opaque
+
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, _LEAVES) or super().is_leaf_module(module, qualified_name)
+        return module in self.opaque or isinstance(module, _LEAVES) or super().is_leaf_module(module, qualified_name)
 
 
 def _module_geometry(module: nn.Module, args: tuple) -> tuple[Field, int, int]:
@@ -338,8 +342,8 @@ def _op_name(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
     return f"{module}.{node.target.__name__}" if module else node.target.__name__
 
 
-def _node_geometry(node: torch.fx.Node, args: tuple, kwargs: dict, modules: dict[str, nn.Module]
-                   ) -> tuple[object, int, int]:
+def _node_geometry(node: torch.fx.Node, args: tuple, kwargs: dict, modules: dict[str, nn.Module],
+                   opaque: set[nn.Module]) -> tuple[object, int, int]:
     """Value of one call node (a field, the size of a traced tensor, or ``None`` for values that
     hold no input pixel: constants, sizes computed from shapes), with kernel and dilation."""
     target = node.target
@@ -356,6 +360,8 @@ def _node_geometry(node: torch.fx.Node, args: tuple, kwargs: dict, modules: dict
     if not fields:
         return None, 1, 1
     try:
+        if node.op == "call_module" and modules[target] in opaque:
+            return GLOBAL, 1, 1
         if node.op == "call_module":
             return _module_geometry(modules[target], args)
         return _function_geometry(node, args, kwargs, fields), 1, 1
@@ -378,17 +384,106 @@ class _Analysis:
         return self.layers[-1].geometry
 
 
+_PROBE_SIZE = 96  # input pixels of the forward pass that gives an opaque module's input shapes
+
+
 def _analyse(model: nn.Module, method: str) -> _Analysis:
+    """Trace ``model.<method>`` (in evaluation mode: a module that updates its state while training,
+    e.g. EMANet's bases, must not store a traced value) and compute every node's field. Where the
+    analysis cannot follow a module (torch.fx cannot trace it, or it applies an op without a rule,
+    e.g. the matrix products of attention), the innermost enclosing module that
+    :func:`_depends_on_everything` measures global becomes one opaque call with a global field;
+    without one, the field stays unknown, naming the op."""
     root = model if method == "forward" else _MethodAsForward(model, method)
+    training = model.training
+    model.eval()
     try:
-        graph = _Tracer().trace(root)
-    except Exception as error:  # a user's module can fail to trace in any way (TraceError, TypeError, ...)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        failed = LayerGeometry("output", "output", 1, 1, _unknown(f"torch.fx cannot trace {method}: {reason}"))
-        return _Analysis(torch.fx.Graph(), {}, {}, [failed])
+        opaque: set[nn.Module] = set()
+        while True:
+            tracer = _Tracer(frozenset(opaque))
+            try:
+                graph = tracer.trace(root)
+            except Exception as error:  # a user's module can fail to trace in any way (TraceError, TypeError, ...)
+                found = _global_module(root, [name for name, _ in tracer.module_stack.values()], opaque)
+                if found is not None:
+                    opaque.add(found)
+                    continue
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                failed = LayerGeometry("output", "output", 1, 1, _unknown(f"torch.fx cannot trace {method}: {reason}"))
+                return _Analysis(torch.fx.Graph(), {}, {}, [failed])
+            modules = dict(root.named_modules())
+            env, layers = _forward_geometry(graph, modules, opaque)
+            origin = next((node for node in graph.nodes if isinstance(env.get(node), Unbounded)
+                           and env[node] is not GLOBAL), None)
+            stack = [name for name, _ in origin.meta.get("nn_module_stack", {}).values()] if origin else []
+            found = _global_module(root, stack, opaque)
+            if found is None:
+                return _Analysis(graph, modules, env, layers)
+            opaque.add(found)
+    finally:
+        model.train(training)
+
+
+_RULED = (*_LEAVES, *_PASS_THROUGH, *_PADS, nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.Upsample,
+          nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _global_module(root: nn.Module, stack: list[str], opaque: set[nn.Module]) -> nn.Module | None:
+    """The innermost module of a traced module ``stack`` (qualified names), other than the root,
+    the opaque ones and those the analysis has a rule for, whose output depends on its whole input."""
     modules = dict(root.named_modules())
-    env, layers = _forward_geometry(graph, modules)
-    return _Analysis(graph, modules, env, layers)
+    for name in reversed(stack):
+        module = modules.get(name)
+        if module is None or module is root or module in opaque or isinstance(module, _RULED):
+            continue
+        if _depends_on_everything(root, module):
+            return module
+    return None
+
+
+def _depends_on_everything(root: nn.Module, module: nn.Module) -> bool:
+    """Whether ``module``'s output depends on its whole input, measured: its inputs in a forward
+    pass of ``root`` on a 96-pixel image (their shapes only; on the ``meta`` device for ``list``),
+    then a copy of ``module`` in float64 with positive weights (every ReLU passes, every attention
+    weight is positive) on positive inputs: changing the input maps' unit in one corner changes
+    the output unit in the opposite corner, both ways (perturbation rather than gradients: heads
+    such as EMANet compute their attention maps without gradient)."""
+    captured: list[tuple[tuple, dict]] = []
+    hook = module.register_forward_pre_hook(lambda _, args, kwargs: captured.append((args, kwargs)) and None,
+                                            with_kwargs=True)
+    try:
+        with torch.no_grad():
+            root(torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE, device=next(root.parameters()).device))
+    except Exception:  # a model that does not run at this size: no measurement
+        return False
+    finally:
+        hook.remove()
+    if not captured:
+        return False
+    probe = copy.deepcopy(module).to_empty(device="cpu").double().eval()
+    generator = torch.Generator().manual_seed(1234)
+    _positive_weights(probe, generator)
+    inputs = torch.fx.node.map_aggregate(captured[0], lambda v: torch.rand(
+        v.shape, generator=generator, dtype=torch.float64) + 0.5 if isinstance(v, torch.Tensor) else v)
+
+    def run(corner: tuple[int, int] | None) -> torch.Tensor:
+        def moved(value: object) -> object:
+            if not (isinstance(value, torch.Tensor) and value.dim() == 4 and corner is not None):
+                return value
+            value = value.clone()
+            value[..., corner[0], corner[1]] += 1.0
+            return value
+
+        args, kwargs = torch.fx.node.map_aggregate(inputs, moved)
+        with torch.no_grad():
+            output = probe(*args, **kwargs)
+        return output[0] if isinstance(output, tuple | list) else output
+
+    unchanged = run(None)
+    if unchanged.dim() != 4:
+        return False
+    return all(bool((run(source)[..., target[0], target[1]] != unchanged[..., target[0], target[1]]).any())
+               for source, target in (((0, 0), (-1, -1)), ((-1, -1), (0, 0))))
 
 
 def analytic_geometry(model: nn.Module, method: str = "forward") -> list[LayerGeometry]:
@@ -397,7 +492,7 @@ def analytic_geometry(model: nn.Module, method: str = "forward") -> list[LayerGe
     return _analyse(model, method).layers
 
 
-def _forward_geometry(graph: torch.fx.Graph, modules: dict[str, nn.Module]
+def _forward_geometry(graph: torch.fx.Graph, modules: dict[str, nn.Module], opaque: set[nn.Module]
                       ) -> tuple[dict[torch.fx.Node, object], list[LayerGeometry]]:
     env: dict[torch.fx.Node, object] = {}
     layers: list[LayerGeometry] = []
@@ -414,7 +509,7 @@ def _forward_geometry(graph: torch.fx.Graph, modules: dict[str, nn.Module]
                 output = _unknown("an output that is not one tensor")
             layers.append(LayerGeometry("output", "output", 1, 1, output))
         else:
-            env[node], kernel, dilation = _node_geometry(node, args, kwargs, modules)
+            env[node], kernel, dilation = _node_geometry(node, args, kwargs, modules, opaque)
             if node.op == "call_module":
                 layers.append(LayerGeometry(str(node.target).removeprefix("model."),
                                             type(modules[node.target]).__name__, kernel, dilation, env[node]))
@@ -512,6 +607,27 @@ def receptive_field(model: nn.Module, method: str = "forward") -> int | str:
     return max(sizes)
 
 
+def _positive_weights(probe: nn.Module, generator: torch.Generator) -> None:
+    """Weights U(0.5, 1.5) / fan-in, biases 0 (every ReLU passes, no softmax saturates); buffers
+    (left empty by ``to_empty``) a neutral BN (mean 0, variance 1), other float buffers positive."""
+    with torch.no_grad():
+        for module in probe.modules():
+            for name, parameter in module.named_parameters(recurse=False):
+                if name == "bias":
+                    parameter.zero_()
+                else:
+                    fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
+                    parameter.copy_((torch.rand(parameter.shape, generator=generator, dtype=parameter.dtype) + 0.5)
+                                    / fan_in)
+            for name, buffer in module.named_buffers(recurse=False):
+                if not buffer.is_floating_point() or name == "running_mean":
+                    buffer.zero_()
+                elif name == "running_var":
+                    buffer.fill_(1.0)
+                else:
+                    buffer.copy_(torch.rand(buffer.shape, generator=generator, dtype=buffer.dtype) + 0.5)
+
+
 class _MethodAsForward(nn.Module):
     def __init__(self, model: nn.Module, method: str) -> None:
         super().__init__()
@@ -539,16 +655,7 @@ def empirical_receptive_field(model: nn.Module, input_size: int, in_channels: in
     """Measured receptive field of output unit (``unit``, ``unit``) (default: the central one) of
     ``model.<method>`` on an ``input_size`` square input (which must contain the whole field)."""
     probe = copy.deepcopy(model).double().eval()
-    generator = torch.Generator().manual_seed(1234)
-    with torch.no_grad():
-        for module in probe.modules():
-            for name, parameter in module.named_parameters(recurse=False):
-                if name == "bias":
-                    parameter.zero_()
-                else:
-                    fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
-                    parameter.copy_((torch.rand(parameter.shape, generator=generator, dtype=torch.float64) + 0.5)
-                                    / fan_in)
+    _positive_weights(probe, torch.Generator().manual_seed(1234))
     forward = probe if method == "forward" else getattr(probe, method)
     support = torch.zeros(input_size, input_size, dtype=torch.bool)
     for seed in seeds:

@@ -274,12 +274,20 @@ def paper_weights(recipe: Recipe) -> Recipe:
     return dataclasses.replace(recipe, pretrained="caffe") if path is not None and path.is_file() else recipe
 
 
-def recipe_for_new_head(method: str, base: Recipe) -> Recipe:
-    """The recipe a new head gets from a baseline's (``compare``): the same data, schedule and
-    optimiser, trained end to end from the start (no staging)."""
+def recipe_for_new_head(method: str, base: Recipe, *, staged: bool = False, head: str | None = None) -> Recipe:
+    """The recipe a new head gets from a baseline's (``compare``): the same data, schedule,
+    optimiser and number of images seen. ``staged`` keeps the baseline's staging (started from the
+    same trained ``init_from`` run; where the baseline trains only its head, possibly on cached
+    features, only ``head``, the new method's head prefix, is trained); otherwise end to end."""
+    if staged:
+        train_only = head if base.train_only is not None else None
+        what = f"only {train_only.rstrip('.')} trained" if train_only else "all trained"
+        return dataclasses.replace(base, method=method, network=None, train_only=train_only,
+                                   source=f"the {base.method} recipe ({base.source}), staged like it ({what}), "
+                                          f"applied to {method}")
     return dataclasses.replace(base, method=method, network=None, init_from=None, train_only=None,
                                cached_features=False,
-                               source=f"the {base.method} recipe ({base.source}), applied to {method}")
+                               source=f"the {base.method} recipe ({base.source}), applied to {method} end to end")
 
 
 def _convert(text: str, annotation: object, key: str) -> object:

@@ -176,8 +176,9 @@ def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -
     data = [{k: v for k, v in source.facts(split).items() if k != "root"} for split in recipe.training_splits]
     # The CRF-RNN stage's fields do not change the network's weights (and leave existing runs' keys as they were).
     trained = {k: v for k, v in recipe.as_dict().items() if not k.startswith("crfrnn_")}
-    identity = {"method": method, "recipe": trained, "train_data": data, "seed": seed,
-                "initial_weights": _initial_weights(plan, source, recipe, seed)}
+    details = methods.get_entry(recipe.architecture).details  # e.g. an mmseg head's config and package versions
+    identity = {"method": method, **({"method_details": details} if details else {}), "recipe": trained,
+                "train_data": data, "seed": seed, "initial_weights": _initial_weights(plan, source, recipe, seed)}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return {**identity, "key": key}
 
@@ -329,11 +330,13 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
             wall_time: dict[str, float]) -> dict[str, object]:
     comparable, reason = _comparable(source, recipe, plan.overrides, overlap)
     identity = run_identity(plan, source, recipe.method, seed)
+    entry = methods.get_entry(recipe.architecture)
     return {
         "schema": 2,
         "method": target,
         "base_method": recipe.method,
-        "paper": methods.get_entry(recipe.architecture).paper,
+        "paper": entry.paper,
+        **({"method_details": entry.details} if entry.details else {}),
         "profile": recipe.profile,
         "dataset": source.facts(recipe.eval_split),
         "train_dataset": source.facts(recipe.train_split),

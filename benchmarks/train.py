@@ -280,7 +280,8 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
     part = TrainedPart(model, recipe, channels_last=fast_path(device)[1])
     wrapped: nn.Module = part
     if dist_info.world_size > 1:
-        wrapped = nn.parallel.DistributedDataParallel(part, device_ids=[device] if device.type == "cuda" else None)
+        wrapped = nn.parallel.DistributedDataParallel(part, device_ids=[device] if device.type == "cuda" else None,
+                                                      find_unused_parameters=model.unused_parameters)
     sampler = _PlannedBatches(len(dataset), recipe, seed, start, dist_info.rank, dist_info.world_size)
     batches: Iterator = (
         ((torch.stack([cached[i][0] for i, _ in items]), torch.stack([cached[i][1] for i, _ in items]))

@@ -86,6 +86,7 @@ class SegmentationModel(nn.Module):
     """Pixels the model pads on every side of its input itself (Yu & Koltun's 186-px reflection)."""
 
     final_upsample: nn.Module  # called as final_upsample(scores, input) -> scores at input size
+    unused_parameters: bool = False  # some parameters take no gradient (auxiliary outputs): DDP must look for them
 
     def staged_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
         """For models trained in stages on the cached output of a frozen part: ``(stem, head)``

@@ -70,23 +70,29 @@ LARGE_MULTIPLIERS = (2, 2, 4, 8, 16, 32, 32, 1)
 
 class FrontEnd(nn.Module):
     """The front-end trunk up to fc7 (no score layer): reflection pad, VGG-16 without pool4/pool5,
-    conv5 dilation 2, fc6 7x7 dilation 4."""
+    conv5 dilation 2, fc6 7x7 dilation 4. ``fc=False`` stops at conv5_3 (no fc6/fc7; ``conv5``
+    is then the only forward pass)."""
 
-    def __init__(self, width: float = 1.0, margin: int = FRONTEND_MARGIN) -> None:
+    def __init__(self, width: float = 1.0, margin: int = FRONTEND_MARGIN, fc: bool = True) -> None:
         super().__init__()
         self.pad = ReflectPad101(margin)
         self.blocks = add_vgg16_trunk(self, FRONTEND_LAYOUT, width)
-        fc = scaled_channels(4096, width)
-        self.fc6 = nn.Conv2d(scaled_channels(512, width), fc, 7, dilation=4)
-        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
-        self.fc7 = nn.Conv2d(fc, fc, 1)
-        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
-        self.out_channels = fc
+        self.conv5_channels = scaled_channels(512, width)
+        self.out_channels = scaled_channels(4096, width) if fc else self.conv5_channels
+        if fc:
+            self.fc6 = nn.Conv2d(self.conv5_channels, self.out_channels, 7, dilation=4)
+            self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+            self.fc7 = nn.Conv2d(self.out_channels, self.out_channels, 1)
+            self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+
+    def conv5(self, x: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
+        """conv5_3 after its ReLU (stride 8; fc6's 7x7 dilation-4 window makes fc7's map 24 units
+        smaller) of ``x``, reflection-padded here unless it is ``padded`` already."""
+        return run_layers(self, [name for block in self.blocks for name in block], x if padded else self.pad(x))
 
     def forward(self, x: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
-        """fc7 features of ``x``, reflection-padded here unless it is ``padded`` already."""
-        h = run_layers(self, [name for block in self.blocks for name in block], x if padded else self.pad(x))
-        h = self.drop6(self.relu6(self.fc6(h)))
+        """fc7 features of ``x`` (``padded``: as :meth:`conv5`)."""
+        h = self.drop6(self.relu6(self.fc6(self.conv5(x, padded=padded))))
         return self.drop7(self.relu7(self.fc7(h)))
 
 

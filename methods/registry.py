@@ -8,7 +8,7 @@ module it returns is a :class:`SegmentationModel`: it maps a normalised image ba
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -25,17 +25,22 @@ class MethodEntry:
     builder: Callable[..., nn.Module]
     paper: str
     caffe_init: CaffeInit | None = None  # the Caffe ImageNet model the paper fine-tuned from (pretrained="caffe")
+    details: dict[str, object] = field(default_factory=dict)  # what a record states beside the paper (JSON)
 
 
 _REGISTRY: dict[str, MethodEntry] = {}
 
 
-def register(name: str, *, paper: str,
-             caffe_init: CaffeInit | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``builder`` under ``name``; ``paper`` cites the paper and the table or section it
-    follows; ``caffe_init`` is the Caffe init model its builder loads with ``pretrained="caffe"``."""
+Builder = Callable[..., nn.Module]
 
-    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+
+def register(name: str, *, paper: str, caffe_init: CaffeInit | None = None,
+             details: dict[str, object] | None = None) -> Callable[[Builder], Builder]:
+    """Register ``builder`` under ``name``; ``paper`` cites the paper and the table or section it
+    follows; ``caffe_init`` is the Caffe init model its builder loads with ``pretrained="caffe"``;
+    ``details`` (JSON values) is what the method's records state about it besides (e.g. a config)."""
+
+    def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(
                 f"method {name!r} is already registered (by {_REGISTRY[name].builder.__module__}."
@@ -43,7 +48,8 @@ def register(name: str, *, paper: str,
             )
         if "+" in name:
             raise ValueError(f"method name {name!r} may not contain '+': '+crf' marks a post-processing variant")
-        _REGISTRY[name] = MethodEntry(name=name, builder=builder, paper=paper, caffe_init=caffe_init)
+        _REGISTRY[name] = MethodEntry(name=name, builder=builder, paper=paper, caffe_init=caffe_init,
+                                      details=dict(details or {}))
         return builder
 
     return decorator

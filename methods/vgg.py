@@ -163,13 +163,15 @@ def resolve_vgg16_state_dict(weights_path: str | os.PathLike[str] | None = None)
 
 
 def load_vgg16_imagenet(
-    model: nn.Module, state: dict[str, torch.Tensor], fc_surgery: FcSurgery, source: str, prefix: str = ""
+    model: nn.Module, state: dict[str, torch.Tensor], fc_surgery: FcSurgery, source: str, prefix: str = "",
+    dropped: dict[str, str] | None = None,
 ) -> LoadReport:
     """Copy a torchvision-layout VGG-16 ``state`` into ``model`` by name, asserting every shape.
 
     The 13 convolutions map one to one; ``fc_surgery`` says what becomes of fc6/fc7;
     ``classifier.6`` (the ImageNet 1000-way classifier) is dropped, as in all four papers.
-    ``prefix`` is prepended to every target name (the trunk's place inside ``model``).
+    ``prefix`` is prepended to every target name (the trunk's place inside ``model``);
+    ``dropped`` names further source tensors left out by design (source name -> reason).
     """
     report = LoadReport(source=source)
     target = model.state_dict()
@@ -181,6 +183,7 @@ def load_vgg16_imagenet(
     dropped = {
         "classifier.6.weight": "ImageNet 1000-way classifier; the papers replace it by a C-way score layer",
         "classifier.6.bias": "ImageNet 1000-way classifier; the papers replace it by a C-way score layer",
+        **(dropped or {}),
     }
     new_values: dict[str, torch.Tensor] = {}
     for source_name, tensor in state.items():
@@ -222,6 +225,7 @@ def apply_pretrained(
     width: float,
     prefix: str = "",
     caffe_init: CaffeInit | None = None,
+    dropped: dict[str, str] | None = None,
 ) -> None:
     """Load ImageNet VGG-16 weights into ``model`` when ``pretrained`` (``True`` or
     ``"torchvision"``: torchvision's; ``"caffe"``: the family's Caffe init model ``caffe_init``,
@@ -253,7 +257,7 @@ def apply_pretrained(
         raise ValueError(f"pretrained={pretrained!r} needs width=1 (got width={width}): ImageNet VGG-16 has full "
                          "widths")
     state, source = resolve_vgg16_state_dict(weights_path)
-    model.load_report = load_vgg16_imagenet(model, state, fc_surgery, source, prefix)
+    model.load_report = load_vgg16_imagenet(model, state, fc_surgery, source, prefix, dropped)
     if model.load_report.unmapped:
         raise ValueError(f"tensors of {source} that no layer takes: {model.load_report.unmapped}")
     model.weights_source = f"ImageNet VGG-16 ({source})"

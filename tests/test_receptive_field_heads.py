@@ -214,7 +214,6 @@ def test_interpolation_fields_are_exact(resize, input_size, fields, widest):
 
 @pytest.mark.parametrize(("model", "expected"), [
     (_model(Sorted), "unknown (torch.sort)"),
-    (nn.Sequential(nn.Conv2d(3, 3, 3), nn.GroupNorm(1, 3)), "unknown (GroupNorm 1)"),
     (nn.Sequential(nn.Conv2d(3, 3, (1, 7))), "unknown (Conv2d 0: non-square kernel (1, 7))"),
     (nn.Sequential(nn.Conv2d(3, 3, 3), nn.AdaptiveAvgPool2d(6)),
      "unknown (AdaptiveAvgPool2d 1: output size 6: each bin sees a fraction of the input)"),
@@ -223,6 +222,11 @@ def test_interpolation_fields_are_exact(resize, input_size, fields, widest):
 ])
 def test_an_op_that_cannot_be_followed_is_unknown(model, expected):
     assert receptive_field(model) == expected
+
+
+def test_a_module_without_a_rule_that_sees_the_whole_map_is_global():
+    """GroupNorm has no rule; its statistics are taken over the whole map, as measured."""
+    assert receptive_field(nn.Sequential(nn.Conv2d(3, 3, 3), nn.GroupNorm(1, 3))) == "global"
 
 
 def test_unknown_yields_to_global():
