@@ -98,3 +98,22 @@ def test_paper_frontend_step_costs_the_authors_arithmetic():
     expected = 3 * 14 * flops / 1e12
     assert paper_profile_flops("frontend")["paper_tflop_per_step"] == pytest.approx(expected, rel=1e-6)
     assert 8.7 < expected < 8.9
+
+
+def test_joint_fine_tuning_trains_front_end_and_context_on_padded_crops(tmp_path, shared_dir):
+    """fyu/dilation docs/training.md: the staged network fine-tuned as a whole at lr 1e-5, batch 14,
+    on the padded 500x500 crops, the loss on the context module's 16x16 output."""
+    image, label = _genuine_sample(shared_dir)
+    recipe = dataclasses.replace(get_recipe("context_basic_joint", "paper"), pretrained=False, width=1 / 16,
+                                 batch_size=1)
+    assert (recipe.architecture, recipe.init_from, recipe.lr, recipe.train_only) == ("context_basic",
+                                                                                     "context_basic", 1e-5, None)
+    staged = tmp_path / "staged.pt"
+    torch.save(build_model(dataclasses.replace(recipe, init_from=None)).state_dict(), staged)
+    model = build_model(recipe, staged)
+    crop, labels = training_transform(model, recipe)(*to_tv_tensors(image, label))
+    part = TrainedPart(model, recipe)
+    assert part(crop[None], labels[None].long()).shape == (1, 21, 16, 16)
+    optimizer = build_optimizer(model, recipe)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in model.parameters()}  # front end and context module alike
