@@ -236,11 +236,17 @@ def training_step(part: nn.Module, optimizer: torch.optim.Optimizer, inputs: tor
     return loss, grad_norm
 
 
-def _loss_per_pixel(loss: float, labels: torch.Tensor, recipe: Recipe, world_size: int) -> float:
-    """This process's loss per labelled pixel (what :func:`_loss` returns, undone)."""
+def _loss_per_pixel(loss: float, labels: torch.Tensor, recipe: Recipe, dist_info: Distributed) -> float:
+    """The loss per labelled pixel (what :func:`_loss` returns, undone), averaged over the
+    processes so that every process of a DDP run takes the same decision on it."""
+    world_size = dist_info.world_size
     if recipe.loss == "sum":
-        return loss / world_size / max(int((labels != IGNORE_INDEX).sum()), 1)
-    return loss
+        loss = loss / world_size / max(int((labels != IGNORE_INDEX).sum()), 1)
+    if world_size == 1:
+        return loss
+    total = torch.tensor([loss], dtype=torch.float64, device=dist_info.device)
+    dist.all_reduce(total)
+    return float(total) / world_size
 
 
 def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_info: Distributed,
@@ -304,8 +310,8 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                 group["lr"] = learning_rate(recipe, iteration) * group["lr_scale"]
             loss, grad_norm = training_step(wrapped, optimizer, inputs, labels, recipe=recipe, dist_info=dist_info)
             seen += recipe.batch_size
-            if iteration == 0:
-                gate.check_first(_loss_per_pixel(float(loss.detach()), labels, recipe, dist_info.world_size))
+            if iteration == 0 and gate.enabled:
+                gate.check_first(_loss_per_pixel(float(loss.detach()), labels, recipe, dist_info))
             last = iteration + 1 == recipe.iterations
             checkpoint_due = (iteration + 1) % recipe.checkpoint_every == 0 and not last
             if (iteration + 1) % recipe.log_every == 0 or last or checkpoint_due:  # no host sync in other steps
@@ -315,7 +321,8 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                         f"{recipe.method}: loss {loss_value} / gradient norm {norm_value} at iteration {iteration} "
                         f"(lr {learning_rate(recipe, iteration):.3g}); the run diverged. Lower the learning rate "
                         f"(--set lr=...) or check the data; the last good checkpoint is {checkpoint_path}")
-                gate.check_logged(iteration + 1, _loss_per_pixel(loss_value, labels, recipe, dist_info.world_size))
+                if gate.enabled:
+                    gate.check_logged(iteration + 1, _loss_per_pixel(loss_value, labels, recipe, dist_info))
                 rate = seen / (time.perf_counter() - started)
                 eta = (recipe.iterations - iteration - 1) * recipe.batch_size / max(rate, 1e-9)
                 progress(f"{recipe.method} it {iteration + 1}/{recipe.iterations} loss {loss_value:.4f} "
