@@ -11,13 +11,15 @@ import json
 import os
 from pathlib import Path
 
+from torch import nn
+
 import methods
 from benchmarks.data.voc import NUM_CLASSES
 from benchmarks.files import save_torch
 from methods.caffe_weights import caffe_state_dict, read_caffe_source
 from methods.vgg import LoadReport
 
-__all__ = ["convert_caffe", "parse_options"]
+__all__ = ["convert_caffe", "create_with_options", "parse_options"]
 
 
 def parse_options(items: list[str]) -> dict[str, object]:
@@ -34,14 +36,20 @@ def parse_options(items: list[str]) -> dict[str, object]:
     return options
 
 
+def create_with_options(method: str, options: dict[str, object]) -> nn.Module:
+    """``method`` built with the ``--option`` values; an option its builder does not take, or a
+    value of the wrong type, is a one-line error."""
+    try:
+        return methods.create(method, **{"num_classes": NUM_CLASSES, **options})
+    except TypeError as error:
+        raise ValueError(f"--option for {method}: {error} (builder arguments as KEY=VALUE with JSON values, e.g. "
+                         "width=0.0625, at_once=true)") from None
+
+
 def convert_caffe(source: str | os.PathLike[str], method: str, out: Path,
                   options: dict[str, object] | None = None) -> LoadReport:
     """Convert ``source`` into ``method`` (built with ``options``) and save the state dict to ``out``."""
-    options = {"num_classes": NUM_CLASSES, **(options or {})}
-    try:
-        model = methods.create(method, **options)
-    except TypeError as error:  # an option the builder does not take
-        raise ValueError(f"--option for {method}: {error}") from None
+    model = create_with_options(method, options or {})
     state, report = caffe_state_dict(model, read_caffe_source(source), str(source))
     if report.unmapped:
         raise ValueError(f"{source}: layers that no tensor of {method} takes: {report.unmapped} (is it a model of "

@@ -13,13 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import methods
+from benchmarks.convert_caffe import create_with_options
 from benchmarks.crf.dense_crf import CRFParams, dense_crf
 from benchmarks.data.datasets import DatasetSource
-from benchmarks.data.voc import NUM_CLASSES
 from benchmarks.distributed import Distributed
 from benchmarks.evaluation import evaluate
-from benchmarks.files import file_sha256
-from benchmarks.networks import load_weights
+from benchmarks.files import file_sha256, load_torch
 from benchmarks.recipes import RecipeError, get_recipe
 from benchmarks.records import environment, git_commit, hardware, record_path, write_record
 from benchmarks.run import CRF_SUFFIX
@@ -43,11 +42,11 @@ def architecture(name: str) -> str:
 
 
 def _model(method: str, weights: Path, options: dict[str, object], convention: str):
-    try:
-        model = methods.create(architecture(method), NUM_CLASSES, **options)
-    except TypeError as error:  # an option the builder does not take
-        raise ValueError(f"--option for {method}: {error}") from None
-    state = load_weights(weights)
+    model = create_with_options(architecture(method), options)
+    if not weights.is_file():
+        raise FileNotFoundError(f"weights {weights} do not exist; give the state dict to score (`convert-caffe` writes "
+                                "one from a .caffemodel)")
+    state = load_torch(weights, "convert the caffemodel again with `convert-caffe`, or save the state dict again")
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
