@@ -215,7 +215,7 @@ class LatticeStack:
         """``values`` (``N x C``) on each lattice: one table per lattice, row 0 zero."""
         if values.shape[0] != self.num_points:
             raise ValueError(f"values have {values.shape[0]} rows, the lattice {self.num_points} points")
-        return list(_Splat.apply(values, self).split(self.rows))
+        return list(_SparseProduct.apply(values, self._splat, self._slice).split(self.rows))
 
     def blur(self, tables: list[torch.Tensor], scales: tuple[float, ...] | None = None) -> list[torch.Tensor]:
         """Each table blurred on its lattice, times ``scales[k]`` (a kernel weight; default 1)."""
@@ -224,7 +224,7 @@ class LatticeStack:
 
     def slice(self, tables: list[torch.Tensor]) -> torch.Tensor:
         """The sum over lattices of each table read back at the points (``N x C``)."""
-        return _Slice.apply(torch.cat(tables), self)
+        return _SparseProduct.apply(torch.cat(tables), self._slice, self._splat)
 
     def filter(self, values: torch.Tensor) -> torch.Tensor:
         """The operator with every ``m_k`` the identity."""
@@ -238,23 +238,15 @@ class LatticeStack:
                 for k, table in enumerate(tables)]
 
 
-class _Splat(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values: torch.Tensor, stack: LatticeStack) -> torch.Tensor:
-        ctx.stack = stack
-        return stack._splat @ values.contiguous()
+class _SparseProduct(torch.autograd.Function):
+    """``matrix @ values`` whose gradient is ``transpose @ grad``: splat and slice are each
+    other's transpose, so each one's backward is the other."""
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return ctx.stack._slice @ grad.contiguous(), None
-
-
-class _Slice(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, table: torch.Tensor, stack: LatticeStack) -> torch.Tensor:
-        ctx.stack = stack
-        return stack._slice @ table.contiguous()
+    def forward(ctx, values: torch.Tensor, matrix: torch.Tensor, transpose: torch.Tensor) -> torch.Tensor:
+        ctx.transpose = transpose
+        return matrix @ values.contiguous()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return ctx.stack._splat @ grad.contiguous(), None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return ctx.transpose @ grad.contiguous(), None, None
