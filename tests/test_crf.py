@@ -7,7 +7,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from benchmarks.crf.dense_crf import CRFParams, dense_crf, dense_crf_batch
-from benchmarks.crf.permutohedral import PermutohedralLattice, _radix
+from benchmarks.crf.permutohedral import PermutohedralLattice, _code, _radix
 from benchmarks.data.voc import VOCSplit
 from benchmarks.evaluation import ConfusionMatrix
 
@@ -113,13 +113,17 @@ def test_vertex_names_are_one_to_one():
     rng = np.random.default_rng(6)
     rows = torch.from_numpy(np.stack([rng.integers(-40, 40, 5000), rng.integers(0, 3, 5000),
                                       rng.integers(-2, 2, 5000)], 1))
-    low, strides = _radix(rows, 4)
+    radix = _radix(list(rows.unbind(1)), 4)
+    assert radix[2] == torch.int32  # 88 x 11 x 12 codes fit the narrower type, which sorts faster
     for shift in (0, 4, -4):  # neighbours (+-margin in a column) are named without collisions too
         moved = rows.clone()
         moved[:, 0] += shift
-        codes = ((moved - low) * strides).sum(1)
+        codes = _code(list(moved.unbind(1)), radix)
         assert torch.unique(codes).numel() == torch.unique(moved, dim=0).shape[0]
-    assert _radix(torch.tensor([[0, 0], [2**40, 2**40]]), 0) is None  # too wide for int64: said, not wrapped
+    wide = _radix([torch.tensor([0, 2**20]), torch.tensor([0, 2**20])], 0)
+    assert wide[2] == torch.long and int(_code([torch.tensor([2**20]), torch.tensor([2**20])], wide)) == 2**40 + 2**21
+    too_wide = [torch.tensor([0, 2**40]), torch.tensor([0, 2**40])]
+    assert _radix(too_wide, 0) is None  # too wide for int64: said, not wrapped
 
 
 def test_batch_equals_one_image_at_a_time():
