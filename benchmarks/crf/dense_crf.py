@@ -10,6 +10,7 @@ w1·exp(−|Δp|²/2θα² − |ΔI|²/2θβ²) + w2·exp(−|Δp|²/2θγ²); m
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -175,10 +176,11 @@ class CRFKernels:
 
 def _normalise(pairwise: torch.Tensor, probs: torch.Tensor, log_probs: torch.Tensor, out: torch.Tensor) -> None:
     """``out = softmax(pairwise + log p)`` over each row, overwriting ``pairwise``. On the CPU, as
-    ``p exp(pairwise)`` normalised when no exponent can overflow or leave a row all zero (p >= 1e-8):
-    about twice as fast as ``torch.softmax`` over 21 classes; on a GPU the check would synchronise."""
+    ``p 2^(pairwise log2 e)`` normalised when no exponent can overflow or leave a row all zero
+    (p >= 1e-8): several times faster than ``torch.softmax`` over 21 classes, as ``exp2`` is about
+    four times faster than ``exp`` there (PERF.md); on a GPU the check would synchronise."""
     if pairwise.device.type == "cpu" and all(abs(float(x)) <= 60.0 for x in torch.aminmax(pairwise)):
-        pairwise.exp_().mul_(probs)
+        pairwise.mul_(math.log2(math.e)).exp2_().mul_(probs)
         torch.div(pairwise, pairwise.sum(1, keepdim=True), out=out)
     else:
         out.copy_(torch.softmax(pairwise.add_(log_probs), 1))

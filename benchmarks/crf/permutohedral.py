@@ -89,20 +89,20 @@ class PermutohedralLattice:
         up = torch.ceil(v).mul_(d + 1)
         down = torch.floor(v).mul_(d + 1)
         rem0 = torch.where(up - elevated < elevated - down, up, down)
-        plane_offset = rem0.sum(0).div_(d + 1).round_().long()
+        plane_offset = rem0.sum(0).div_(d + 1).round_()
 
         # The simplex: rank of each coordinate of the remainder (0 = largest), the reference's
         # pairwise comparisons (ties go to the later coordinate), then back onto the plane.
         residual = elevated - rem0
-        rank = plane_offset.expand(d + 1, count).clone()
+        ranks = plane_offset.expand(d + 1, count).clone()  # whole numbers in float: exact, and faster than int64
         for i in range(d):
             for j in range(i + 1, d + 1):
                 smaller = residual[i] < residual[j]
-                rank[i] += smaller
-                rank[j] += ~smaller
-        wrapped = torch.remainder(rank, d + 1)
-        rem0 += wrapped - rank
-        rank = wrapped
+                ranks[i] += smaller
+                ranks[j] += ~smaller
+        wrapped = torch.remainder(ranks, d + 1)
+        rem0 += wrapped - ranks
+        rank = wrapped.long()
 
         # Barycentric weights (p. 10): with v_p the scaled remainder of the coordinate of rank p,
         # weight k is v_(d-k) - v_(d-k+1), and weight 0 wraps around to 1 + v_d - v_0.
@@ -119,12 +119,13 @@ class PermutohedralLattice:
         segment = [] if segments is None else [segments.to(device)]
         simplex = [*corner.div(d + 1, rounding_mode="floor"), *rank[:d], *segment]
         radix = _radix(simplex, 0)
+        points = torch.arange(count, device=device)
         if radix is None:  # too wide to name with one integer: every point is its own simplex
-            point_simplex, first = None, torch.arange(count, device=device)
+            point_simplex, first = None, points
         else:
             _, point_simplex = torch.unique(_code(simplex, radix), sorted=False, return_inverse=True)
-            first = torch.empty(int(point_simplex.max()) + 1, dtype=torch.long, device=device)
-            first.scatter_(0, point_simplex, torch.arange(count, device=device))
+            first = torch.full((int(point_simplex.max()) + 1,), count, device=device)  # each simplex's first point
+            first.scatter_reduce_(0, point_simplex, points, "amin")
         corner, rank = ([row.index_select(0, first) for row in rows] for rows in (corner, rank[:d]))  # dim 1 is slow
         segment = [s[first].expand(d + 1, -1).reshape(-1) for s in segment]
 
@@ -135,22 +136,32 @@ class PermutohedralLattice:
         radix = _radix(keys + segment, d + 1)
         if radix is None:
             raise ValueError("features span too large a lattice (kernel widths far smaller than the feature range)")
-        self.codes, inverse = torch.unique(_code(keys + segment, radix), return_inverse=True)
-        inverse = inverse.view(d + 1, -1).t().add(1).contiguous()  # row 0 of a table: the zero of missing neighbours
-        self.offsets = inverse if point_simplex is None else inverse.index_select(0, point_simplex)
-        self.num_vertices = int(self.codes.numel())
+        codes, vertex = torch.unique(_code(keys + segment, radix), sorted=False, return_inverse=True)
+        self.num_vertices = vertices = int(codes.numel())
+
+        # Table rows in the order the raster scan first meets the vertices (row 0 is the zero of
+        # missing neighbours): splat, blur and slice then read nearly in order, ~20% faster here.
+        vertex_first = torch.full((vertices,), count, device=device)
+        vertex_first.scatter_reduce_(0, vertex, first.repeat(d + 1), "amin")
+        row = torch.empty_like(vertex_first).scatter_(0, torch.argsort(vertex_first),
+                                                      torch.arange(1, vertices + 1, device=device))
+        offsets = row[vertex].view(d + 1, -1).t().contiguous()
+        self.offsets = offsets if point_simplex is None else offsets.index_select(0, point_simplex)
 
         # Neighbours along lattice axis j: key - 1 in every coordinate but j, key[j] + d (and the
-        # opposite); for j = d the stored coordinates all move by -1 (resp. +1). Indexed by table
-        # row, so row 0 (no vertex) has row 0 as its neighbours and stays zero under the blur. The
-        # opposite neighbour is the inverse of the first: v = u - step exactly when u = v + step.
-        index = torch.int32 if self.num_vertices < 2**31 else torch.long
-        rows = torch.arange(self.num_vertices + 1, device=device)
+        # opposite); for j = d the stored coordinates all move by -1 (resp. +1). Row 0 (no vertex)
+        # has row 0 as its neighbours and stays zero under the blur. The opposite neighbour is the
+        # inverse of the first: v = u - step exactly when u = v + step.
+        sorted_codes, by_code = torch.sort(codes)  # hashing then sorting the few names beats sorting all
+        rows = torch.arange(vertices + 1, device=device)
+        index = torch.int32 if vertices < 2**31 else torch.long
         self._blur_rows = []  # per axis, each table row's bag: itself and its two neighbours
         for axis in range(d + 1):
             step = sum((d if i == axis else -1) * stride for i, stride in enumerate(radix[1][:d]))
+            wanted = codes + step
+            position = torch.searchsorted(sorted_codes, wanted).clamp_(max=vertices - 1)
             ahead = torch.zeros_like(rows)
-            ahead[1:] = self._find(self.codes + step)
+            ahead[row] = torch.where(sorted_codes[position] == wanted, row[by_code[position]], 0)
             behind = torch.zeros_like(rows)
             found = ahead > 0
             behind[ahead[found]] = rows[found]
@@ -185,10 +196,6 @@ class PermutohedralLattice:
                                                          mode="sum")
             self._normaliser = torch.rsqrt(filtered[:, 0] + 1e-20)
         return self._normaliser
-
-    def _find(self, wanted: torch.Tensor) -> torch.Tensor:
-        position = torch.searchsorted(self.codes, wanted).clamp(max=self.num_vertices - 1)
-        return torch.where(self.codes[position] == wanted, position + 1, 0)
 
     def blur(self, table: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """``table`` (``(num_vertices + 1) x C``, row 0 zero) blurred with [1/2, 1, 1/2] along each
