@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from benchmarks.crf import dense_crf as dense_crf_module
 from benchmarks.crf.dense_crf import CRFParams, dense_crf, dense_crf_batch
 from benchmarks.crf.permutohedral import PermutohedralLattice, _code, _radix
 from benchmarks.data.voc import VOCSplit
@@ -82,6 +83,24 @@ def test_parameter_mapping_each_parameter_matters_in_both_backends():
         answers.append(reference)
     for params, answer in zip(variants[1:], answers[1:], strict=True):
         assert (answer - answers[0]).abs().max() > 1e-2, f"{params} did not change the reference's answer"
+
+
+def test_large_weights_switch_to_softmax_and_still_agree(shared_dir, monkeypatch):
+    """On the CPU the torch backend normalises with exp2 while no term can overflow, and with
+    torch.softmax beyond; at w1 = 60 some chunks of pixels take each path, and the answer still
+    matches pydensecrf."""
+    sample = VOCSplit(shared_dir / MINI, "val")[0]
+    probs = _label_probabilities(sample.label, np.random.default_rng(7))
+    paths = []
+    normalise = dense_crf_module._normalise
+    monkeypatch.setattr(dense_crf_module, "_normalise",
+                        lambda *args, exp2, **kw: paths.append(exp2) or normalise(*args, exp2=exp2, **kw))
+    params = CRFParams(w1=60.0)
+    ours = dense_crf(_chw(sample.image), probs, params, backend="torch")
+    reference = dense_crf(_chw(sample.image), probs, params, backend="pydensecrf")
+    assert 0 < sum(paths) < len(paths)
+    assert (ours - reference).abs().max() < 5e-3
+    assert (ours.argmax(0) == reference.argmax(0)).float().mean() >= 0.999
 
 
 def test_no_pairwise_weight_returns_the_input():
