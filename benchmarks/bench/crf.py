@@ -1,7 +1,7 @@
 """Dense-CRF speed: ms per 500x375 image, 21 labels, 10 mean-field iterations, for each backend,
 as a ratio against pydensecrf measured in the same run.
 
-    python -m benchmarks.bench.crf [--repeats 5] [--batch 8] [--threads 1,2] [--json]
+    python -m benchmarks.bench.crf [--repeats 5] [--batch 8] [--threads 1,2] [--noise] [--json]
 
 pydensecrf is single-threaded; the torch backend is timed on the CPU at each ``--threads`` count
 (1 is the like-for-like comparison). The load average of the machine is recorded with the times.
@@ -31,14 +31,17 @@ HEIGHT, WIDTH, CLASSES = 375, 500, 21
 _SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/voc-real-mini/VOCdevkit/VOC2012/JPEGImages/2007_000123.jpg"
 
 
-def crf_inputs(image_path: Path | None = None, height: int = HEIGHT, width: int = WIDTH, seed: int = 0
-               ) -> tuple[torch.Tensor, torch.Tensor, str]:
+def crf_inputs(image_path: Path | None = None, height: int = HEIGHT, width: int = WIDTH, seed: int = 0,
+               noise: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
     """An image (``image_path``, else the genuine VOC sample when present, else smooth synthetic
-    colours; never i.i.d. noise, which gives the lattice one vertex per pixel) and a smooth
-    random softmax, ``height x width``."""
+    colours; ``noise``: i.i.d. random colours, the lattice's worst case, about one vertex per
+    pixel) and a smooth random softmax, ``height x width``."""
     generator = torch.Generator().manual_seed(seed)
-    path = image_path or (_SAMPLE if _SAMPLE.is_file() else None)
-    if path is not None:
+    path = None if noise else image_path or (_SAMPLE if _SAMPLE.is_file() else None)
+    if noise:
+        image = torch.randint(0, 256, (3, height, width), generator=generator, dtype=torch.uint8)
+        origin = "i.i.d. random colours"
+    elif path is not None:
         from PIL import Image
 
         with Image.open(path) as opened:
@@ -66,11 +69,12 @@ def _time_once(call, device: torch.device, threads: int) -> float:
 
 
 def crf_timings(repeats: int = 3, batch: int = 8, image_path: Path | None = None,
-                devices: list[str] | None = None, threads: tuple[int, ...] = (1, 2)) -> dict[str, object]:
+                devices: list[str] | None = None, threads: tuple[int, ...] = (1, 2),
+                noise: bool = False) -> dict[str, object]:
     """Median ms per image for pydensecrf (when installed) and the torch backend on each device
     (one image per call, and ``batch`` images per call; on the CPU at each count of ``threads``).
     The cases take turns within each repeat, so that a shared machine's load falls on all alike."""
-    image, probs, origin = crf_inputs(image_path)
+    image, probs, origin = crf_inputs(image_path, noise=noise)
     params = CRFParams()
     devices = devices or ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
     initial_threads = torch.get_num_threads()
@@ -114,9 +118,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image", type=Path)
     parser.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts for the torch backend")
+    parser.add_argument("--noise", action="store_true", help="i.i.d. random colours: the lattice's worst case")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = crf_timings(args.repeats, args.batch, args.image, threads=tuple(int(t) for t in args.threads.split(",")))
+    result = crf_timings(args.repeats, args.batch, args.image, threads=tuple(int(t) for t in args.threads.split(",")),
+                         noise=args.noise)
     if args.json:
         print(json.dumps(result, indent=2))
         return
