@@ -192,8 +192,7 @@ class PermutohedralLattice:
             splatted = torch.bincount(self.offsets.reshape(-1), weights=self.weights.reshape(-1),
                                       minlength=self.num_vertices + 1).to(self.weights.dtype)
             blurred = self.blur_axes(splatted[:, None], 1.0, reverse=False)
-            filtered = torch.nn.functional.embedding_bag(self.offsets, blurred, per_sample_weights=self.weights,
-                                                         mode="sum")
+            filtered = _gather_sum(blurred, (self.offsets, None, self.weights))
             self._normaliser = torch.rsqrt(filtered[:, 0] + 1e-20)
         return self._normaliser
 
