@@ -125,7 +125,10 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, small_voc):
     command = [sys.executable, "-m", "benchmarks", "run", "deeplab_v1", "--data", str(data), *TINY, "--set",
                "iterations=400", "--set", "checkpoint_every=1", "--results", str(tmp_path / "results"), "--runs",
                str(tmp_path / "runs")]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored and children inherit that: give the run the
+    # default handling whatever launched the tests (a suite run under nohup failed here otherwise).
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list((tmp_path / "runs").rglob("checkpoint.pt")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
