@@ -272,8 +272,7 @@ class LatticeStack:
         """The sum over lattices of each table read back at the points (``N x C``)."""
         return _BagProduct.apply(torch.cat(tables), self._slice, self._splat)
 
-    def slice_chunks(self, tables: list[torch.Tensor], size: int = 16384
-                     ) -> Iterator[tuple[slice, torch.Tensor]]:
+    def slice_chunks(self, tables: list[torch.Tensor], size: int) -> Iterator[tuple[slice, torch.Tensor]]:
         """``slice``, ``size`` points at a time and without gradient: ``(points, values)`` pairs. A
         mean-field update that uses each chunk at once works in cache and allocates little."""
         table = torch.cat(tables)
