@@ -8,7 +8,8 @@ Faithful details (Sec 3.1 and Table 2, "DeepLab-LargeFOV"; reference net ``vgg12
   last two subsamplings are skipped, Sec 3.1), all with Caffe's ceil rounding;
 * conv5_x are dilated by 2 ("hole algorithm", input stride 2), padding 2;
 * fc6 is 3x3 with dilation 12 (input stride 12) and 1024 channels, fc7 is 1x1 with 1024
-  channels, each followed by dropout 0.5; fc8 is 1x1 to C classes; score stride 8;
+  channels, each followed by Caffe's element-wise ``Dropout`` (``drop6``/``drop7``,
+  ``dropout_ratio: 0.5``); fc8 is 1x1 to C classes; score stride 8;
 * training uses labels subsampled by 8 (Sec 3.1) against :meth:`score_map`; at test time the
   scores are bilinearly interpolated x8 (Caffe ``Interp``, corner-aligned);
 * ImageNet initialisation (Sec 3.1, 4.1): fc6's 7x7 kernel is decimated to 3x3 (every third
@@ -51,9 +52,9 @@ class DeepLabLargeFOV(SegmentationModel):
         self.blocks = add_vgg16_trunk(self, DEEPLAB_LAYOUT, width)
         fc = scaled_channels(fc_channels, width)
         self.fc6 = nn.Conv2d(scaled_channels(512, width), fc, 3, padding=12, dilation=12)
-        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout(0.5)
         self.fc7 = nn.Conv2d(fc, fc, 1)
-        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout(0.5)
         self.fc8 = nn.Conv2d(fc, num_classes, 1)
         nn.init.normal_(self.fc8.weight, std=0.01)  # reference prototxt: gaussian std 0.01, bias 0
         nn.init.zeros_(self.fc8.bias)
