@@ -51,7 +51,7 @@ IMAGE_ID = re.compile(r"\w[\w.-]*")
 ``.`` or ``-`` (so no path separator, ``..`` component, NUL or absolute path); VOC's and SBD's
 ids (``2007_000032``) all are."""
 
-# split -> (candidate list files under ImageSets, label folder)
+# split -> (candidate list files under ImageSets, label folder; None: a split without labels)
 SPLITS = {
     "train": (("Segmentation/train.txt",), "SegmentationClass"),
     "val": (("Segmentation/val.txt",), "SegmentationClass"),
@@ -61,6 +61,7 @@ SPLITS = {
     "sbdtrain": (("Segmentation/sbdtrain.txt",), "SegmentationClassAug"),
     "crfholdout": (("Segmentation/crfholdout.txt",), "SegmentationClassAug"),
     "coco": (("Segmentation/coco.txt",), "SegmentationClassCOCO"),  # `prepare-data --coco` (benchmarks/data/coco.py)
+    "test": (("Segmentation/test.txt",), None),  # VOC 2012 test (VOC2012test.tar): no labels, predicted for the server
 }
 IMAGE_FOLDERS = {"coco": "JPEGImagesCOCO"}
 """The image folder of a split whose images are not in ``JPEGImages``."""
@@ -224,7 +225,8 @@ class Sample:
 
 class VOCSplit:
     """One split of a VOC-layout tree: ids from the split list, image and label paths checked at
-    construction, pixels checked at read time."""
+    construction, pixels checked at read time. A split without labels (``labelled`` false: VOC
+    2012 ``test``) reads every label as all ignore (255): its images can be predicted, not scored."""
 
     def __init__(self, root: str | os.PathLike[str] | None, split: str, num_classes: int = NUM_CLASSES) -> None:
         if split not in SPLITS:
@@ -244,8 +246,10 @@ class VOCSplit:
             raise DataError(f"no split list for {split!r}: looked for {[str(p) for p in candidates]}{hint}")
         self.list_path = list_path
         self.ids = read_split(list_path)
-        self.image_dir, self.label_dir = self.root / IMAGE_FOLDERS.get(split, "JPEGImages"), self.root / label_folder
-        missing = [(i, p) for i in self.ids for p in (self.image_path(i), self.label_path(i)) if not p.is_file()]
+        self.labelled = label_folder is not None
+        self.image_dir = self.root / IMAGE_FOLDERS.get(split, "JPEGImages")
+        self.label_dir = self.root / label_folder if self.labelled else None
+        missing = [(i, p) for i in self.ids for p in (self.image_path(i), *self._label_paths(i)) if not p.is_file()]
         if missing:
             image_id, path = missing[0]
             what = "is not a regular file (a folder or a pipe)" if path.exists() else "is missing"
@@ -258,6 +262,9 @@ class VOCSplit:
         """Every image and label decoded and checked now (values, sizes, truncation, the size
         limit), before a run spends hours on the split (a training run may never sample a broken
         image); and at least one label with a pixel that is not ignored."""
+        if not self.labelled:
+            raise DataError(f"split {self.split!r} ({self.list_path}) has no labels: nothing to train or score on; "
+                            "predict it with `score NAME --weights W --split test --save-predictions OUT`")
         labelled = 0
         for index in range(len(self.ids)):
             labelled += bool((self[index].label != IGNORE_INDEX).any())
@@ -269,7 +276,12 @@ class VOCSplit:
         return id_path(self.image_dir, image_id, ".jpg")
 
     def label_path(self, image_id: str) -> Path:
+        if self.label_dir is None:
+            raise DataError(f"split {self.split!r} ({self.list_path}) has no labels: it can be predicted, not scored")
         return id_path(self.label_dir, image_id, ".png")
+
+    def _label_paths(self, image_id: str) -> tuple[Path, ...]:
+        return (self.label_path(image_id),) if self.labelled else ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -277,6 +289,8 @@ class VOCSplit:
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
         image = read_image(self.image_path(image_id))
+        if not self.labelled:
+            return Sample(image_id, image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8))
         label = read_label(self.label_path(image_id), self.num_classes)
         if image.shape[:2] != label.shape:
             raise DataError(
