@@ -234,10 +234,12 @@ def frontend(num_classes: int = 21, width: float = 1.0, pretrained: bool | str =
 @register("context_basic", paper=f"{PAPER}, Sec 3 and Table 1 (basic context module)", caffe_init=VGG_CONV)
 def context_basic(num_classes: int = 21, width: float = 1.0, pretrained: bool | str = False,
                   weights_path: str | os.PathLike[str] | None = None, buffer: str = "zeros",
-                  seed: int = 0) -> ContextNetwork:
-    """Front end + basic context module: C channels in every layer, identity init (Eq. 4)."""
+                  noise_std: float = 0.0, seed: int = 0) -> ContextNetwork:
+    """Front end + basic context module: C channels in every layer, identity init (Eq. 4); with
+    ``noise_std`` the off-identity weights are N(0, noise_std^2), as fyu/caffe-dilation's identity
+    filler adds N(0, 0.01^2) (``filler.hpp``; the paper recipe sets 0.01; 0 keeps Eq. 4 exact)."""
     return _build(num_classes, width=width, pretrained=pretrained, weights_path=weights_path,
-                  multipliers=BASIC_MULTIPLIERS, buffer=buffer, seed=seed)
+                  multipliers=BASIC_MULTIPLIERS, buffer=buffer, noise_std=noise_std, seed=seed)
 
 
 @register("context_large", paper=f"{PAPER}, Sec 3 and Table 1 (large context module)", caffe_init=VGG_CONV)
