@@ -132,7 +132,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     if args.sbd:
         done = prepare_data(args.data, args.sbd)
         print(f"{done.voc_root}: trainaug {done.trainaug} ids; SegmentationClassAug written from VOC {done.from_voc}, "
-              f"from SBD {done.from_sbd}, already there {done.kept}")
+              f"from SBD {done.from_sbd}, already there {done.kept}; SegmentationClassSBD (sbdtrain, FCN's labels) "
+              f"written {done.fcn_written}, already there {done.fcn_kept}")
     if args.coco:
         coco = prepare_coco(resolve_voc_root(args.data), args.coco)
         print(f"{coco.annotation_file}: coco split {coco.kept} images with a VOC category ({coco.skipped} without, "

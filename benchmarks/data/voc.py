@@ -58,7 +58,8 @@ SPLITS = {
     "trainaug": (("Segmentation/trainaug.txt", "Segmentation/aug.txt", "SegmentationAug/train_aug.txt"),
                  "SegmentationClassAug"),
     "seg11valid": (("Segmentation/seg11valid.txt",), "SegmentationClass"),
-    "sbdtrain": (("Segmentation/sbdtrain.txt",), "SegmentationClassAug"),
+    # FCN's training set with FCN's labels: SBD's GTcls for every id (`prepare-data --sbd` writes them)
+    "sbdtrain": (("Segmentation/sbdtrain.txt",), "SegmentationClassSBD"),
     "crfholdout": (("Segmentation/crfholdout.txt",), "SegmentationClassAug"),
     "coco": (("Segmentation/coco.txt",), "SegmentationClassCOCO"),  # `prepare-data --coco` (benchmarks/data/coco.py)
     "test": (("Segmentation/test.txt",), None),  # VOC 2012 test (VOC2012test.tar): no labels, predicted for the server
@@ -223,6 +224,12 @@ class Sample:
     label: np.ndarray  # H x W uint8, 255 = ignore
 
 
+def _prepare_hint(split: str) -> str:
+    """How to build a split that ``prepare-data`` writes ("" for VOC's own splits)."""
+    source = {"trainaug": "--sbd PATH", "sbdtrain": "--sbd PATH", "coco": "--coco PATH"}.get(split)
+    return f" (run `python -m benchmarks prepare-data {source}` to build it)" if source else ""
+
+
 class VOCSplit:
     """One split of a VOC-layout tree: ids from the split list, image and label paths checked at
     construction, pixels checked at read time. A split without labels (``labelled`` false: VOC
@@ -241,8 +248,7 @@ class VOCSplit:
             raise DataError(f"split list {odd} is not a regular file (a folder or a pipe); replace it with the text "
                             "file of image ids")
         if list_path is None:
-            source = {"trainaug": "--sbd PATH", "sbdtrain": "--sbd PATH", "coco": "--coco PATH"}.get(split)
-            hint = f" (run `python -m benchmarks prepare-data {source}` to build it)" if source else ""
+            hint = _prepare_hint(split)
             raise DataError(f"no split list for {split!r}: looked for {[str(p) for p in candidates]}{hint}")
         self.list_path = list_path
         self.ids = read_split(list_path)
@@ -255,7 +261,7 @@ class VOCSplit:
             what = "is not a regular file (a folder or a pipe)" if path.exists() else "is missing"
             raise DataError(
                 f"{len(missing)} files of split {split!r} ({list_path}) are missing or not regular files; {path} "
-                f"(id {image_id}) {what}; restore them or remove the ids from the list"
+                f"(id {image_id}) {what}; restore them or remove the ids from the list{_prepare_hint(split)}"
             )
 
     def check(self) -> None:
