@@ -83,9 +83,13 @@ class DeepLabLargeFOV(SegmentationModel):
         bottom and right with zeros to 513 x 513 (to 8k + 1 on a side longer than 513), scored,
         zoomed x8 with score k on pixel 8k and cropped to ``x``; softmax of the zoomed scores."""
         height, width = x.shape[-2:]
-        side = lambda n: max(TEST_SIZE, -(-(n - 1) // self.score_stride) * self.score_stride + 1)  # noqa: E731
-        padded = F.pad(x, (0, side(width) - width, 0, side(height) - height))
+        padded = F.pad(x, (0, _test_side(width) - width, 0, _test_side(height) - height))
         return torch.softmax(self.test_zoom(self.score_map(padded), x).float(), dim=1)
+
+
+def _test_side(length: int, stride: int = DeepLabLargeFOV.score_stride) -> int:
+    """The padded side of the test input: 513, or the next 8k + 1 for a longer side."""
+    return max(TEST_SIZE, -(-(length - 1) // stride) * stride + 1)
 
 
 def deeplab_fc_decimation(channels: int = 1024) -> FcSurgery:

@@ -54,3 +54,13 @@ def test_published_procedure_pads_to_513_with_the_mean_and_zooms_score_k_onto_pi
         measured = model.published_probabilities(convention.normalize(torch.from_numpy(image).permute(2, 0, 1)[None]))
     assert measured.shape == (1, 21, height, width)
     np.testing.assert_allclose(measured[0].numpy(), expected, atol=1e-5)
+
+
+def test_a_side_longer_than_513_is_padded_to_the_next_8k_plus_1():
+    torch.manual_seed(0)
+    model = methods.create("deeplab_v1", width=1 / 16).eval()
+    seen = []
+    model.conv1_1.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].shape[-2:]))
+    with torch.no_grad():
+        probabilities = model.published_probabilities(torch.randn(1, 3, 40, 600))
+    assert seen == [(513, 601)] and probabilities.shape == (1, 21, 40, 600)
