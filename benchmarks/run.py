@@ -295,13 +295,12 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
         if recorded.get("trained_weights_sha256") == weights_sha and recorded.get("crf") == (asdict(crf) if crf
                                                                                              else None) \
                 and (recorded.get("crfrnn") or {}).get("key") == (crfrnn or {}).get("key") \
-                and recorded["recipe"].get("published_test", False) == recipe.published_test:
+                and (recorded.get("recipe") or {}).get("published_test", False) == recipe.published_test:
             progress(f"{target} seed {seed}: record {path} exists; reusing it (--rerun to replace)")
             return path
         progress(f"{target} seed {seed}: record {path} was not produced from {weights} (missing or retrained, e.g. "
                  "the record shipped with the repository), with other CRF parameters or another test procedure; "
-                 "scoring again, the old record "
-                 "is kept as .superseded")
+                 "scoring again, the old record is kept as .superseded")
     model = build_trained(recipe, weights).to(dist_info.device)
     refine = (lambda image, probs, params=crf: dense_crf(image, probs, params, plan.crf_backend)) if crf else None
     if crfrnn is not None:
