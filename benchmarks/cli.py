@@ -132,7 +132,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     if args.sbd:
         done = prepare_data(args.data, args.sbd)
         print(f"{done.voc_root}: trainaug {done.trainaug} ids; SegmentationClassAug written from VOC {done.from_voc}, "
-              f"from SBD {done.from_sbd}, already there {done.kept}")
+              f"from SBD {done.from_sbd}, already there {done.kept}; SegmentationClassSBD (sbdtrain, FCN's labels) "
+              f"written {done.fcn_written}, already there {done.fcn_kept}")
     if args.coco:
         coco = prepare_coco(resolve_voc_root(args.data), args.coco)
         print(f"{coco.annotation_file}: coco split {coco.kept} images with a VOC category ({coco.skipped} without, "
@@ -243,11 +244,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     _import_modules(args.imports)
     _writable_folder(Path(args.results), "--results")
+    if args.save_predictions:
+        _writable_folder(Path(args.save_predictions), "--save-predictions")
     dist_info = Distributed.from_environment(args.device)
     score_weights(args.method, Path(args.weights), _dataset(args.data), split=args.split, crf=args.crf,
                   results=Path(args.results), dist_info=dist_info, options=parse_options(args.option),
                   convention=args.convention,
                   conditions=dict(args.condition), crf_backend=args.crf_backend, eval_batch=args.eval_batch,
+                  save_predictions=Path(args.save_predictions) if args.save_predictions else None,
                   progress=print if dist_info.is_main else (lambda _: None))
     return 0
 
@@ -557,7 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method", help="the registered method the weights belong to")
     p.add_argument("--weights", required=True, help="a state dict of the method (convert-caffe writes one)")
     p.add_argument("--data", type=_folder_name, help="folder holding VOCdevkit (default: the embedded dataset)")
-    p.add_argument("--split", default="val", help="e.g. val, seg11valid (FCN's released models)")
+    p.add_argument("--split", default="val", help="e.g. val, seg11valid (FCN's released models), test (no labels)")
+    p.add_argument("--save-predictions", metavar="OUT",
+                   help="also write each image's labels as a palette PNG under "
+                        "OUT/results/VOC2012/Segmentation/comp6_test_cls/ (the VOC server's layout)")
     p.add_argument("--crf", action="store_true", help="add the dense CRF (the paper recipe's parameters): NAME+crf")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="builder option the weights were made with (width=0.0625, at_once=true)")

@@ -136,10 +136,10 @@ def metrics_from_confusion(matrix: np.ndarray) -> dict[str, object]:
 
 @dataclass
 class Evaluation:
-    """Metrics of one pass, and per image the counts a paired bootstrap needs:
-    ``counts[i] = (intersection, ground truth, prediction)`` per class."""
+    """Metrics of one pass (``None`` for a split without labels), and per image the counts a
+    paired bootstrap needs: ``counts[i] = (intersection, ground truth, prediction)`` per class."""
 
-    metrics: dict[str, object]
+    metrics: dict[str, object] | None
     image_ids: list[str]
     counts: np.ndarray  # images x 3 x classes, int64
 
@@ -173,12 +173,14 @@ def _image_counts(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor
 
 def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
              refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-             batch_size: int = 1, published: bool = False) -> Evaluation:
+             batch_size: int = 1, published: bool = False,
+             on_prediction: Callable[[str, torch.Tensor], None] | None = None) -> Evaluation:
     """Score ``split`` at full resolution, each image once (sharded under DDP). ``refine(image,
     probabilities)`` post-processes the softmax (the dense CRF) before the argmax. Images of the
     same size go through the network ``batch_size`` at a time; counts stay on the device until
     the end. On a terminal, a bar counts this process's images. ``published``: each method's own
-    test procedure (:func:`class_probabilities`)."""
+    test procedure (:func:`class_probabilities`). ``on_prediction(image_id, labels)`` receives each
+    image's predicted label map (e.g. to save it); a split without labels is predicted, not scored."""
     device = dist_info.device
     model.eval()
     dataset = SegmentationDataset(split)
@@ -198,6 +200,8 @@ def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
             if prediction.shape != label.shape:
                 raise ValueError(f"the prediction of image {image_id} is {tuple(prediction.shape)} but its label is "
                                  f"{tuple(label.shape)}: predictions must be at full label resolution")
+            if on_prediction is not None:
+                on_prediction(image_id, prediction)
             ids.append(image_id)
             counts.append(_image_counts(prediction, label.to(device, non_blocking=True)))
         live.update(len(bucket))
@@ -220,7 +224,8 @@ def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
         pairs = sorted((p for part in gathered for p in part), key=lambda p: position[p[0]])
     check_complete([p[0] for p in pairs], split.ids)
     per_image = np.stack([p[1] for p in pairs])
-    return Evaluation(metrics_from_counts(per_image.sum(0)), [p[0] for p in pairs], per_image)
+    metrics = metrics_from_counts(per_image.sum(0)) if split.labelled else None
+    return Evaluation(metrics, [p[0] for p in pairs], per_image)
 
 
 def _label_files(folder: Path, option: str) -> dict[str, Path]:

@@ -83,7 +83,8 @@ def build_model(recipe: Recipe, dependency_weights: Path | None = None) -> nn.Mo
     """The registered method at the recipe's width, initialised from ImageNet or, for a staged
     recipe, from the trained weights of ``recipe.init_from`` (every tensor of the same name and
     shape; the others keep their paper initialisation)."""
-    model = methods.create(recipe.architecture, NUM_CLASSES, width=recipe.width, pretrained=recipe.pretrained)
+    model = methods.create(recipe.architecture, NUM_CLASSES, width=recipe.width, pretrained=recipe.pretrained,
+                           **dict(recipe.builder_options))
     if recipe.init_from is not None:
         if dependency_weights is None:
             raise ValueError(f"recipe {recipe.method} starts from {recipe.init_from}: pass its trained weights")

@@ -106,6 +106,13 @@ class Recipe:
     extra_train_split: str | None = None  # a second split trained on with train_split (Yu & Koltun Sec 5: coco)
     train_only: str | None = None  # train only parameters under this prefix; the rest frozen
     cached_features: bool = False  # train the head on cached outputs of the frozen part
+    # score with the method's published test procedure (``published_probabilities``: fyu/dilation's
+    # 900 x 900 tiles, DeepLab's 513 x 513 mean padding and x8 zoom); false: softmax of ``forward``
+    # on the whole image (the quick profile, which its records used)
+    published_test: bool = True
+    # builder arguments of the network beyond width and weights (the paper's basic context module:
+    # the identity filler's noise); empty: the builder's defaults
+    builder_options: tuple[tuple[str, float], ...] = ()
     crf: tuple[tuple[str, float], ...] = tuple((k, float(v)) for k, v in dataclasses.asdict(CRFParams()).items())
     crf_grid: tuple[tuple[str, tuple[float, ...]], ...] = (  # crf-search: DeepLab's coarse grid (SPEC 5)
         ("w1", (5.0, 6.0, 7.0, 8.0, 9.0, 10.0)), ("theta_alpha", (50.0, 60.0, 70.0, 80.0, 90.0, 100.0)),
@@ -179,9 +186,12 @@ PAPER_RECIPES = {
                             "outputs, batch 60, lr 1e-3, momentum 0.9 (until validation plateaus: 40k here); "
                             "trains on whole cached maps, not the paper's 66x66 crops (joint fine-tuning: NAME_joint)",
                             "trainaug", "val", 60, 40_000, 1e-3, 0.9, 5e-4, init_from="frontend",
-                            train_only="context.", cached_features=True),
+                            train_only="context.", cached_features=True,
+                            # fyu/caffe-dilation's identity filler adds N(0, 0.01^2) (filler.hpp, IdentityFiller)
+                            builder_options=(("noise_std", 0.01),)),
 }
-PAPER_RECIPES["context_large"] = dataclasses.replace(PAPER_RECIPES["context_basic"], method="context_large")
+PAPER_RECIPES["context_large"] = dataclasses.replace(PAPER_RECIPES["context_basic"], method="context_large",
+                                                     builder_options=())
 _COCO = "Yu & Koltun Sec 5 (the front end of Table 3)"
 PAPER_RECIPES |= {
     "frontend_coco_stage1": dataclasses.replace(
@@ -218,6 +228,7 @@ def _quick(recipe: Recipe) -> Recipe:
         optimizer="adam", lr=2e-3, momentum=0.9, weight_decay=5e-4, schedule="poly", loss="mean",
         crop=468 if recipe.padded_crops else None, scale=None,
         flip=True, pretrained=False, width=1 / 16, dropout=0.0, log_every=20, checkpoint_every=100,
+        published_test=False, builder_options=(),
         crf=(("w1", 5.0), ("theta_alpha", 20.0), ("theta_beta", 5.0), ("w2", 3.0), ("theta_gamma", 3.0),
              ("iterations", 10.0)),
         crf_grid=(("w1", (3.0, 5.0, 8.0)), ("theta_alpha", (10.0, 20.0, 40.0)), ("theta_beta", (3.0, 5.0, 10.0))),
@@ -282,11 +293,11 @@ def recipe_for_new_head(method: str, base: Recipe, *, staged: bool = False, head
     if staged:
         train_only = head if base.train_only is not None else None
         what = f"only {train_only.rstrip('.')} trained" if train_only else "all trained"
-        return dataclasses.replace(base, method=method, network=None, train_only=train_only,
+        return dataclasses.replace(base, method=method, network=None, train_only=train_only, builder_options=(),
                                    source=f"the {base.method} recipe ({base.source}), staged like it ({what}), "
                                           f"applied to {method}")
     return dataclasses.replace(base, method=method, network=None, init_from=None, train_only=None,
-                               cached_features=False,
+                               cached_features=False, builder_options=(),
                                source=f"the {base.method} recipe ({base.source}), applied to {method} end to end")
 
 

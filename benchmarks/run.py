@@ -174,8 +174,10 @@ def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -
     """What determines the weights of one run, and its hash ``key`` (12 hex digits)."""
     recipe = plan.recipe(method)
     data = [{k: v for k, v in source.facts(split).items() if k != "root"} for split in recipe.training_splits]
-    # The CRF-RNN stage's fields do not change the network's weights (and leave existing runs' keys as they were).
-    trained = {k: v for k, v in recipe.as_dict().items() if not k.startswith("crfrnn_")}
+    # The CRF-RNN stage's fields and the test procedure do not change the network's weights, and
+    # builder options enter only when a recipe sets them: existing runs keep their keys.
+    trained = {k: v for k, v in recipe.as_dict().items()
+               if not k.startswith("crfrnn_") and k != "published_test" and not (k == "builder_options" and not v)}
     details = methods.get_entry(recipe.architecture).details  # e.g. an mmseg head's config and package versions
     identity = {"method": method, **({"method_details": details} if details else {}), "recipe": trained,
                 "train_data": data, "seed": seed, "initial_weights": _initial_weights(plan, source, recipe, seed)}
@@ -196,17 +198,24 @@ def target_record_path(plan: RunPlan, source: DatasetSource, target: str, seed: 
     return record_path(plan.results, plan.profile, source.name, target, seed, key=key)
 
 
+HEAVY_MOMENTUM = 0.99
+"""fcn.berkeleyvision.org's ``solver.prototxt`` (momentum 0.99, batch 1, unnormalised loss: the
+"heavy" models of its README), against the paper's momentum 0.9 and batch 20 (FCN Sec 4.3)."""
+
+
 def conditions(plan: RunPlan, method: str) -> dict[str, object]:
     """The training conditions a reference set may require (``check``): ``coco_pretraining``, whether
     ``method`` or a method it starts from (``init_from``) trained on the ``coco`` split (Yu & Koltun
-    Sec 5)."""
+    Sec 5); ``heavy_momentum_solver``, whether ``method`` trained with SGD at momentum >=
+    :data:`HEAVY_MOMENTUM` (FCN's repository set grades those runs, its CVPR Table 2 set the others)."""
     recipe, chain = plan.recipe(method), []
     while True:
         chain.append(recipe)
         if recipe.init_from is None:
             break
         recipe = plan.recipe(recipe.init_from)
-    return {"coco_pretraining": any(r.extra_train_split == COCO_SPLIT for r in chain)}
+    return {"coco_pretraining": any(r.extra_train_split == COCO_SPLIT for r in chain),
+            "heavy_momentum_solver": chain[0].optimizer == "sgd" and chain[0].momentum >= HEAVY_MOMENTUM}
 
 
 def _check_splits(source: DatasetSource, plan: RunPlan, targets: list[str]) -> dict[str, int]:
@@ -285,11 +294,13 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
         recorded = json.loads(path.read_text())
         if recorded.get("trained_weights_sha256") == weights_sha and recorded.get("crf") == (asdict(crf) if crf
                                                                                              else None) \
-                and (recorded.get("crfrnn") or {}).get("key") == (crfrnn or {}).get("key"):
+                and (recorded.get("crfrnn") or {}).get("key") == (crfrnn or {}).get("key") \
+                and recorded["recipe"].get("published_test", False) == recipe.published_test:
             progress(f"{target} seed {seed}: record {path} exists; reusing it (--rerun to replace)")
             return path
         progress(f"{target} seed {seed}: record {path} was not produced from {weights} (missing or retrained, e.g. "
-                 "the record shipped with the repository) or with other CRF parameters; scoring again, the old record "
+                 "the record shipped with the repository), with other CRF parameters or another test procedure; "
+                 "scoring again, the old record "
                  "is kept as .superseded")
     model = build_trained(recipe, weights).to(dist_info.device)
     refine = (lambda image, probs, params=crf: dense_crf(image, probs, params, plan.crf_backend)) if crf else None
@@ -299,7 +310,8 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
         crfrnn = {**crfrnn, **measured}
         refine = crfrnn_refine(module)
     started = time.perf_counter()
-    result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, batch_size=plan.eval_batch)
+    result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, batch_size=plan.eval_batch,
+                      published=recipe.published_test)
     eval_seconds = time.perf_counter() - started
     if dist_info.is_main:
         record = _record(target, recipe, source=source, plan=plan, seed=seed, result=result, crf=crf,
@@ -348,6 +360,8 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
         "run_key": identity["key"],
         "initial_weights": identity["initial_weights"],
         "train_eval_overlap": overlap,
+        "test_protocol": f"published ({recipe.architecture}'s published_probabilities)" if recipe.published_test
+                         else "whole image (softmax of forward)",
         "recipe": recipe.as_dict(),
         "overrides": list(plan.overrides),
         "crf": asdict(crf) if crf else None,

@@ -19,6 +19,7 @@ from benchmarks.data.datasets import DatasetSource
 from benchmarks.distributed import Distributed
 from benchmarks.evaluation import evaluate
 from benchmarks.files import file_sha256, load_torch
+from benchmarks.predictions import PredictionWriter
 from benchmarks.recipes import RecipeError, get_recipe
 from benchmarks.records import environment, git_commit, hardware, record_path, write_record
 from benchmarks.run import CRF_SUFFIX
@@ -70,22 +71,32 @@ def _crf_params(method: str) -> CRFParams:
 def score_weights(method: str, weights: Path, source: DatasetSource, *, split: str, crf: bool, results: Path,
                   dist_info: Distributed, options: dict[str, object] | None = None, convention: str = "paper",
                   conditions: dict[str, bool] | None = None, crf_backend: str = "pydensecrf", eval_batch: int = 1,
-                  progress: Callable[[str], None] = print) -> Path | None:
+                  save_predictions: Path | None = None, progress: Callable[[str], None] = print) -> Path | None:
     """Score ``weights`` as ``method`` (a registered method, or a paper recipe's name such as
     ``context_large_coco`` for a COCO-trained large context network; ``+crf`` with the paper
     recipe's CRF parameters when ``crf``) on ``split``; returns the record written (``None`` on a
     non-main DDP process).
     ``options`` go to the method's builder (``width``, ``at_once`` for fcn8s-atonce).
     ``convention``: ``paper`` (the Caffe-trained releases) or ``torchvision``. ``conditions`` are
-    the user's statement of how the weights were trained (e.g. ``coco_pretraining``)."""
+    the user's statement of how the weights were trained (e.g. ``coco_pretraining``).
+    ``save_predictions``: a folder that receives every image's predicted labels in the VOC
+    server's layout (:mod:`benchmarks.predictions`); a split without labels (``test``) is only
+    predicted, and no record is written (``None`` is returned)."""
+    voc_split = source.split(split)
+    if not voc_split.labelled and save_predictions is None:
+        raise ValueError(f"split {split!r} has no labels, so it cannot be scored: pass --save-predictions OUT to write "
+                         "its predictions for the VOC evaluation server")
     model = _model(method, weights, dict(options or {}), convention).to(dist_info.device)
     sha = file_sha256(weights)
     params = _crf_params(method) if crf else None
     refine = (lambda image, probs: dense_crf(image, probs, params, crf_backend)) if params else None
     started = time.perf_counter()
-    result = evaluate(model, source.split(split), dist_info, refine, batch_size=eval_batch, published=True)
+    writer = PredictionWriter(save_predictions) if save_predictions is not None else None
+    result = evaluate(model, voc_split, dist_info, refine, batch_size=eval_batch, published=True, on_prediction=writer)
     seconds = time.perf_counter() - started
-    if not dist_info.is_main:
+    if writer is not None:
+        progress(f"{writer.written} predictions -> {writer.folder}")
+    if not dist_info.is_main or result.metrics is None:
         return None
     target = f"{method}{CRF_SUFFIX}" if crf else method
     comparable = source.comparable_to_paper

@@ -3,7 +3,8 @@
 as the official fyu/dilation nets lay them out (``dilation8_pascal_voc``).
 
 Front end (Sec 4): VGG-16 with pool4 and pool5 removed; conv5_x dilated by 2 and fc6 (7x7,
-4096) dilated by 4; no padding inside the network ("we removed the padding of the intermediate
+4096) dilated by 4, fc6 and fc7 each followed by Caffe's element-wise ``Dropout`` (``network.py``:
+``L.Dropout(..., dropout_ratio=0.5)``); no padding inside the network ("we removed the padding of the intermediate
 feature maps"); instead the input is reflection-padded (official: a 186-px margin,
 ``BORDER_REFLECT_101``; a 900x900 input gives a 66x66 output); ``final`` is a 1x1 C-way layer
 initialised N(0, 0.001^2); score stride 8. The scores are zoomed x8 as the deploy net's test
@@ -81,9 +82,9 @@ class FrontEnd(nn.Module):
         self.out_channels = scaled_channels(4096, width) if fc else self.conv5_channels
         if fc:
             self.fc6 = nn.Conv2d(self.conv5_channels, self.out_channels, 7, dilation=4)
-            self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+            self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout(0.5)
             self.fc7 = nn.Conv2d(self.out_channels, self.out_channels, 1)
-            self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+            self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout(0.5)
 
     def conv5(self, x: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
         """conv5_3 after its ReLU (stride 8; fc6's 7x7 dilation-4 window makes fc7's map 24 units
@@ -237,10 +238,12 @@ def frontend(num_classes: int = 21, width: float = 1.0, pretrained: bool | str =
 @register("context_basic", paper=f"{PAPER}, Sec 3 and Table 1 (basic context module)", caffe_init=VGG_CONV)
 def context_basic(num_classes: int = 21, width: float = 1.0, pretrained: bool | str = False,
                   weights_path: str | os.PathLike[str] | None = None, buffer: str = "zeros",
-                  seed: int = 0) -> ContextNetwork:
-    """Front end + basic context module: C channels in every layer, identity init (Eq. 4)."""
+                  noise_std: float = 0.0, seed: int = 0) -> ContextNetwork:
+    """Front end + basic context module: C channels in every layer, identity init (Eq. 4); with
+    ``noise_std`` the off-identity weights are N(0, noise_std^2), as fyu/caffe-dilation's identity
+    filler adds N(0, 0.01^2) (``filler.hpp``; the paper recipe sets 0.01; 0 keeps Eq. 4 exact)."""
     return _build(num_classes, width=width, pretrained=pretrained, weights_path=weights_path,
-                  multipliers=BASIC_MULTIPLIERS, buffer=buffer, seed=seed)
+                  multipliers=BASIC_MULTIPLIERS, buffer=buffer, noise_std=noise_std, seed=seed)
 
 
 @register("context_large", paper=f"{PAPER}, Sec 3 and Table 1 (large context module)", caffe_init=VGG_CONV)

@@ -8,7 +8,7 @@ Faithful details:
   un-padded 7x7 ``fc6`` (FCN reference nets; paper Sec 4.1 footnote on padding);
 * max pools are 2x2 stride 2 with Caffe's ceil rounding;
 * ``fc6``/``fc7`` are ImageNet's fully connected layers made convolutional (Sec 3.1), with
-  dropout 0.5;
+  Caffe's element-wise ``Dropout`` (``drop6``/``drop7``, ``dropout_ratio: 0.5`` in ``voc-fcn*/train.prototxt``);
 * score layers ``score_fr``, ``score_pool4``, ``score_pool3`` are zero-initialised (Sec 4.1:
   "zero-initializing the class scoring layer");
 * upsampling is a deconvolution fixed to bilinear interpolation (Sec 3.3; ``lr_mult: 0`` in the
@@ -63,9 +63,9 @@ class FCN(SegmentationModel):
         self.blocks = add_vgg16_trunk(self, FCN_LAYOUT, width)
         fc = scaled_channels(4096, width)
         self.fc6 = nn.Conv2d(scaled_channels(512, width), fc, 7)
-        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+        self.relu6, self.drop6 = nn.ReLU(inplace=True), nn.Dropout(0.5)
         self.fc7 = nn.Conv2d(fc, fc, 1)
-        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout2d(0.5)
+        self.relu7, self.drop7 = nn.ReLU(inplace=True), nn.Dropout(0.5)
         self.score_fr = nn.Conv2d(fc, num_classes, 1)
         score_layers = [self.score_fr]
         if score_stride <= 16:

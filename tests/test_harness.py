@@ -191,6 +191,24 @@ def test_check_verdicts():
     assert {v["verdict"] for v in check_records([_record("fcn8s", 62.7, False)], references)} == {"not comparable"}
 
 
+def test_fcn_runs_are_graded_against_the_reference_set_of_their_solver():
+    """The paper recipe's heavy-momentum solver (fcn.berkeleyvision.org solver.prototxt) against the
+    repository's numbers only; a run of the paper's momentum-0.9 solver against CVPR Table 2 only."""
+    from benchmarks.run import RunPlan, conditions
+
+    references = load_references()
+    assert conditions(RunPlan(profile="paper", seeds=(0,)), "fcn8s")["heavy_momentum_solver"]
+    assert not conditions(RunPlan(profile="paper", seeds=(0,)), "deeplab_v1")["heavy_momentum_solver"]
+    for heavy, graded in ((True, "fcn_reference_repo"), (False, "fcn_cvpr_table2")):
+        record = {**_record("fcn8s", 65.5 if heavy else 62.7, split="seg11valid"),
+                  "conditions": {"heavy_momentum_solver": heavy}}
+        verdicts = {v["reference"]: v for v in check_records([record], references)}
+        assert verdicts[graded]["verdict"] == "reproduced"
+        [other] = set(verdicts) - {graded, "voc2012_test", "design_note"}
+        assert verdicts[other]["verdict"] == "not comparable"
+        assert f"heavy_momentum_solver={str(not heavy).lower()}" in verdicts[other]["reason"].lower()
+
+
 def test_check_command_exit_codes(tmp_path, env):
     folder = tmp_path / "results" / "records" / "paper-voc2012" / "deeplab_v1"
     folder.mkdir(parents=True)
@@ -251,6 +269,33 @@ def test_quick_profile_replaces_dropout_and_paper_keeps_it():
     assert rates(quick) == [0.0, 0.0] and rates(paper_like) == [0.5, 0.5]
 
 
+def test_paper_recipes_score_with_the_published_procedure_and_quick_ones_on_whole_images():
+    from benchmarks.recipes import recipe_methods
+
+    for method in recipe_methods():
+        assert get_recipe(method, "paper").published_test and not get_recipe(method, "quick").published_test
+    # the basic context module's identity filler noise (fyu/caffe-dilation) only in the paper profile
+    assert get_recipe("context_basic", "paper").builder_options == (("noise_std", 0.01),)
+    assert get_recipe("context_basic", "quick").builder_options == ()
+    assert get_recipe("context_large", "paper").builder_options == ()
+
+
+def test_paper_basic_context_module_is_the_identity_plus_filler_noise():
+    import dataclasses
+
+    from benchmarks.networks import build_model
+
+    recipe = dataclasses.replace(get_recipe("context_basic", "paper"), pretrained=False, width=1 / 16, init_from=None)
+    context = build_model(recipe).context
+    weights = torch.cat([m.weight.flatten() for m in context.modules() if isinstance(m, torch.nn.Conv2d)])
+    exact = build_model(dataclasses.replace(recipe, builder_options=())).context  # the quick profile's
+    identity = torch.cat([m.weight.flatten() for m in exact.modules() if isinstance(m, torch.nn.Conv2d)])
+    assert set(identity.unique().tolist()) == {0.0, 1.0}  # Eq. 4 exactly
+    centre, rest = weights[identity == 1], weights[identity == 0]
+    assert torch.equal(centre, torch.ones_like(centre))
+    assert abs(rest.std().item() - 0.01) < 0.0005 and abs(rest.mean().item()) < 0.0005
+
+
 def test_compare_a_new_head_against_a_baseline(tmp_path, env):
     """The README's example head, registered from its own module, against DeepLab on the same data
     and recipe: a paired bootstrap interval over the validation images."""
@@ -282,6 +327,14 @@ def test_paper_profile_on_genuine_voc_samples(tmp_path, env, shared_dir):
     assert record["profile"] == "paper" and record["dataset"]["name"] == "voc2012"
     assert record["dataset"]["images"] == 76 and record["train_dataset"]["split"] == "trainaug"
     assert record["comparable_to_paper"] is False and "overridden" in record["comparable_reason"]
+    # the paper profile scores with the published test procedure: `score` on the run's weights agrees
+    assert record["test_protocol"] == "published (deeplab_v1's published_probabilities)"
+    [weights] = (tmp_path / "w").rglob("weights.pt")
+    scored = _cli(["score", "deeplab_v1", "--weights", str(weights), "--option", "width=0.0625", "--data", voc,
+                   "--convention", "torchvision", "--results", str(tmp_path / "s")], env)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    [released] = load_records(tmp_path / "s")
+    assert released["metrics"]["miou"] == pytest.approx(record["metrics"]["miou"], abs=1e-12)
 
 
 def test_compare_bad_input_is_a_clear_error(tmp_path, env):

@@ -55,9 +55,12 @@ def test_trainaug_formula_and_conversion(trees):
     assert (labels["e"] == 4).all() and (labels["f"] == 5).all()
     assert read_split(voc / "ImageSets/Segmentation/sbdtrain.txt") == ["b", "c", "e"]
     sbd_train = VOCSplit(root, "sbdtrain")
-    assert len(sbd_train) == 3 and (sbd_train[1].label == 3).all()  # c: SBD's label (VOC has it in val)
+    # FCN's labels: SBD's GTcls for every id, also b, which VOC annotates (fcn.berkeleyvision.org voc_layers.py)
+    assert [int(sbd_train[i].label.max()) for i in range(3)] == [2, 3, 4]
+    assert all((sbd_train[i].label == sbd_train[i].label.max()).all() for i in range(3))
+    assert (done.fcn_written, done.fcn_kept) == (3, 0)
     again = prepare_data(root, root)
-    assert (again.kept, again.from_voc, again.from_sbd) == (5, 0, 0)
+    assert (again.kept, again.from_voc, again.from_sbd, again.fcn_written, again.fcn_kept) == (5, 0, 0, 0, 3)
 
 
 def test_formula_on_the_official_lists(shared_dir):

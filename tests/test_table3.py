@@ -39,11 +39,11 @@ def test_paper_recipes_follow_section_5():
 
 def test_coco_pretraining_is_inherited_through_init_from():
     plan = RunPlan(profile="quick", seeds=(0,))
-    assert conditions(plan, "context_large_coco") == {"coco_pretraining": True}
-    assert conditions(plan, "frontend_coco_stage1") == {"coco_pretraining": True}
-    assert conditions(plan, "context_large") == {"coco_pretraining": False}
+    coco = lambda plan, method: conditions(plan, method)["coco_pretraining"]  # noqa: E731
+    assert coco(plan, "context_large_coco") and coco(plan, "frontend_coco_stage1")
+    assert not coco(plan, "context_large")
     without = RunPlan(profile="quick", seeds=(0,), overrides=("extra_train_split=none",))
-    assert conditions(without, "context_large_coco") == {"coco_pretraining": False}
+    assert not coco(without, "context_large_coco")
 
 
 def test_the_two_stage_recipe_runs_on_the_embedded_coco_set(tmp_path, monkeypatch):
@@ -55,7 +55,8 @@ def test_the_two_stage_recipe_runs_on_the_embedded_coco_set(tmp_path, monkeypatc
     lines: list[str] = []
     (path,) = run(["frontend_coco"], source, plan, Distributed(device=torch.device("cpu")), lines.append).values()
     record = json.loads(path.read_text())
-    assert record["conditions"] == {"coco_pretraining": True} and record["init_from"] == "frontend_coco_stage1"
+    assert record["conditions"] == {"coco_pretraining": True, "heavy_momentum_solver": False}
+    assert record["init_from"] == "frontend_coco_stage1"
     assert record["extra_train_dataset"] is None and record["base_method"] == "frontend_coco"
     (stage1,) = (tmp_path / "runs" / "quick-embedded" / "frontend_coco_stage1").glob("seed0-*/log.csv")
     assert len(stage1.read_text().splitlines()) == 1 + 3  # trained on trainaug + coco, not scored

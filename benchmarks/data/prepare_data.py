@@ -7,6 +7,10 @@ val.txt}``). Output, inside ``VOC2012``:
 - ``SegmentationClassAug/<id>.png``: a palette PNG for every ``trainaug`` and SBD ``train`` id.
   Ids with a VOC 2012 training annotation keep it (it has VOC's 255 boundary bands); the others
   are SBD's ``GTcls.Segmentation`` converted from ``.mat``.
+- ``SegmentationClassSBD/<id>.png``: SBD's ``GTcls.Segmentation`` for every SBD ``train`` id, VOC
+  annotation or not: FCN's training labels (fcn.berkeleyvision.org ``voc_layers.py``:
+  ``SBDDSegDataLayer.load_label`` reads ``cls/<id>.mat`` for each id of SBD's ``train.txt``); the
+  ``sbdtrain`` split reads them.
 - ``ImageSets/Segmentation/trainaug.txt``: (VOC train ∪ SBD train ∪ SBD val) − VOC val, 10,582
   ids on the full data; ``sbdtrain.txt`` (SBD train, 8,498 ids, FCN's training set) and
   ``sbdval.txt``.
@@ -98,10 +102,13 @@ class PreparedData:
     from_voc: int
     from_sbd: int
     kept: int
+    fcn_written: int  # SegmentationClassSBD PNGs written now
+    fcn_kept: int  # ... already there
 
 
 def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str]) -> PreparedData:
-    """Build ``SegmentationClassAug`` and the ``trainaug`` / ``sbdtrain`` / ``sbdval`` lists."""
+    """Build ``SegmentationClassAug``, ``SegmentationClassSBD`` and the ``trainaug`` / ``sbdtrain`` /
+    ``sbdval`` lists."""
     voc = resolve_voc_root(data)
     lists = voc / "ImageSets" / "Segmentation"
     voc_train, voc_val = read_split(lists / "train.txt"), read_split(lists / "val.txt")
@@ -129,6 +136,14 @@ def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str
             label = read_sbd_mat(id_path(sbd_root / "cls", image_id, ".mat"))
             counts["sbd"] += 1
         write_bytes_atomic(target, palette_png(label))
+    fcn = {"written": 0, "kept": 0}
+    for image_id in sbd_train:
+        target = id_path(voc / "SegmentationClassSBD", image_id, ".png")
+        if target.is_file():
+            fcn["kept"] += 1
+            continue
+        write_bytes_atomic(target, palette_png(read_sbd_mat(id_path(sbd_root / "cls", image_id, ".mat"))))
+        fcn["written"] += 1
     for name, content in (("trainaug.txt", ids), ("sbdtrain.txt", sbd_train), ("sbdval.txt", sbd_val)):
         write_bytes_atomic(lists / name, "".join(f"{i}\n" for i in content).encode())
-    return PreparedData(voc, len(ids), counts["voc"], counts["sbd"], counts["kept"])
+    return PreparedData(voc, len(ids), counts["voc"], counts["sbd"], counts["kept"], fcn["written"], fcn["kept"])

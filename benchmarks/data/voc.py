@@ -51,16 +51,18 @@ IMAGE_ID = re.compile(r"\w[\w.-]*")
 ``.`` or ``-`` (so no path separator, ``..`` component, NUL or absolute path); VOC's and SBD's
 ids (``2007_000032``) all are."""
 
-# split -> (candidate list files under ImageSets, label folder)
+# split -> (candidate list files under ImageSets, label folder; None: a split without labels)
 SPLITS = {
     "train": (("Segmentation/train.txt",), "SegmentationClass"),
     "val": (("Segmentation/val.txt",), "SegmentationClass"),
     "trainaug": (("Segmentation/trainaug.txt", "Segmentation/aug.txt", "SegmentationAug/train_aug.txt"),
                  "SegmentationClassAug"),
     "seg11valid": (("Segmentation/seg11valid.txt",), "SegmentationClass"),
-    "sbdtrain": (("Segmentation/sbdtrain.txt",), "SegmentationClassAug"),
+    # FCN's training set with FCN's labels: SBD's GTcls for every id (`prepare-data --sbd` writes them)
+    "sbdtrain": (("Segmentation/sbdtrain.txt",), "SegmentationClassSBD"),
     "crfholdout": (("Segmentation/crfholdout.txt",), "SegmentationClassAug"),
     "coco": (("Segmentation/coco.txt",), "SegmentationClassCOCO"),  # `prepare-data --coco` (benchmarks/data/coco.py)
+    "test": (("Segmentation/test.txt",), None),  # VOC 2012 test (VOC2012test.tar): no labels, predicted for the server
 }
 IMAGE_FOLDERS = {"coco": "JPEGImagesCOCO"}
 """The image folder of a split whose images are not in ``JPEGImages``."""
@@ -222,9 +224,16 @@ class Sample:
     label: np.ndarray  # H x W uint8, 255 = ignore
 
 
+def _prepare_hint(split: str) -> str:
+    """How to build a split that ``prepare-data`` writes ("" for VOC's own splits)."""
+    source = {"trainaug": "--sbd PATH", "sbdtrain": "--sbd PATH", "coco": "--coco PATH"}.get(split)
+    return f" (run `python -m benchmarks prepare-data {source}` to build it)" if source else ""
+
+
 class VOCSplit:
     """One split of a VOC-layout tree: ids from the split list, image and label paths checked at
-    construction, pixels checked at read time."""
+    construction, pixels checked at read time. A split without labels (``labelled`` false: VOC
+    2012 ``test``) reads every label as all ignore (255): its images can be predicted, not scored."""
 
     def __init__(self, root: str | os.PathLike[str] | None, split: str, num_classes: int = NUM_CLASSES) -> None:
         if split not in SPLITS:
@@ -239,25 +248,29 @@ class VOCSplit:
             raise DataError(f"split list {odd} is not a regular file (a folder or a pipe); replace it with the text "
                             "file of image ids")
         if list_path is None:
-            source = {"trainaug": "--sbd PATH", "sbdtrain": "--sbd PATH", "coco": "--coco PATH"}.get(split)
-            hint = f" (run `python -m benchmarks prepare-data {source}` to build it)" if source else ""
+            hint = _prepare_hint(split)
             raise DataError(f"no split list for {split!r}: looked for {[str(p) for p in candidates]}{hint}")
         self.list_path = list_path
         self.ids = read_split(list_path)
-        self.image_dir, self.label_dir = self.root / IMAGE_FOLDERS.get(split, "JPEGImages"), self.root / label_folder
-        missing = [(i, p) for i in self.ids for p in (self.image_path(i), self.label_path(i)) if not p.is_file()]
+        self.labelled = label_folder is not None
+        self.image_dir = self.root / IMAGE_FOLDERS.get(split, "JPEGImages")
+        self.label_dir = self.root / label_folder if self.labelled else None
+        missing = [(i, p) for i in self.ids for p in (self.image_path(i), *self._label_paths(i)) if not p.is_file()]
         if missing:
             image_id, path = missing[0]
             what = "is not a regular file (a folder or a pipe)" if path.exists() else "is missing"
             raise DataError(
                 f"{len(missing)} files of split {split!r} ({list_path}) are missing or not regular files; {path} "
-                f"(id {image_id}) {what}; restore them or remove the ids from the list"
+                f"(id {image_id}) {what}; restore them or remove the ids from the list{_prepare_hint(split)}"
             )
 
     def check(self) -> None:
         """Every image and label decoded and checked now (values, sizes, truncation, the size
         limit), before a run spends hours on the split (a training run may never sample a broken
         image); and at least one label with a pixel that is not ignored."""
+        if not self.labelled:
+            raise DataError(f"split {self.split!r} ({self.list_path}) has no labels: nothing to train or score on; "
+                            "predict it with `score NAME --weights W --split test --save-predictions OUT`")
         labelled = 0
         for index in range(len(self.ids)):
             labelled += bool((self[index].label != IGNORE_INDEX).any())
@@ -269,7 +282,12 @@ class VOCSplit:
         return id_path(self.image_dir, image_id, ".jpg")
 
     def label_path(self, image_id: str) -> Path:
+        if self.label_dir is None:
+            raise DataError(f"split {self.split!r} ({self.list_path}) has no labels: it can be predicted, not scored")
         return id_path(self.label_dir, image_id, ".png")
+
+    def _label_paths(self, image_id: str) -> tuple[Path, ...]:
+        return (self.label_path(image_id),) if self.labelled else ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -277,6 +295,8 @@ class VOCSplit:
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
         image = read_image(self.image_path(image_id))
+        if not self.labelled:
+            return Sample(image_id, image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8))
         label = read_label(self.label_path(image_id), self.num_classes)
         if image.shape[:2] != label.shape:
             raise DataError(
