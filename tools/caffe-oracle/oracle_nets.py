@@ -8,7 +8,8 @@ Sources (read, transcribed where a file is not usable as it stands):
   ``val.prototxt`` / ``train.prototxt``: used as they are, but the ``Python`` data layer becomes
   two ``Input`` blobs (``data``, ``label``) and, for deploy, the loss is dropped;
 * DeepLab-LargeFOV ``train.prototxt`` as released with DeepLab v1 (``vgg128_noup``): transcribed
-  below (BVLC Caffe has no ``hole`` parameter, no ``Interp`` and no data layer of DeepLab's fork:
+  below from its layout as SPEC section 6 and issue 22 give it (the released file itself was not
+  readable here) (BVLC Caffe has no ``hole`` parameter, no ``Interp`` and no data layer of DeepLab's fork:
   ``hole: h`` is written ``dilation: h``, which is the same arithmetic; the labels are shrunk by
   8 outside the net, as ``Interp`` with ``shrink_factor: 8`` samples pixel 8k on a 321 crop);
 * fyu/dilation @0f10574 ``network.py``: ``build_context`` and ``make_softmax_loss`` called as
