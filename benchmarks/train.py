@@ -31,7 +31,8 @@ from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe, RecipeError
 from benchmarks.sanity import SanityGate
 
-__all__ = ["TrainedPart", "TrainingError", "build_optimizer", "train", "training_step", "training_transform"]
+__all__ = ["TrainedPart", "TrainingError", "build_optimizer", "set_learning_rate", "train", "training_step",
+           "training_transform"]
 
 
 class TrainingError(RuntimeError):
@@ -62,6 +63,22 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "adam":
         return torch.optim.Adam(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999))
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}; use sgd or adam")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, recipe: Recipe, iteration: int) -> None:
+    """Each group's lr for ``iteration`` (``learning_rate`` x its ``lr_scale``). Caffe's SGD keeps the
+    lr inside its momentum history (``sgd_solver.cpp``: V = momentum V + lr (grad + decay W); W -= V),
+    torch's outside it (buffer = momentum buffer + grad; W -= lr buffer): when the lr changes (a
+    ``step`` or ``poly`` schedule) each momentum buffer is scaled by old lr / new lr, which makes
+    the two updates the same (checked against genuine Caffe: tests/test_caffe_goldens.py)."""
+    for group in optimizer.param_groups:
+        new = learning_rate(recipe, iteration) * group["lr_scale"]
+        old, group["lr"] = group["lr"], new
+        if isinstance(optimizer, torch.optim.SGD) and new != old and new > 0:
+            for parameter in group["params"]:
+                buffer = optimizer.state.get(parameter, {}).get("momentum_buffer")
+                if buffer is not None:
+                    buffer.mul_(old / new)
 
 
 def learning_rate(recipe: Recipe, iteration: int) -> float:
@@ -306,8 +323,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
     live = bar(recipe.method, recipe.iterations, "it", main=dist_info.is_main, initial=start)
     try:
         for iteration, (inputs, labels) in zip(range(start, recipe.iterations), batches, strict=False):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(recipe, iteration) * group["lr_scale"]
+            set_learning_rate(optimizer, recipe, iteration)
             loss, grad_norm = training_step(wrapped, optimizer, inputs, labels, recipe=recipe, dist_info=dist_info)
             seen += recipe.batch_size
             if iteration == 0 and gate.enabled:

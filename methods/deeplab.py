@@ -20,6 +20,10 @@ Faithful details (Sec 3.1 and Table 2, "DeepLab-LargeFOV"; reference net ``vgg12
   corner onto 513 x 513, so score k lands on pixel 8k (:class:`CaffeZoom`), cropped to the image.
   ``forward`` keeps the corner-aligned resize to the image's own size (``CaffeInterp``, what the
   quick profile's records used), which shifts labels by up to 2 px on a 375-px side;
+* input: BGR minus DeepLab's own mean pixel (104.008, 116.669, 122.675), the ``mean_value`` of the
+  LargeFOV train/test.prototxt, not the VGG release's (104.00699, 116.66877, 122.67892) of
+  :data:`methods.common.CAFFE_VGG`: < 0.01 grey level apart, which three SGD steps of genuine Caffe
+  show (``tests/test_caffe_goldens.py``: 3e-3 of an update after one step);
 * ImageNet initialisation (Sec 3.1, 4.1): fc6's 7x7 kernel is decimated to 3x3 (every third
   tap) and fc6/fc7 are decimated from 4096 to 1024 channels (every fourth filter); about 20.5M
   parameters (Table 2).
@@ -35,13 +39,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .caffe_weights import DEEPLAB_INIT
-from .common import CaffeInterp, CaffeZoom, SegmentationModel, scaled_channels
+from .common import CaffeInterp, CaffeZoom, InputConvention, SegmentationModel, scaled_channels
 from .registry import register
 from .vgg import FcSurgery, TrunkLayout, add_vgg16_trunk, apply_pretrained, run_layers
 
-__all__ = ["DeepLabLargeFOV", "deeplab_fc_decimation"]
+__all__ = ["DEEPLAB_MEAN_BGR", "DeepLabLargeFOV", "deeplab_fc_decimation"]
 
 PAPER = "Chen et al., Semantic Image Segmentation with Deep Convolutional Nets and Fully Connected CRFs, ICLR 2015"
+
+DEEPLAB_MEAN_BGR = InputConvention(name="deeplab-mean", channel_order="BGR", mean=(104.008, 116.669, 122.675),
+                                   std=(1.0, 1.0, 1.0))
+"""DeepLab-LargeFOV's input: ``transform_param { mean_value: 104.008 mean_value: 116.669 mean_value:
+122.675 }`` of its train/test.prototxt (BGR, 0..255)."""
 
 DEEPLAB_LAYOUT = TrunkLayout(
     conv_padding=(1, 1, 1, 1, 2),
@@ -55,6 +64,7 @@ class DeepLabLargeFOV(SegmentationModel):
     """DeepLab-LargeFOV: VGG-16 at output stride 8 with a 3x3, dilation-12, 1024-channel fc6."""
 
     score_stride = 8
+    paper_input_convention = DEEPLAB_MEAN_BGR
     caffe_aliases: ClassVar[dict[str, str]] = {"fc8_voc12": "fc8"}  # the released LargeFOV prototxt's classifier
 
     def __init__(self, num_classes: int, width: float = 1.0, fc_channels: int = 1024) -> None:

@@ -120,15 +120,18 @@ class ContextModule(nn.Module):
     """The context module of Table 1 with channel multipliers ``multipliers`` (of C).
 
     ``buffer``: how the 33-px buffer is made when the input does not carry one already:
-    ``"zeros"`` (official deploy net), ``"reflect"`` (the paper found both alike), or ``"none"``
-    (the caller passes maps that already carry the buffer; the output is 66 units smaller).
+    ``"zeros"`` (official deploy net), ``"reflect"`` (the paper found both alike), ``"none"``
+    (the caller passes maps that already carry the buffer; the output is 66 units smaller), or
+    ``"per_layer"``: no buffer, each 3x3 layer zero-padded by its dilation instead, as fyu/dilation's
+    training net (``network.py: build_context``, ``pad: dilation``); same size out, same weights,
+    different values within 33 units of the border.
     """
 
     def __init__(self, num_classes: int, multipliers: tuple[int, ...], buffer: str = "zeros",
                  noise_std: float = 1e-3, seed: int = 0) -> None:
         super().__init__()
         buffers = {"zeros": nn.ZeroPad2d(CONTEXT_BUFFER), "reflect": nn.ReflectionPad2d(CONTEXT_BUFFER),
-                   "none": nn.Identity()}
+                   "none": nn.Identity(), "per_layer": nn.Identity()}
         if buffer not in buffers:
             raise ValueError(f"buffer must be one of {sorted(buffers)}, got {buffer!r}")
         self.buffer = buffers[buffer]
@@ -137,7 +140,8 @@ class ContextModule(nn.Module):
         self.layer_names: list[str] = []
         for (name, kernel, dilation), multiplier in zip(CONTEXT_LAYERS, multipliers, strict=True):
             out_channels = num_classes * multiplier
-            conv = nn.Conv2d(in_channels, out_channels, kernel, dilation=dilation)
+            padding = dilation * (kernel // 2) if buffer == "per_layer" else 0
+            conv = nn.Conv2d(in_channels, out_channels, kernel, dilation=dilation, padding=padding)
             identity_init_(conv, num_classes, noise_std, generator)
             self.add_module(name, conv)
             self.layer_names.append(name)

@@ -29,6 +29,7 @@ from benchmarks.report import summary_table
 from benchmarks.run import RunPlan, run_identity
 from methods.caffe_weights import caffe_state_dict, read_caffe_source
 from methods.caffemodel import CaffeModelError, read_caffemodel
+from methods.deeplab import DEEPLAB_MEAN_BGR
 
 LENET = str(SHARED / "data" / "caffe-genuine" / "lenet_iter_10000.caffemodel")
 WIDTH = 1 / 16
@@ -324,7 +325,7 @@ def test_pretrained_caffe_loads_the_init_model_with_the_caffe_convention(tmp_pat
     path, arrays = _deeplab_init(tmp_path)
     monkeypatch.setenv("SEGREPRO_CAFFE_DEEPLAB_INIT", str(path))
     model = methods.create("deeplab_v1", width=WIDTH, pretrained="caffe")
-    assert model.input_convention is methods.CAFFE_VGG and str(path) in model.weights_source
+    assert model.input_convention is DEEPLAB_MEAN_BGR and str(path) in model.weights_source
     assert np.array_equal(model.conv5_3.weight.detach().numpy(), arrays["conv5_3"][0])
     assert np.array_equal(model.fc6.weight.detach().numpy(), arrays["fc6"][0])
     assert model.load_report.dropped.keys() == {"fc8"} and model.load_report.initialised == ["fc8.bias", "fc8.weight"]
@@ -375,6 +376,6 @@ def test_a_caffe_run_names_its_init_file_and_scores_in_the_caffe_convention(tmp_
     recipe = plan.recipe("deeplab_v1")
     weights = tmp_path / "w.pt"
     torch.save(build_model(recipe).state_dict(), weights)
-    assert build_trained(recipe, weights).input_convention is methods.CAFFE_VGG
+    assert build_trained(recipe, weights).input_convention is DEEPLAB_MEAN_BGR
     assert build_trained(dataclasses.replace(recipe, pretrained=False), weights).input_convention is \
         methods.TORCHVISION_VGG
