@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 
 from benchmarks.check import check_records, load_references
-from benchmarks.compare import seed_interval
 from benchmarks.data.voc import VOC_CLASSES
 from benchmarks.records import load_records, software_summary, weights_summary
+from benchmarks.stats import seed_interval
 
 __all__ = ["CLAIMS", "claims_table", "paper_tables", "write_report"]
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from benchmarks.check import check_records, load_references
-from benchmarks.compare import miou_from_counts, paired_bootstrap, seed_interval
 from benchmarks.evaluation import metrics_from_confusion
 from benchmarks.recipes import RecipeError, apply_overrides, get_recipe
 from benchmarks.records import load_records
 from benchmarks.report import claims_table, write_report
 from benchmarks.run import RunPlan, expand_targets
+from benchmarks.stats import miou_from_counts, paired_bootstrap, seed_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "iterations=8", "--set", "checkpoint_every=2", "--set", "log_every=1", "--set", "batch_size=4"]
