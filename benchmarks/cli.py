@@ -322,7 +322,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _write_report(args: argparse.Namespace) -> None:
     from benchmarks.report import write_report
 
-    for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
+    for path in write_report(Path(args.results), Path(args.reports), Path(args.runs),
+                             warn=lambda line: print(line, file=sys.stderr)):
         print(f"wrote {path}")
 
 

@@ -60,7 +60,7 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     baseline and seed."""
     from benchmarks.data.voc import DataError
     from benchmarks.recipes import recipe_methods
-    from benchmarks.records import load_counts
+    from benchmarks.records import load_counts, read_record
     from benchmarks.run import run
 
     if new in baselines:
@@ -78,6 +78,8 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     rows = []
     for baseline in baselines:
         for seed in plan.seeds:
+            for path in (records[(new, seed)], records[(baseline, seed)]):
+                read_record(path)  # the schema, the stored mIoU against its counts
             new_ids, new_counts = load_counts(records[(new, seed)])
             base_ids, base_counts = load_counts(records[(baseline, seed)])
             if new_ids != base_ids:

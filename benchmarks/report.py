@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.check import check_records, load_references
 from benchmarks.data.voc import VOC_CLASSES
-from benchmarks.records import load_records, software_summary, weights_summary
+from benchmarks.records import scan_records, software_summary, weights_summary
 from benchmarks.stats import seed_interval
 
 __all__ = ["CLAIMS", "claims_table", "paper_tables", "write_report"]
@@ -312,9 +312,12 @@ def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, 
     return _save_figure(out / f"{stem}-qualitative.png")
 
 
-def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
-    """Regenerate ``results/tables/*`` and ``reports/report.md``; returns the files written."""
-    records = load_records(results, for_report=True)
+def write_report(results: Path, reports: Path, runs: Path, warn: Callable[[str], None] = print) -> list[Path]:
+    """Regenerate ``results/tables/*`` and ``reports/report.md``; returns the files written. A
+    file that is not a valid record, or duplicates another, is left out with one line to ``warn``."""
+    records, problems = scan_records(results)
+    for problem in problems:
+        warn(f"left out: {problem}")
     if not records:
         raise FileNotFoundError(f"no records under {results / 'records'}; run `python -m benchmarks run --all` first")
     tables, written = results / "tables", []

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from record_files import make_record, write_record_files, write_valid_record
 
 from benchmarks.check import check_records, load_references
 from benchmarks.evaluation import metrics_from_confusion
@@ -192,13 +193,11 @@ def test_check_verdicts():
 
 
 def test_check_command_exit_codes(tmp_path, env):
-    folder = tmp_path / "results" / "records" / "paper-voc2012" / "deeplab_v1"
-    folder.mkdir(parents=True)
-    record = {**_record("deeplab_v1", 62.0), "profile": "paper", "dataset": {"name": "voc2012", "split": "val"}}
-    (folder / "seed0.json").write_text(json.dumps(record))
+    path = write_valid_record(tmp_path / "results", "deeplab_v1", 62.0)
     ok = _cli(["check", "--results", str(tmp_path / "results")], env)
     assert ok.returncode == 0 and "reproduced" in ok.stdout
-    (folder / "seed0.json").write_text(json.dumps({**record, "metrics": {"miou": 0.50}}))
+    record, counts = make_record("deeplab_v1", 50.0)
+    write_record_files(path, record, counts)
     assert _cli(["check", "--results", str(tmp_path / "results")], env).returncode == 1
 
 
