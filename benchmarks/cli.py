@@ -333,7 +333,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from benchmarks.check import check_records, load_references
+    from benchmarks.check import check_records, load_references, summary_line
     from benchmarks.records import load_records
 
     records = load_records(Path(args.results))
@@ -342,12 +342,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                          "or pass --results")
     verdicts = check_records(records, load_references())
     if args.json:
-        print(json.dumps(verdicts, indent=2))
+        print(json.dumps({"verdicts": verdicts, "summary": summary_line(verdicts)}, indent=2))
     else:
         for v in verdicts:
-            print(f"{v['method']:<20} seed {v['seed']}  {v['reference']:<20} published {v['published']:6.2f}  "
-                  f"measured {v['measured']:6.2f}  {v['verdict']}: {v['reason']}  [weights: {v['weights']}] "
-                  f"[{v['software']}]")
+            interval = "" if v["low"] is None else f" [{v['low']:6.2f}, {v['high']:6.2f}]"
+            print(f"{v['method']:<24} {v['reference']:<20} group {v['group']}  {len(v['seeds'])} seeds  published "
+                  f"{v['published']:6.2f}  mean {v['mean']:6.2f}{interval}  {v['verdict']}: {v['reason']}  "
+                  f"[weights: {v['weights']}] [{v['software']}]")
+        print(summary_line(verdicts))
     failed = [v for v in verdicts if v["verdict"] in ("below", "above") and v["authoritative"]]
     return 1 if failed else 0
 
@@ -596,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports")
     p.add_argument("--runs", default="runs")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("check", help="each record against the published numbers (exit 1 if a comparable run missed; "
+    p = sub.add_parser("check", help="each method's seeds (per group) against the published numbers (exit 1 if a "
+                                     "comparable row missed; "
                                      "2 if there are no records or one does not read)")
     p.add_argument("--results", default="results")
     p.add_argument("--json", action="store_true")

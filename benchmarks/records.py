@@ -19,9 +19,8 @@ import torch
 from benchmarks.files import write_atomic, write_bytes_atomic
 from benchmarks.record_schema import record_problem
 
-__all__ = ["RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records", "read_record",
-           "record_path", "scan_records",
-           "software_summary", "weights_summary", "write_record"]
+__all__ = ["PROTOCOL_VERSION", "RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records",
+           "read_record", "record_path", "scan_records", "software_summary", "weights_summary", "write_record"]
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 LOCK_FILE = REPOSITORY / "uv.lock"
@@ -40,6 +39,16 @@ def record_path(results: Path, profile: str, dataset: str, method: str, seed: in
     """``results/records/<profile>-<dataset>/<method>/seed<k>[-<key>].json``."""
     return results / "records" / f"{profile}-{dataset}" / method / f"seed{seed}{f'-{key}' if key else ''}.json"
 
+
+PROTOCOL_VERSION = 1
+"""The version of what training and scoring mean, written into every new record; ``report``,
+``check`` and ``compare`` pool only records of one version (``benchmarks/groups.py``). Bump it in
+the commit that changes what a trained network or its score would be for the same recipe, data and
+seed: the training loop, loss, sampling, augmentation or initialisation (``train.py``,
+``networks.py``, the data transforms), the evaluator or the test-time procedure
+(``evaluation.py``, the CRF stages), or a recipe's defaults. Speed-ups that keep every number, new
+commands and messages do not bump it. Records written before it existed (no ``protocol_version``)
+form their own group."""
 
 OUTPUT_FOLDERS = ("results", "reports", "runs")
 """What the harness itself writes: changes there do not make the code that produced a record dirty."""

@@ -37,6 +37,7 @@ from benchmarks.recipes import (
     get_recipe,
 )
 from benchmarks.records import (
+    PROTOCOL_VERSION,
     TORCHVISION_WEIGHTS,
     environment,
     git_commit,
@@ -341,6 +342,7 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
     entry = methods.get_entry(recipe.architecture)
     return {
         "schema": 2,
+        "protocol_version": PROTOCOL_VERSION,
         "method": target,
         "base_method": recipe.method,
         "paper": entry.paper,

@@ -20,7 +20,7 @@ from benchmarks.distributed import Distributed
 from benchmarks.evaluation import evaluate
 from benchmarks.files import file_sha256, load_torch
 from benchmarks.recipes import RecipeError, get_recipe
-from benchmarks.records import environment, git_commit, hardware, record_path, write_record
+from benchmarks.records import PROTOCOL_VERSION, environment, git_commit, hardware, record_path, write_record
 from benchmarks.run import CRF_SUFFIX
 from methods.common import TORCHVISION_VGG
 
@@ -91,6 +91,7 @@ def score_weights(method: str, weights: Path, source: DatasetSource, *, split: s
     comparable = source.comparable_to_paper
     record = {
         "schema": 2,
+        "protocol_version": PROTOCOL_VERSION,
         "method": target,
         "base_method": method,
         "paper": methods.get_entry(architecture(method)).paper,

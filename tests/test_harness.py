@@ -136,7 +136,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env, monkeypatch):
     # check: embedded records are not comparable; exit 0
     check = _cli(["check", "--results", str(tmp_path / "r1"), "--json"], env)
     assert check.returncode == 0
-    verdicts = json.loads(check.stdout)
+    verdicts = json.loads(check.stdout)["verdicts"]
     assert verdicts and {v["verdict"] for v in verdicts} == {"not comparable"}
     assert "embedded" in verdicts[0]["reason"]
 
