@@ -70,7 +70,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        _print_table(rows, ["name", "params", "score_stride", "receptive_field", "crf", "paper"])
+        _print_table(rows, ["name", "kind", "in_run_all", "params", "score_stride", "receptive_field", "what"])
     return 0
 
 
@@ -525,7 +525,8 @@ def _device(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="registered methods: paper, parameters, score stride, receptive field, CRF")
+    p = sub.add_parser("list", help="every runnable target (methods, staged recipes, +crf, +crfrnn, mmseg heads): "
+                                    "what it is, parameters, score stride, receptive field")
     p.add_argument("--json", action="store_true")
     _add_import_option(p)
     p.set_defaults(func=cmd_list)

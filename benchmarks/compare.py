@@ -59,6 +59,7 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     and each baseline, then the paired bootstrap of the mIoU difference over the same images, per
     baseline and seed."""
     from benchmarks.data.voc import DataError
+    from benchmarks.groups import identity
     from benchmarks.recipes import recipe_methods
     from benchmarks.records import load_counts, read_record
     from benchmarks.run import run
@@ -78,8 +79,10 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     rows = []
     for baseline in baselines:
         for seed in plan.seeds:
-            for path in (records[(new, seed)], records[(baseline, seed)]):
-                read_record(path)  # the schema, the stored mIoU against its counts
+            first, second = (read_record(records[(method, seed)]) for method in (new, baseline))  # the schema
+            if identity(first) != identity(second):
+                raise DataError(f"{first['path']} and {second['path']} are of different groups (profile, data or "
+                                "protocol version) and are never paired; rerun both with --rerun")
             new_ids, new_counts = load_counts(records[(new, seed)])
             base_ids, base_counts = load_counts(records[(baseline, seed)])
             if new_ids != base_ids:

@@ -13,7 +13,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-__all__ = ["Group", "group_records", "recipe_rows", "row_label"]
+__all__ = ["Group", "group_records", "identity", "recipe_rows", "row_label"]
 
 
 def _dataset_identity(record: dict[str, object]) -> dict[str, object]:
