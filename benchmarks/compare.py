@@ -10,13 +10,14 @@ from benchmarks.stats import paired_bootstrap
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from benchmarks.data.datasets import DatasetSource
     from benchmarks.distributed import Distributed
     from benchmarks.recipes import Recipe
     from benchmarks.run import RunPlan
 
-__all__ = ["compare_to_baselines", "fair_recipe"]
+__all__ = ["compare_to_baselines", "fair_recipe", "paired_difference"]
 
 
 def fair_recipe(new: str, baselines: list[str], profile: str, recipe_from: str | None = None) -> tuple[Recipe, str]:
@@ -58,10 +59,7 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     """Train or reuse the registered head ``new`` (with its own recipe, else :func:`fair_recipe`)
     and each baseline, then the paired bootstrap of the mIoU difference over the same images, per
     baseline and seed."""
-    from benchmarks.data.voc import DataError
-    from benchmarks.groups import identity
     from benchmarks.recipes import recipe_methods
-    from benchmarks.records import load_counts, read_record
     from benchmarks.run import run
 
     if new in baselines:
@@ -76,18 +74,24 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     records = run([new, *baselines], source, plan, dist_info)
     if not dist_info.is_main:  # under torchrun the main process writes the records and compares them
         return []
-    rows = []
-    for baseline in baselines:
-        for seed in plan.seeds:
-            first, second = (read_record(records[(method, seed)]) for method in (new, baseline))  # the schema
-            if identity(first) != identity(second):
-                raise DataError(f"{first['path']} and {second['path']} are of different groups (profile, data or "
-                                "protocol version) and are never paired; rerun both with --rerun")
-            new_ids, new_counts = load_counts(records[(new, seed)])
-            base_ids, base_counts = load_counts(records[(baseline, seed)])
-            if new_ids != base_ids:
-                raise DataError(f"{records[(new, seed)]} and the {baseline} record scored different images; rerun "
-                                "both with --rerun")
-            rows.append({"new": new, "baseline": baseline, "seed": seed,
-                         **paired_bootstrap(new_counts, base_counts, resamples, seed)})
-    return rows
+    return [{"new": new, "baseline": baseline, "seed": seed,
+             **paired_difference(records[(new, seed)], records[(baseline, seed)], resamples, seed)}
+            for baseline in baselines for seed in plan.seeds]
+
+
+def paired_difference(new: Path, base: Path, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """The paired bootstrap of mIoU(new) - mIoU(base) from two records: both valid (the schema),
+    of one group (``groups.identity``) and scored on the same images, else an error naming them."""
+    from benchmarks.data.voc import DataError
+    from benchmarks.groups import identity
+    from benchmarks.records import load_counts, read_record
+
+    first, second = read_record(new), read_record(base)
+    if identity(first) != identity(second):
+        raise DataError(f"{new} and {base} are of different groups (profile, data or protocol version) and are never "
+                        "paired; rerun both with --rerun")
+    new_ids, new_counts = load_counts(new)
+    base_ids, base_counts = load_counts(base)
+    if new_ids != base_ids:
+        raise DataError(f"{new} and {base} scored different images; rerun both with --rerun")
+    return paired_bootstrap(new_counts, base_counts, resamples, seed)

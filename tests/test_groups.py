@@ -6,9 +6,11 @@ import json
 import pytest
 from record_files import make_record, write_record_files
 
-from benchmarks.check import check_records, load_references
+from benchmarks.check import check_records, load_references, summary_line
+from benchmarks.compare import paired_difference
+from benchmarks.data.voc import DataError
 from benchmarks.groups import group_records, recipe_rows
-from benchmarks.records import load_records
+from benchmarks.records import RecordError, load_records
 from benchmarks.report import claims_table, write_report
 
 
@@ -87,3 +89,36 @@ def test_two_recipes_of_one_method_are_two_rows(results):
     assert notes == [notes[0]] and "they differ in iterations, lr" in notes[0]
     claim = next(row for row in claims_table(group.records) if row["claim"] == "FCN-8s beats FCN-32s")
     assert claim["verdict"].startswith("not decided here")
+
+
+def test_compare_pairs_only_valid_records_of_one_group(results):
+    folder = results / "records" / "quick-embedded"
+    better = paired_difference(folder / "fcn8s" / "seed0-v4.json", folder / "fcn32s" / "seed0-v4.json", 200)
+    assert better["difference"] == pytest.approx(0.10, abs=1e-3)  # 60 vs 50 on the same two images
+    with pytest.raises(DataError, match="different groups"):
+        paired_difference(folder / "fcn8s" / "seed0-v5.json", folder / "fcn32s" / "seed0-v4.json", 200)
+    with pytest.raises(DataError, match="different groups"):
+        paired_difference(folder / "fcn8s" / "seed3-v5-old.json", folder / "fcn32s" / "seed0-v5.json", 200)
+    edited = folder / "fcn8s" / "seed1-v4.json"
+    edited.write_text(json.dumps({**json.loads(edited.read_text()), "metrics": {"miou": 0.9}}))
+    with pytest.raises(RecordError, match=r"metrics\.pixel_acc is missing"):
+        paired_difference(edited, folder / "fcn32s" / "seed1-v4.json", 200)
+
+
+def test_check_pools_seeds_into_one_verdict_with_an_interval(tmp_path):
+    """DeepLab's 62.25 +- 1.0 (Table 1a): three seeds at 62.0, 62.3, 62.5 reproduce it and the 95%
+    interval (mean 62.27, sd 0.252, t 4.303: +-0.63) lies inside the band; one seed cannot decide."""
+    for seed, miou in enumerate((62.0, 62.3, 62.5)):
+        write_record_files(tmp_path / "records" / "paper-voc2012" / "deeplab_v1" / f"seed{seed}.json",
+                           *make_record("deeplab_v1", miou, seed=seed))
+    (verdict,) = [v for v in check_records(load_records(tmp_path), load_references())
+                  if v["reference"] == "deeplab_v1_table1a"]
+    assert verdict["verdict"] == "reproduced" and verdict["decided"] and verdict["seeds"] == [0, 1, 2]
+    assert verdict["mean"] == pytest.approx(62.27, abs=0.01)
+    assert verdict["high"] - verdict["mean"] == pytest.approx(4.303 * 0.2517 / 3 ** 0.5, abs=0.02)
+    verdicts = check_records(load_records(tmp_path), load_references())
+    assert summary_line(verdicts) == ("papers' numbers: 1 held, 0 missed, 0 not comparable; design note (not "
+                                      "authoritative): 0 held, 1 missed, 0 not comparable")
+    one = check_records([load_records(tmp_path)[0]], load_references())
+    assert [(v["verdict"], v["decided"]) for v in one if v["reference"] == "deeplab_v1_table1a"] == \
+        [("reproduced", False)]
