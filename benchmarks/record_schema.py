@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.crf.dense_crf import CRFParams
+from benchmarks.recipes import RecipeError, recipe_from_record
 from benchmarks.stats import miou_from_counts
 from benchmarks.validate import is_finite_number, is_whole_number
 
@@ -173,6 +174,11 @@ def record_problem(record: object, counts: Callable[[], tuple[list[str], np.ndar
         return "comparable_to_paper is true for a record of the embedded generated dataset (never comparable)"
     if "crf_search" in record and (problem := crf_search_problem(record["crf_search"])):
         return problem
+    if isinstance(record.get("recipe"), dict):
+        try:
+            recipe_from_record(record["recipe"])
+        except (RecipeError, TypeError) as error:  # TypeError: a key missing, or a value of another type
+            return f"recipe: {error}"
     try:
         image_ids, values = counts()
     except ValueError as error:

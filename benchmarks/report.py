@@ -224,7 +224,8 @@ def _trained_networks(group: list[dict[str, object]], runs: Path, images: int,
     from benchmarks.data.datasets import SegmentationDataset, source_from_facts
     from benchmarks.data.voc import DataError
     from benchmarks.files import file_sha256
-    from benchmarks.networks import build_trained, recipe_from_record, run_folder
+    from benchmarks.networks import build_trained, run_folder
+    from benchmarks.recipes import recipe_from_record
 
     records = {row_label(r): r for r in group if r["seed"] == 0 and r["method"] == r["base_method"]}
     for label, record in sorted(records.items()):

@@ -48,6 +48,9 @@ CASES = [  # (change to a valid deeplab_v1 record at 62.25 mIoU, words of the re
     ({"comparable_to_paper": "false"}, "comparable_to_paper 'false' is not true or false"),
     ({"dataset": EMBEDDED}, "comparable_to_paper is true for a record of the embedded generated dataset"),
     ({"crf_search": [1, 2]}, "crf_search [1, 2] is not an object"),
+    ({"recipe": {**get_recipe("deeplab_v1", "quick").as_dict(), "iterations": "many"}},
+     "recipe: recipe deeplab_v1 (quick): iterations='many' is not allowed"),
+    ({"recipe": {"method": "deeplab_v1"}}, "recipe: Recipe.__init__() missing"),
 ]
 
 
