@@ -74,7 +74,10 @@ def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
     own records (no overrides) of one group and the 95% t interval; a CRF claim pairs only
     records of the same trained weights. ``held`` when the whole interval is above 0, ``not held``
     when below, else ``undecided``; ``not decided here`` when a side's records hold several
-    recipes. Claims about methods of which neither side was run are left out."""
+    recipes. Claims about methods of which neither side was run are left out. Records of several
+    groups (``groups.group_records``) are a ``ValueError``: they are never paired."""
+    if len(groups := group_records(records)) > 1:
+        raise ValueError(f"claims_table got records of {len(groups)} groups; pass one group's records")
     rows_of, _ = recipe_rows(records)
     by_key = {(r["method"], r["seed"]): r for label, items in rows_of.items() for r in items if label == r["method"]}
     split = {r["method"] for label, items in rows_of.items() for r in items if label != row_label(r)}

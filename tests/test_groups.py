@@ -10,6 +10,7 @@ from benchmarks.check import check_records, load_references, summary_line
 from benchmarks.compare import paired_difference
 from benchmarks.data.voc import DataError
 from benchmarks.groups import group_records, recipe_rows
+from benchmarks.recipes import get_recipe
 from benchmarks.records import RecordError, load_records
 from benchmarks.report import claims_table, write_report
 
@@ -57,6 +58,8 @@ def test_claims_are_decided_within_a_group(results):
                 for g in group_records(load_records(results))]
     means = sorted(v["FCN-8s beats FCN-32s"] for v in verdicts)
     assert means == [(-10.0, 3), (10.0, 3), (20.0, 3)]  # pooled, it would be 9 seeds
+    with pytest.raises(ValueError, match="records of 3 groups"):
+        claims_table(load_records(results))
 
 
 def test_check_gives_one_verdict_per_group_method_and_reference(results):
@@ -80,9 +83,11 @@ def test_report_writes_one_table_per_group(results, capsys):
 
 
 def test_two_recipes_of_one_method_are_two_rows(results):
-    path = next((results / "records").rglob("seed0-v4.json"))
-    record = json.loads(path.read_text())
-    path.write_text(json.dumps({**record, "recipe": {"iterations": 400, "lr": 0.001}}))
+    recipe = get_recipe("fcn8s", "quick").as_dict()
+    for seed in (0, 1, 2):
+        path = results / "records" / "quick-embedded" / "fcn8s" / f"seed{seed}-v4.json"
+        changed = {"iterations": 7, "lr": 0.5} if seed == 0 else {}
+        path.write_text(json.dumps({**json.loads(path.read_text()), "recipe": {**recipe, **changed}}))
     (group, *_) = group_records(load_records(results))
     rows, notes = recipe_rows(group.records)
     assert sorted(len(items) for items in rows.values()) == [1, 2, 3]
