@@ -40,13 +40,48 @@ def method_facts(name: str) -> dict[str, object]:
     }
 
 
+def _kind(name: str, recipes: list[str]) -> tuple[str, str]:
+    """What a registered method is, and how to run it."""
+    if (methods.get_entry(name).details or {}).get("mmseg_head"):
+        return "mmseg head", "an mmsegmentation head on the front end: `compare NAME --baseline ...` trains it"
+    if name in recipes:
+        return "network", "the paper's network: `run NAME` trains and scores it with its recipe"
+    return "network without a recipe", "`score NAME --weights FILE`, or `compare NAME --baseline ...`"
+
+
 def list_rows() -> list[dict[str, object]]:
+    """Every runnable target with what it is (``kind``, ``what``) and whether ``run --all`` runs
+    it: the registered methods (networks, mmseg heads, user heads), the staged recipes that train
+    a registered network another way (``*_coco``, ``*_joint``, ``frontend_coco_stage1``), and the
+    ``+crf`` and ``+crfrnn`` variants; recipes and variants carry their network's facts."""
+    from benchmarks.recipes import get_recipe, recipe_methods
+    from benchmarks.run import CRF_SUFFIX, CRFRNN_SUFFIX, main_command_targets
+
+    recipes, main = recipe_methods(), set(main_command_targets())
+    registered = methods.list_methods()
+    facts = {name: method_facts(name) for name in registered}
     rows = []
-    for name in methods.list_methods():
-        facts = method_facts(name)
-        rows.append(facts)
+
+    def add(name: str, network: str, kind: str, what: str, crf: bool = False) -> None:
+        rows.append({**facts[network], "name": name, "kind": kind, "what": what, "crf": crf,
+                     "in_run_all": name in main})
+
+    for name in [*registered, *(r for r in recipes if r not in registered)]:
+        if name in registered:
+            network = name
+            kind, what = _kind(name, recipes)
+        else:
+            recipe = get_recipe(name, "paper")
+            network = recipe.architecture
+            kind = "staged recipe"
+            start = f" from the trained {recipe.init_from}" if recipe.init_from else ""
+            what = f"{network} trained{start}: {recipe.source}"
+        add(name, network, kind, what)
         if name in CRF_STAGE_METHODS:
-            rows.append({**facts, "name": f"{name}+crf", "crf": True})
+            add(f"{name}{CRF_SUFFIX}", network, "+crf", f"{name} with the dense CRF (crf-search's parameters when "
+                "stored, else the recipe's)", crf=True)
+            add(f"{name}{CRFRNN_SUFFIX}", network, "+crfrnn", f"{name} with a CRF-RNN trained on the frozen network",
+                crf=True)
     return rows
 
 

@@ -70,7 +70,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        _print_table(rows, ["name", "params", "score_stride", "receptive_field", "crf", "paper"])
+        _print_table(rows, ["name", "kind", "in_run_all", "params", "score_stride", "receptive_field", "what"])
     return 0
 
 
@@ -326,7 +326,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _write_report(args: argparse.Namespace) -> None:
     from benchmarks.report import write_report
 
-    for path in write_report(Path(args.results), Path(args.reports), Path(args.runs)):
+    for path in write_report(Path(args.results), Path(args.reports), Path(args.runs),
+                             warn=lambda line: print(line, file=sys.stderr)):
         print(f"wrote {path}")
 
 
@@ -336,7 +337,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from benchmarks.check import check_records, load_references
+    from benchmarks.check import check_records, load_references, summary_line
     from benchmarks.records import load_records
 
     records = load_records(Path(args.results))
@@ -345,12 +346,14 @@ def cmd_check(args: argparse.Namespace) -> int:
                          "or pass --results")
     verdicts = check_records(records, load_references())
     if args.json:
-        print(json.dumps(verdicts, indent=2))
+        print(json.dumps({"verdicts": verdicts, "summary": summary_line(verdicts)}, indent=2))
     else:
         for v in verdicts:
-            print(f"{v['method']:<20} seed {v['seed']}  {v['reference']:<20} published {v['published']:6.2f}  "
-                  f"measured {v['measured']:6.2f}  {v['verdict']}: {v['reason']}  [weights: {v['weights']}] "
-                  f"[{v['software']}]")
+            interval = "" if v["low"] is None else f" [{v['low']:6.2f}, {v['high']:6.2f}]"
+            print(f"{v['method']:<24} {v['reference']:<20} group {v['group']}  {len(v['seeds'])} seeds  published "
+                  f"{v['published']:6.2f}  mean {v['mean']:6.2f}{interval}  {v['verdict']}: {v['reason']}  "
+                  f"[weights: {v['weights']}] [{v['software']}]")
+        print(summary_line(verdicts))
     failed = [v for v in verdicts if v["verdict"] in ("below", "above") and v["authoritative"]]
     return 1 if failed else 0
 
@@ -526,7 +529,8 @@ def _device(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="registered methods: paper, parameters, score stride, receptive field, CRF")
+    p = sub.add_parser("list", help="every runnable target (methods, staged recipes, +crf, +crfrnn, mmseg heads): "
+                                    "what it is, parameters, score stride, receptive field")
     p.add_argument("--json", action="store_true")
     _add_import_option(p)
     p.set_defaults(func=cmd_list)
@@ -602,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default="reports")
     p.add_argument("--runs", default="runs")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("check", help="each record against the published numbers (exit 1 if a comparable run missed; "
+    p = sub.add_parser("check", help="each method's seeds (per group) against the published numbers (exit 1 if a "
+                                     "comparable row missed; "
                                      "2 if there are no records or one does not read)")
     p.add_argument("--results", default="results")
     p.add_argument("--json", action="store_true")

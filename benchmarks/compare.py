@@ -1,65 +1,23 @@
 """Paired comparisons: a new head against baselines over the same images (paired bootstrap of the
-mIoU difference), and the papers' qualitative claims over seeds (t interval)."""
+mIoU difference per seed)."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import warnings
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from benchmarks.evaluation import iou_from_counts
+from benchmarks.stats import paired_bootstrap
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from benchmarks.data.datasets import DatasetSource
     from benchmarks.distributed import Distributed
     from benchmarks.recipes import Recipe
     from benchmarks.run import RunPlan
 
-__all__ = ["compare_to_baselines", "fair_recipe", "miou_from_counts", "paired_bootstrap", "seed_interval"]
-
-
-def miou_from_counts(summed: np.ndarray) -> np.ndarray:
-    """mIoU of summed per-image counts ``(..., 3, C)`` = (intersection, ground truth, prediction),
-    the evaluator's own formula."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any labelled pixel: NaN
-        return np.nanmean(iou_from_counts(summed), axis=-1)
-
-
-def paired_bootstrap(new: np.ndarray, base: np.ndarray, resamples: int = 2000, seed: int = 0,
-                     chunk: int = 250) -> dict[str, float]:
-    """mIoU(new) − mIoU(base) on the same images (``images x 3 x C`` counts each) and its 95%
-    percentile interval, resampling images with replacement (paired: one draw for both)."""
-    if new.shape != base.shape:
-        raise ValueError(f"counts cover different images: {new.shape} vs {base.shape}")
-    rng = np.random.default_rng(seed)
-    images = new.shape[0]
-    differences = []
-    for start in range(0, resamples, chunk):
-        draws = rng.integers(0, images, size=(min(chunk, resamples - start), images))
-        differences.append(miou_from_counts(new[draws].sum(1)) - miou_from_counts(base[draws].sum(1)))
-    samples = np.concatenate(differences)
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return {"difference": float(miou_from_counts(new.sum(0)) - miou_from_counts(base.sum(0))),
-            "low": float(low), "high": float(high), "resamples": resamples, "images": images}
-
-
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-
-
-def seed_interval(differences: list[float]) -> dict[str, float | int | None]:
-    """Mean of per-seed paired differences and its 95% Student-t interval (needs >= 2 seeds)."""
-    n = len(differences)
-    mean = float(np.mean(differences)) if n else math.nan
-    if n < 2:
-        return {"mean": mean, "low": None, "high": None, "seeds": n}
-    half = _T975.get(n - 1, 1.96) * float(np.std(differences, ddof=1)) / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "seeds": n}
+__all__ = ["compare_to_baselines", "fair_recipe", "paired_difference"]
 
 
 def fair_recipe(new: str, baselines: list[str], profile: str, recipe_from: str | None = None) -> tuple[Recipe, str]:
@@ -101,9 +59,7 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     """Train or reuse the registered head ``new`` (with its own recipe, else :func:`fair_recipe`)
     and each baseline, then the paired bootstrap of the mIoU difference over the same images, per
     baseline and seed."""
-    from benchmarks.data.voc import DataError
     from benchmarks.recipes import recipe_methods
-    from benchmarks.records import load_counts
     from benchmarks.run import run
 
     if new in baselines:
@@ -118,14 +74,24 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     records = run([new, *baselines], source, plan, dist_info)
     if not dist_info.is_main:  # under torchrun the main process writes the records and compares them
         return []
-    rows = []
-    for baseline in baselines:
-        for seed in plan.seeds:
-            new_ids, new_counts = load_counts(records[(new, seed)])
-            base_ids, base_counts = load_counts(records[(baseline, seed)])
-            if new_ids != base_ids:
-                raise DataError(f"{records[(new, seed)]} and the {baseline} record scored different images; rerun "
-                                "both with --rerun")
-            rows.append({"new": new, "baseline": baseline, "seed": seed,
-                         **paired_bootstrap(new_counts, base_counts, resamples, seed)})
-    return rows
+    return [{"new": new, "baseline": baseline, "seed": seed,
+             **paired_difference(records[(new, seed)], records[(baseline, seed)], resamples, seed)}
+            for baseline in baselines for seed in plan.seeds]
+
+
+def paired_difference(new: Path, base: Path, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """The paired bootstrap of mIoU(new) - mIoU(base) from two records: both valid (the schema),
+    of one group (``groups.identity``) and scored on the same images, else an error naming them."""
+    from benchmarks.data.voc import DataError
+    from benchmarks.groups import identity
+    from benchmarks.records import load_counts, read_record
+
+    first, second = read_record(new), read_record(base)
+    if identity(first) != identity(second):
+        raise DataError(f"{new} and {base} are of different groups (profile, data or protocol version) and are never "
+                        "paired; rerun both with --rerun")
+    new_ids, new_counts = load_counts(new)
+    base_ids, base_counts = load_counts(base)
+    if new_ids != base_ids:
+        raise DataError(f"{new} and {base} scored different images; rerun both with --rerun")
+    return paired_bootstrap(new_counts, base_counts, resamples, seed)

@@ -10,7 +10,6 @@ import datetime
 import json
 import os
 import socket
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from benchmarks.files import load_torch, process_alive
 from benchmarks.recipes import Recipe
 
 __all__ = ["RunLocked", "architecture_recipe", "build_model", "build_trained", "load_weights", "parameter_shapes",
-           "recipe_from_record", "run_folder", "run_lock", "staged_head_prefix"]
+           "run_folder", "run_lock", "staged_head_prefix"]
 
 
 class RunLocked(RuntimeError):
@@ -122,16 +121,6 @@ def staged_head_prefix(method: str) -> str | None:
 def architecture_recipe(recipe: Recipe) -> Recipe:
     """The architecture alone (weights come from the trained run), without ImageNet download."""
     return dataclasses.replace(recipe, pretrained=False, init_from=None)
-
-
-def recipe_from_record(recipe: dict[str, object]) -> Recipe:
-    """The :class:`Recipe` a record states (JSON lists back to the tuples the dataclass holds)."""
-    hints = typing.get_type_hints(Recipe)
-
-    def restore(value: object) -> object:
-        return tuple(restore(v) for v in value) if isinstance(value, list) else value
-
-    return Recipe(**{key: restore(value) for key, value in recipe.items() if key in hints})
 
 
 def build_trained(recipe: Recipe, weights: Path) -> nn.Module:

@@ -20,7 +20,7 @@ from benchmarks.crf.dense_crf import CRFParams
 from benchmarks.validate import is_finite_number, is_whole_number
 
 __all__ = ["CRF_STAGE_METHODS", "MAIN_COMMAND_CRFRNN", "MAIN_COMMAND_METHODS", "PROFILES", "Recipe", "RecipeError",
-           "apply_overrides", "get_recipe", "paper_weights", "recipe_methods"]
+           "apply_overrides", "get_recipe", "paper_weights", "recipe_from_record", "recipe_methods"]
 
 
 class RecipeError(ValueError):
@@ -274,6 +274,16 @@ def get_recipe(method: str, profile: str, extra: tuple[Recipe, ...] = ()) -> Rec
         raise RecipeError(f"no recipe for method {method!r}; methods with recipes: {sorted(recipes)} (a new "
                           "method runs with another's recipe through `compare`)")
     return paper_weights(recipes[method]) if profile == "paper" else recipes[method]
+
+
+def recipe_from_record(recipe: dict[str, object]) -> Recipe:
+    """The :class:`Recipe` a record states (JSON lists back to the tuples the dataclass holds)."""
+    hints = typing.get_type_hints(Recipe)
+
+    def restore(value: object) -> object:
+        return tuple(restore(v) for v in value) if isinstance(value, list) else value
+
+    return Recipe(**{key: restore(value) for key, value in recipe.items() if key in hints})
 
 
 def paper_weights(recipe: Recipe) -> Recipe:

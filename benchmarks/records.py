@@ -10,7 +10,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import subprocess
 from pathlib import Path
 
@@ -18,9 +17,10 @@ import numpy as np
 import torch
 
 from benchmarks.files import write_atomic, write_bytes_atomic
+from benchmarks.record_schema import record_problem
 
-__all__ = ["RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records", "record_path",
-           "software_summary", "weights_summary", "write_record"]
+__all__ = ["PROTOCOL_VERSION", "RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records",
+           "read_record", "record_path", "scan_records", "software_summary", "weights_summary", "write_record"]
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 LOCK_FILE = REPOSITORY / "uv.lock"
@@ -39,6 +39,16 @@ def record_path(results: Path, profile: str, dataset: str, method: str, seed: in
     """``results/records/<profile>-<dataset>/<method>/seed<k>[-<key>].json``."""
     return results / "records" / f"{profile}-{dataset}" / method / f"seed{seed}{f'-{key}' if key else ''}.json"
 
+
+PROTOCOL_VERSION = 1
+"""The version of what training and scoring mean, written into every new record; ``report``,
+``check`` and ``compare`` pool only records of one version (``benchmarks/groups.py``). Bump it in
+the commit that changes what a trained network or its score would be for the same recipe, data and
+seed: the training loop, loss, sampling, augmentation or initialisation (``train.py``,
+``networks.py``, the data transforms), the evaluator or the test-time procedure
+(``evaluation.py``, the CRF stages), or a recipe's defaults. Speed-ups that keep every number, new
+commands and messages do not bump it. Records written before it existed (no ``protocol_version``)
+form their own group."""
 
 OUTPUT_FOLDERS = ("results", "reports", "runs")
 """What the harness itself writes: changes there do not make the code that produced a record dirty."""
@@ -126,69 +136,95 @@ def update_record(path: Path, fields: dict[str, object]) -> None:
     write_bytes_atomic(path, json.dumps(record, indent=1).encode())
 
 
-def _order(record: dict[str, object]) -> tuple[str, str, str, int]:
-    return record["profile"], record["dataset"]["name"], record["method"], record["seed"]
+def _order(record: dict[str, object]) -> tuple[str, str, str, int, str]:
+    return record["profile"], record["dataset"]["name"], record["method"], record["seed"], record["path"]
 
 
-_PLAIN_NAME = re.compile(r"\w[\w.+-]*")
+def _invalid(path: Path, reason: str) -> str:
+    return (f"record {path} is not a valid record ({reason}); delete it, or restore it from git "
+            f"(`git checkout -- {path}`) if it is committed")
 
 
-def _check_fields(record: dict[str, object]) -> None:
-    """The fields every consumer relies on, with their types and ranges; names that become folder
-    or file names (profile, dataset, method) must be plain names, so no report escapes its folder."""
-    for key in ("profile", "method", "base_method"):
-        value = record[key]
-        if not (isinstance(value, str) and _PLAIN_NAME.fullmatch(value) and ".." not in value):
-            raise ValueError(f"{key} {value!r} is not a plain name")
-    name = record["dataset"]["name"]
-    if not (isinstance(name, str) and _PLAIN_NAME.fullmatch(name) and ".." not in name):
-        raise ValueError(f"dataset name {name!r} is not a plain name")
-    if not (isinstance(record["seed"], int) and not isinstance(record["seed"], bool) and record["seed"] >= 0):
-        raise ValueError(f"seed {record['seed']!r} is not a whole number >= 0")
-    for key in ("miou", "pixel_acc", "mean_acc", "fwiou"):
-        if key != "miou" and key not in record["metrics"]:
-            continue
-        value = record["metrics"][key]
-        if not (isinstance(value, float | int) and not isinstance(value, bool) and 0 <= value <= 1):
-            raise ValueError(f"metrics.{key} {value!r} is not a number in [0, 1]")
+def _read(path: Path) -> tuple[dict[str, object] | None, str | None]:
+    """The record at ``path`` (with ``path`` and ``base_method`` filled in) or why it is not one."""
+    if not path.is_file():
+        return None, _invalid(path, "not a regular file (a folder or a pipe)")
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, RecursionError) as error:  # RecursionError: JSON nested too deeply to parse
+        return None, _invalid(path, f"not JSON: {type(error).__name__}")
+    problem = record_problem(record, lambda: _read_counts(path))
+    if problem:
+        return None, _invalid(path, problem)
+    record["path"] = str(path)
+    record.setdefault("base_method", record["method"])
+    return record, None
 
 
-REPORTED_FIELDS = (("metrics", "pixel_acc"), ("metrics", "mean_acc"), ("metrics", "fwiou"),
-                   ("metrics", "per_class_iou"), ("hardware", "name"), ("hardware", "device"), ("weights_source",),
-                   ("dataset", "images"), ("comparable_to_paper",), ("comparable_reason",))
-"""What the report reads besides what every reader needs (``check`` reads less)."""
+def read_record(path: Path) -> dict[str, object]:
+    """One record, checked against the schema (:mod:`benchmarks.record_schema`); a
+    :class:`RecordError` naming the file and the first reason if it fails."""
+    record, problem = _read(path)
+    if record is None:
+        raise RecordError(problem)
+    return record
 
 
-def load_records(results: Path, *, for_report: bool = False) -> list[dict[str, object]]:
-    """Every record under ``results/records`` (plus ``path``), sorted by method and seed. A file
-    that is not a record (truncated, hand-edited) is a :class:`RecordError` naming it: skipping it
-    could let ``check`` pass without the record that would have failed."""
-    records = []
+def _run_identity(record: dict[str, object]) -> tuple[object, ...]:
+    dataset = record["dataset"]
+    return record["method"], record.get("run_key"), record["trained_weights_sha256"], dataset["split"], \
+        dataset["list_sha256"]
+
+
+def scan_records(results: Path) -> tuple[list[dict[str, object]], list[str]]:
+    """The valid records under ``results/records`` (sorted by method and seed) and one line for
+    each file left out: a file that fails the schema (with its first reason), and a duplicate (the
+    same method, run key and weights sha256 on the same images as another record, under another
+    name or seed), which would otherwise count as a second seed. The lowest seed, then the first
+    path, is kept."""
+    records, problems = [], []
     for path in sorted((results / "records").rglob("*.json")):
-        try:
-            if not path.is_file():
-                raise ValueError("not a regular file (a folder or a pipe)")
-            record = json.loads(path.read_text())
-            record["path"] = str(path)
-            record.setdefault("base_method", record["method"])  # hand-written records may leave it out
-            _check_fields(record)
-            for keys in REPORTED_FIELDS if for_report else ():
-                value = record
-                for key in keys:
-                    value = value[key]
-        except (ValueError, KeyError, TypeError) as error:
-            raise RecordError(f"record {path} is not a readable record ({type(error).__name__}: {error}); delete "
-                              f"it, or restore it from git (`git checkout -- {path}`) if it is committed") from None
-        records.append(record)
-    return sorted(records, key=_order)
+        record, problem = _read(path)
+        if record is None:
+            problems.append(problem)
+        else:
+            records.append(record)
+    kept: dict[tuple[object, ...], dict[str, object]] = {}
+    unique = []
+    for record in sorted(records, key=lambda r: (r["seed"], r["path"])):
+        first = kept.setdefault(_run_identity(record), record)
+        if first is record:
+            unique.append(record)
+        else:
+            problems.append(f"record {record['path']} duplicates {first['path']} (same method, run key and weights "
+                            f"sha256 on the same images{'' if record['seed'] == first['seed'] else ', another seed'})"
+                            ": a run counts once; delete the copy")
+    return sorted(unique, key=_order), problems
 
 
-def load_counts(record: Path) -> tuple[list[str], np.ndarray]:
-    """The per-image ids and counts stored beside the record at ``record``."""
+def load_records(results: Path) -> list[dict[str, object]]:
+    """Every record under ``results/records``, sorted by method and seed; the first file that is
+    not a valid record or duplicates another is a :class:`RecordError` naming it (what ``check``,
+    ``compare`` and ``run`` need: skipping it could let ``check`` pass without the record that
+    would have failed)."""
+    records, problems = scan_records(results)
+    if problems:
+        raise RecordError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return records
+
+
+def _read_counts(record: Path) -> tuple[list[str], np.ndarray]:
     counts = record.with_suffix(".npz")
     try:
         with np.load(counts) as data:
             return data["image_ids"].tolist(), data["counts"]
     except (OSError, ValueError, KeyError) as error:
-        raise RecordError(f"the per-image counts {counts} of record {record} do not read ({type(error).__name__}); "
-                          "score it again with --rerun") from None
+        raise ValueError(f"its counts {counts.name} do not read ({type(error).__name__})") from None
+
+
+def load_counts(record: Path) -> tuple[list[str], np.ndarray]:
+    """The per-image ids and counts stored beside the record at ``record``."""
+    try:
+        return _read_counts(record)
+    except ValueError as error:
+        raise RecordError(f"record {record}: {error}; score it again with --rerun") from None

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,10 @@ import pandas as pd
 import torch
 
 from benchmarks.check import check_records, load_references
-from benchmarks.compare import seed_interval
 from benchmarks.data.voc import VOC_CLASSES
-from benchmarks.records import load_records, software_summary, weights_summary
+from benchmarks.groups import group_records, recipe_rows, row_label
+from benchmarks.records import scan_records, software_summary, weights_summary
+from benchmarks.stats import seed_interval
 
 __all__ = ["CLAIMS", "claims_table", "paper_tables", "write_report"]
 
@@ -43,24 +44,9 @@ NOT_COMPARABLE = ("**Not comparable to the papers:** these numbers come from the
                   "the shortened `quick` profile (reduced width, no ImageNet weights).")
 
 
-def _group(records: list[dict[str, object]]) -> dict[tuple[str, str], list[dict[str, object]]]:
-    groups: dict[tuple[str, str], list[dict[str, object]]] = defaultdict(list)
-    for record in records:
-        groups[(record["profile"], record["dataset"]["name"])].append(record)
-    return groups
-
-
-def row_label(record: dict[str, object]) -> str:
-    """A table row: the method, with its overrides when the recipe was overridden (such records
-    are never pooled with the recipe's own)."""
-    overrides = record.get("overrides") or []
-    return f"{record['method']} [{', '.join(overrides)}]" if overrides else record["method"]
-
-
 def summary_table(records: list[dict[str, object]]) -> pd.DataFrame:
-    rows = defaultdict(list)
-    for record in records:
-        rows[row_label(record)].append(record)
+    """One row per method and effective recipe (``groups.recipe_rows``) of one group's records."""
+    rows, _ = recipe_rows(records)
     table = []
     for method, items in sorted(rows.items()):
         mious = [100 * r["metrics"]["miou"] for r in items]
@@ -75,10 +61,8 @@ def summary_table(records: list[dict[str, object]]) -> pd.DataFrame:
 
 
 def per_class_table(records: list[dict[str, object]]) -> pd.DataFrame:
-    rows = defaultdict(list)
-    for record in records:
-        rows[row_label(record)].append([np.nan if v is None else 100 * v
-                                        for v in record["metrics"]["per_class_iou"]])
+    rows = {label: [[np.nan if v is None else 100 * v for v in r["metrics"]["per_class_iou"]] for r in items]
+            for label, items in recipe_rows(records)[0].items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a class absent on every seed stays NaN
         means = {m: np.nanmean(np.array(v), axis=0).round(1) for m, v in sorted(rows.items())}
@@ -87,12 +71,24 @@ def per_class_table(records: list[dict[str, object]]) -> pd.DataFrame:
 
 def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
     """Each claim: per-seed paired mIoU differences (better − worse, same seed) of the recipes'
-    own records (no overrides) and the 95% t interval; a CRF claim pairs only records of the same
-    trained weights. ``held`` when the whole interval is above 0, ``not held`` when below, else
-    ``undecided``. Claims about methods of which neither side was run are left out."""
-    by_key = {(r["method"], r["seed"]): r for r in records if not r.get("overrides")}
+    own records (no overrides) of one group and the 95% t interval; a CRF claim pairs only
+    records of the same trained weights. ``held`` when the whole interval is above 0, ``not held``
+    when below, else ``undecided``; ``not decided here`` when a side's records hold several
+    recipes. Claims about methods of which neither side was run are left out. Records of several
+    groups (``groups.group_records``) are a ``ValueError``: they are never paired."""
+    if len(groups := group_records(records)) > 1:
+        raise ValueError(f"claims_table got records of {len(groups)} groups; pass one group's records")
+    rows_of, _ = recipe_rows(records)
+    by_key = {(r["method"], r["seed"]): r for label, items in rows_of.items() for r in items if label == r["method"]}
+    split = {r["method"] for label, items in rows_of.items() for r in items if label != row_label(r)}
     rows = []
     for statement, better, worse in CLAIMS:
+        if split & {better, worse}:
+            several = ", ".join(sorted(split & {better, worse}))
+            rows.append({"claim": statement, "better": better, "worse": worse, "mean": None, "low": None,
+                         "high": None, "seeds": 0,
+                         "verdict": f"not decided here: {several} has records of several recipes (one row each)"})
+            continue
         if not any(method in (better, worse) for method, _ in by_key):
             continue
         def paired(seed: int, better: str = better, worse: str = worse) -> bool:
@@ -123,10 +119,8 @@ def paper_tables(records: list[dict[str, object]],
     paper lays it out: a row per network, a column per post-processing (cell = row method +
     column suffix), the mean mIoU over the seeds of the recipe's own records (no overrides) or
     "not run", and the paper's number beside. Sets with no cell run are left out."""
-    measured: dict[str, list[float]] = defaultdict(list)
-    for record in records:
-        if not record.get("overrides"):
-            measured[record["method"]].append(100 * record["metrics"]["miou"])
+    measured = {label: [100 * r["metrics"]["miou"] for r in items] for label, items in recipe_rows(records)[0].items()
+                if label == items[0]["method"]}
     tables = []
     for reference in references:
         layout = reference.get("layout")
@@ -233,7 +227,8 @@ def _trained_networks(group: list[dict[str, object]], runs: Path, images: int,
     from benchmarks.data.datasets import SegmentationDataset, source_from_facts
     from benchmarks.data.voc import DataError
     from benchmarks.files import file_sha256
-    from benchmarks.networks import build_trained, recipe_from_record, run_folder
+    from benchmarks.networks import build_trained, run_folder
+    from benchmarks.recipes import recipe_from_record
 
     records = {row_label(r): r for r in group if r["seed"] == 0 and r["method"] == r["base_method"]}
     for label, record in sorted(records.items()):
@@ -312,9 +307,12 @@ def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, 
     return _save_figure(out / f"{stem}-qualitative.png")
 
 
-def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
-    """Regenerate ``results/tables/*`` and ``reports/report.md``; returns the files written."""
-    records = load_records(results, for_report=True)
+def write_report(results: Path, reports: Path, runs: Path, warn: Callable[[str], None] = print) -> list[Path]:
+    """Regenerate ``results/tables/*`` and ``reports/report.md``; returns the files written. A
+    file that is not a valid record, or duplicates another, is left out with one line to ``warn``."""
+    records, problems = scan_records(results)
+    for problem in problems:
+        warn(f"left out: {problem}")
     if not records:
         raise FileNotFoundError(f"no records under {results / 'records'}; run `python -m benchmarks run --all` first")
     tables, written = results / "tables", []
@@ -322,8 +320,11 @@ def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
     reports.mkdir(parents=True, exist_ok=True)
     lines = ["# segrepro report", "", "Regenerated by `python -m benchmarks report` from the records under "
              "`results/records`.", ""]
-    for (profile, dataset), group in sorted(_group(records).items()):
-        stem = f"{profile}-{dataset}"
+    groups = group_records(records)
+    for each in groups:
+        group, profile, dataset = each.records, each.identity["profile"], each.identity["name"]
+        siblings = sum(other.identity["name"] == dataset and other.identity["profile"] == profile for other in groups)
+        stem = f"{profile}-{dataset}" if siblings == 1 else f"{profile}-{dataset}-{each.key}"
         comparable = all(r["comparable_to_paper"] for r in group)
         summary, per_class = summary_table(group), per_class_table(group)
         summary.to_csv(tables / f"{stem}-summary.csv", index=False)
@@ -332,7 +333,11 @@ def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
         (tables / f"{stem}-summary.md").write_text(("" if comparable else NOT_COMPARABLE + "\n\n") + markdown + "\n")
         written += [tables / f"{stem}-summary.csv", tables / f"{stem}-per-class.csv", tables / f"{stem}-summary.md"]
         first = group[0]
-        lines += [f"## Profile `{profile}`, dataset `{dataset}`", ""]
+        lines += [f"## Profile `{profile}`, dataset `{dataset}`{f' (group {each.key})' if siblings > 1 else ''}", "",
+                  f"Records pooled only within this group: {each.label}.", ""]
+        if each.difference:
+            lines += [f"This group {each.difference}; nothing is averaged across groups.", ""]
+        lines += [f"{note}." for note in recipe_rows(group)[1]] + ([""] if recipe_rows(group)[1] else [])
         if not comparable:
             lines += [NOT_COMPARABLE, ""]
         software = "; ".join(f"{count} records: {summary}"
@@ -375,9 +380,9 @@ def write_report(results: Path, reports: Path, runs: Path) -> list[Path]:
             lines += [f"![{figure}]({figure})", ""]
     lines += ["## Receptive fields (SPEC section 3)", "", f"![receptive field]({_receptive_field_figure(reports)})", ""]
     verdicts = pd.DataFrame(check_records(records, load_references()))
-    lines += ["## Check against the published numbers", ""]
+    lines += ["## Check against the published numbers (one verdict per group, method and reference)", ""]
     if not verdicts.empty:
-        lines += [verdicts.drop(columns=["record"]).to_markdown(index=False), ""]
+        lines += [verdicts.drop(columns=["records"]).to_markdown(index=False), ""]
     report = reports / "report.md"
     report.write_text("\n".join(lines))
     written.append(report)

@@ -36,7 +36,16 @@ from benchmarks.recipes import (
     apply_overrides,
     get_recipe,
 )
-from benchmarks.records import TORCHVISION_WEIGHTS, environment, git_commit, hardware, record_path, write_record
+from benchmarks.records import (
+    PROTOCOL_VERSION,
+    TORCHVISION_WEIGHTS,
+    environment,
+    git_commit,
+    hardware,
+    read_record,
+    record_path,
+    write_record,
+)
 from benchmarks.train import train
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
@@ -329,7 +338,7 @@ def searched_crf(base_record: Path, weights_sha256: str | None, recipe: Recipe) 
     """The CRF parameters of a ``+crf`` variant: those ``crf-search`` wrote into the base network's
     record when they were searched with these weights (``weights_sha256``), else the recipe's."""
     if weights_sha256 is not None and base_record.is_file():
-        found = json.loads(base_record.read_text()).get("crf_search")
+        found = read_record(base_record).get("crf_search")
         if found and found["trained_weights_sha256"] == weights_sha256:
             source = f"crf-search on {found['images']} {found['split']} images ({base_record})"
             return CRFParams(**found["best"]), source
@@ -344,6 +353,7 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
     entry = methods.get_entry(recipe.architecture)
     return {
         "schema": 2,
+        "protocol_version": PROTOCOL_VERSION,
         "method": target,
         "base_method": recipe.method,
         "paper": entry.paper,

@@ -21,7 +21,7 @@ from benchmarks.evaluation import evaluate
 from benchmarks.files import file_sha256, load_torch
 from benchmarks.predictions import PredictionWriter
 from benchmarks.recipes import RecipeError, get_recipe
-from benchmarks.records import environment, git_commit, hardware, record_path, write_record
+from benchmarks.records import PROTOCOL_VERSION, environment, git_commit, hardware, record_path, write_record
 from benchmarks.run import CRF_SUFFIX
 from methods.common import TORCHVISION_VGG
 
@@ -102,6 +102,7 @@ def score_weights(method: str, weights: Path, source: DatasetSource, *, split: s
     comparable = source.comparable_to_paper
     record = {
         "schema": 2,
+        "protocol_version": PROTOCOL_VERSION,
         "method": target,
         "base_method": method,
         "paper": methods.get_entry(architecture(method)).paper,

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from record_files import make_record, write_record_files, write_valid_record
 
 from benchmarks.check import check_records, load_references
-from benchmarks.compare import miou_from_counts, paired_bootstrap, seed_interval
 from benchmarks.evaluation import metrics_from_confusion
 from benchmarks.recipes import RecipeError, apply_overrides, get_recipe
 from benchmarks.records import load_records
 from benchmarks.report import claims_table, write_report
 from benchmarks.run import RunPlan, expand_targets
+from benchmarks.stats import miou_from_counts, paired_bootstrap, seed_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "iterations=8", "--set", "checkpoint_every=2", "--set", "log_every=1", "--set", "batch_size=4"]
@@ -135,7 +136,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, env, monkeypatch):
     # check: embedded records are not comparable; exit 0
     check = _cli(["check", "--results", str(tmp_path / "r1"), "--json"], env)
     assert check.returncode == 0
-    verdicts = json.loads(check.stdout)
+    verdicts = json.loads(check.stdout)["verdicts"]
     assert verdicts and {v["verdict"] for v in verdicts} == {"not comparable"}
     assert "embedded" in verdicts[0]["reason"]
 
@@ -210,13 +211,11 @@ def test_fcn_runs_are_graded_against_the_reference_set_of_their_solver():
 
 
 def test_check_command_exit_codes(tmp_path, env):
-    folder = tmp_path / "results" / "records" / "paper-voc2012" / "deeplab_v1"
-    folder.mkdir(parents=True)
-    record = {**_record("deeplab_v1", 62.0), "profile": "paper", "dataset": {"name": "voc2012", "split": "val"}}
-    (folder / "seed0.json").write_text(json.dumps(record))
+    path = write_valid_record(tmp_path / "results", "deeplab_v1", 62.0)
     ok = _cli(["check", "--results", str(tmp_path / "results")], env)
     assert ok.returncode == 0 and "reproduced" in ok.stdout
-    (folder / "seed0.json").write_text(json.dumps({**record, "metrics": {"miou": 0.50}}))
+    record, counts = make_record("deeplab_v1", 50.0)
+    write_record_files(path, record, counts)
     assert _cli(["check", "--results", str(tmp_path / "results")], env).returncode == 1
 
 

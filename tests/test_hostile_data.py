@@ -3,7 +3,6 @@ images, non-.mat annotations, file modes, killed generations, out-of-range recip
 and the embedded dataset passed as --data. Each is a clear one-line error or the right behaviour."""
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -30,7 +29,7 @@ from benchmarks.data.prepare_data import prepare_data, read_sbd_mat
 from benchmarks.data.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 from benchmarks.distributed import Distributed
 from benchmarks.recipes import PROFILES, RecipeError, apply_overrides, get_recipe
-from benchmarks.run import RunPlan, expand_targets, searched_crf
+from benchmarks.run import RunPlan, expand_targets
 from benchmarks.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,15 +306,6 @@ def test_crf_search_options_refuse_non_finite_values(capsys, option, text, messa
     with pytest.raises(SystemExit) as exit_status:
         build_parser().parse_args(["crf-search", "deeplab_v1", option, text])  # parsing only: never searches
     assert exit_status.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_a_record_with_nan_crf_parameters_is_not_used(tmp_path):
-    record = tmp_path / "deeplab_v1.json"
-    best = {**dataclasses.asdict(CRFParams()), "w1": math.nan}
-    record.write_text(json.dumps({"crf_search": {"best": best, "trained_weights_sha256": "abc", "images": 4,
-                                                 "split": "crfholdout"}}))
-    with pytest.raises(ValueError, match="w1=nan is out of range"):
-        searched_crf(record, "abc", get_recipe("deeplab_v1", "quick"))
 
 
 # 9. the embedded dataset given as --data is the embedded dataset

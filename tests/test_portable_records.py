@@ -101,7 +101,7 @@ def test_report_and_check_when_data_and_weights_are_gone(real_run, tmp_path):
     check = subprocess.run([sys.executable, "-m", "benchmarks", "check", "--results", str(results), "--json"],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr
-    assert {v["verdict"] for v in json.loads(check.stdout)} == {"not comparable"}
+    assert {v["verdict"] for v in json.loads(check.stdout)["verdicts"]} == {"not comparable"}
 
 
 def _image_sizes(data: Path, split: str) -> set[tuple[int, int]]:

@@ -116,8 +116,14 @@ def test_list_command_json(capsys):
     for name in ("fcn8s", "deeplab_v1", "frontend", "context_basic", "context_large"):
         crf = rows[f"{name}+crf"]
         assert crf["crf"] and not rows[name]["crf"]
-        assert {k: v for k, v in crf.items() if k not in ("name", "crf")} == {
-            k: v for k, v in rows[name].items() if k not in ("name", "crf")}
+        assert {k: v for k, v in crf.items() if k not in ("name", "crf", "kind", "what", "in_run_all")} == {
+            k: v for k, v in rows[name].items() if k not in ("name", "crf", "kind", "what", "in_run_all")}
+        assert (crf["kind"], rows[f"{name}+crfrnn"]["kind"], rows[name]["kind"]) == ("+crf", "+crfrnn", "network")
+    for staged in ("frontend_coco_stage1", "frontend_coco", "context_large_coco", "context_basic_joint"):
+        assert (rows[staged]["kind"] == "staged recipe" and f"{staged}+crf" in rows) or "coco" not in staged[-5:]
+    assert rows["context_large_coco"]["score_stride"] == rows["context_large"]["score_stride"]
+    assert rows["context_large_coco+crfrnn"]["in_run_all"] and not rows["context_large+crfrnn"]["in_run_all"]
+    assert "from the trained frontend_coco" in rows["context_large_coco"]["what"]
     assert "fcn32s+crf" not in rows
     assert rows["deeplab_v1"]["params"] == 20_505_429
     assert rows["frontend"]["score_receptive_field"] == 380

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.records import load_records
+from benchmarks.records import PROTOCOL_VERSION, load_records
 from benchmarks.report import summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,7 @@ def test_each_recipe_gets_its_own_run_and_record(tmp_path, small_voc):
     assert short.returncode == longer.returncode == twice.returncode == 0, longer.stderr[-2000:]
     records = load_records(tmp_path / "results")
     assert sorted(r["recipe"]["iterations"] for r in records) == [1, 2, 3]
+    assert {r["protocol_version"] for r in records} == {PROTOCOL_VERSION}  # what groups records by protocol
     assert len({r["run_key"] for r in records}) == 3 and len({r["trained_weights_sha256"] for r in records}) == 3
     folders = sorted(p.name for p in (tmp_path / "runs" / "quick-voc2012" / "deeplab_v1").iterdir())
     assert folders == sorted(f"seed0-{r['run_key']}" for r in records)
