@@ -137,3 +137,23 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, small_voc):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("interrupted: nothing half-written is left; run the same command")
+
+
+def test_the_hardware_record_names_what_decides_cpu_weights() -> None:
+    """Trained weights on the CPU depend on the thread count and oneDNN's SIMD kernels (see
+    ``records.hardware``); the record states both, as /proc/cpuinfo and torch report them."""
+    import torch
+
+    from benchmarks.records import hardware
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        facts = hardware(torch.device("cpu"), world_size=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert facts["torch_threads"] == 1
+    cpu_flags = next(line for line in open("/proc/cpuinfo") if line.startswith(("flags", "Features"))).split(":")[1]
+    assert set(facts["cpu_simd"]) <= set(cpu_flags.split())
+    assert ("avx2" in facts["cpu_simd"]) == ("avx2" in cpu_flags.split())
+    assert facts["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
