@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import methods
 from benchmarks.crf.dense_crf import CRFParams
+from benchmarks.distributed import PRECISIONS
 from benchmarks.validate import is_finite_number, is_whole_number
 
 __all__ = ["CRF_STAGE_METHODS", "MAIN_COMMAND_CRFRNN", "MAIN_COMMAND_METHODS", "PROFILES", "Recipe", "RecipeError",
@@ -67,6 +68,7 @@ _RULES: tuple[tuple[str, Callable[[typing.Any], bool], str], ...] = (
     ("schedule", lambda v: v in ("fixed", "step", "poly"), "fixed, step or poly"),
     ("loss", lambda v: v in ("mean", "sum"), "mean or sum"),
     ("pretrained", lambda v: v in (True, False, "caffe"), "caffe, torchvision (true) or none (false)"),
+    ("precision", lambda v: v in PRECISIONS, " or ".join(PRECISIONS)),
 )
 """(field, test, what it must be) of every recipe field with a range or a set of choices."""
 
@@ -106,7 +108,9 @@ class Recipe:
     extra_train_split: str | None = None  # a second split trained on with train_split (Yu & Koltun Sec 5: coco)
     train_only: str | None = None  # train only parameters under this prefix; the rest frozen
     cached_features: bool = False  # train the head on cached outputs of the frozen part
-    crf: tuple[tuple[str, float], ...] = tuple((k, float(v)) for k, v in dataclasses.asdict(CRFParams()).items())
+    crf: tuple[tuple[str, float], ...] = tuple((k, float(v)) for k, v in dataclasses.asdict(CRFParams()).items()
+                                               if k != "normalisation")
+    crf_normalisation: str = "after"  # the dense CRF's kernel normalisation (NORMALISATIONS): the papers' per pixel
     crf_grid: tuple[tuple[str, tuple[float, ...]], ...] = (  # crf-search: DeepLab's coarse grid (SPEC 5)
         ("w1", (5.0, 6.0, 7.0, 8.0, 9.0, 10.0)), ("theta_alpha", (50.0, 60.0, 70.0, 80.0, 90.0, 100.0)),
         ("theta_beta", (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)))
@@ -118,6 +122,9 @@ class Recipe:
     crfrnn_images: int | None = None
     log_every: int = 20
     checkpoint_every: int = 500
+    # Arithmetic of training and scoring (benchmarks.distributed.PRECISIONS): the papers trained in float32
+    # (Caffe). run --precision tf32|bf16 sets it for a run (then not comparable to the papers).
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         # "torchvision" and "none" are stored as True and False, as records before "caffe" existed say them
@@ -140,9 +147,13 @@ class Recipe:
             raise RecipeError(f"recipe {self.method} ({self.profile}): {key}={getattr(self, key)!r} is not allowed; "
                               f"it must be {allowed}")
         try:
-            CRFParams.from_pairs(self.crf)
+            self.crf_params()
         except ValueError as error:
             raise RecipeError(f"recipe {self.method} ({self.profile}): crf: {error}") from None
+
+    def crf_params(self) -> CRFParams:
+        """The dense CRF's parameters: ``crf`` with ``crf_normalisation``."""
+        return CRFParams.from_pairs((*self.crf, ("normalisation", self.crf_normalisation)))
 
     @property
     def architecture(self) -> str:
