@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import methods
-from benchmarks.crf.dense_crf import CRFParams
+from benchmarks.crf.dense_crf import NORMALISATIONS, CRFParams
 from benchmarks.distributed import PRECISIONS
 from benchmarks.validate import is_finite_number, is_whole_number
 
@@ -69,6 +69,7 @@ _RULES: tuple[tuple[str, Callable[[typing.Any], bool], str], ...] = (
     ("loss", lambda v: v in ("mean", "sum"), "mean or sum"),
     ("pretrained", lambda v: v in (True, False, "caffe"), "caffe, torchvision (true) or none (false)"),
     ("precision", lambda v: v in PRECISIONS, " or ".join(PRECISIONS)),
+    ("crf_normalisation", lambda v: v in NORMALISATIONS, " or ".join(NORMALISATIONS)),
     ("crfrnn_lr_multipliers", lambda v: len(v) == 3 and all(_non_negative(m) for m in v),
      "three multipliers >= 0 (spatial, bilateral, compatibility)"),
 )
