@@ -167,7 +167,9 @@ def _import_modules(names: list[str]) -> None:
 def _plan(args: argparse.Namespace, profile: str) -> RunPlan:
     from benchmarks.run import RunPlan
 
-    return RunPlan(profile=profile, seeds=tuple(args.seeds), overrides=tuple(args.set), results=Path(args.results),
+    precision = [f"precision={args.precision}"] if getattr(args, "precision", None) not in (None, "fp32") else []
+    return RunPlan(profile=profile, seeds=tuple(args.seeds), overrides=(*args.set, *precision),
+                   results=Path(args.results),
                    runs=Path(args.runs), workers=args.workers, rerun=getattr(args, "rerun", False),
                    crf_backend=args.crf_backend, eval_batch=args.eval_batch,
                    allow_overlap=args.allow_train_eval_overlap, sanity_gate=not args.no_sanity_gate)
@@ -433,6 +435,9 @@ def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf"
                    help=f"dense CRF: pydensecrf (the reference) or torch (same lattice, runs on the GPU); "
                         f"default {crf_backend}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    p.add_argument("--precision", choices=["fp32", "tf32", "bf16"],
+                   help="arithmetic of training and scoring (default fp32, as the papers trained; tf32 and bf16 "
+                        "are the recipe override precision=..., and the record is not comparable)")
     p.add_argument("--allow-train-eval-overlap", action="store_true",
                    help="score on a split that shares images with the training split (the record is not comparable)")
     p.add_argument("--no-sanity-gate", action="store_true",

@@ -138,9 +138,10 @@ def search_method(method: str, source: DatasetSource, plan: RunPlan, dist_info: 
         model = build_trained(recipe, weights).to(dist_info.device).eval()
         samples = [split[index] for index in range(len(ids))]
         images = [torch.from_numpy(s.image).permute(2, 0, 1) for s in samples]
-        probabilities = [class_probabilities(model, image, dist_info.device, published=recipe.published_test)
+        probabilities = [class_probabilities(model, image, dist_info.device, recipe.precision,
+                                             published=recipe.published_test)
                          for image in bar(f"{method} seed {seed}: probabilities", len(images), "img", iterable=images)]
-        result = search(images, probabilities, [s.label for s in samples], grid, CRFParams.from_pairs(recipe.crf),
+        result = search(images, probabilities, [s.label for s in samples], grid, recipe.crf_params(),
                         backend, progress=progress)
         path = target_record_path(plan, source, method, seed)
         update_record(path, {"crf_search": {

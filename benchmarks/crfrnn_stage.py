@@ -1,12 +1,15 @@
 """The ``NAME+crfrnn`` stage: a CRF-RNN (Zheng et al., ICCV 2015) trained on top of the frozen,
 trained network ``NAME``, then used in place of the dense CRF when scoring.
 
-Only the CRF-RNN's parameters are trained (kernel-weight matrices and label compatibility,
-initialised from the method's dense-CRF parameters and Potts); the network is frozen, as Yu & Koltun
-(ICLR 2016, Table 3) put the CRF-RNN on top of their trained front end and context modules. One
-training image per step, from the recipe's training split (a seeded subset when the recipe says so),
-cross-entropy on the refined scores at full resolution, SGD with the recipe's momentum;
-``crfrnn_iterations`` and ``crfrnn_lr`` say how long and how fast.
+This is a cheaper variant, and records say so: Zheng et al. train the CRF-RNN and the network end
+to end (torrvision/crfasrnn); here only the CRF-RNN's parameters are trained (kernel-weight
+matrices and label compatibility, initialised from ``crfrnn_initial``, Zheng's prototxt values, or
+the method's dense-CRF parameters, and Potts), with the network frozen. One training image per
+step, from the recipe's training split (a seeded subset when the recipe says so), cross-entropy on
+the refined scores at full resolution, SGD with the recipe's momentum; ``crfrnn_iterations`` and
+``crfrnn_lr`` say how long and how fast, ``crfrnn_lr_multipliers`` scale the lr of the spatial
+weights, the bilateral weights and the compatibility (Zheng's prototxts: 10000, 10000, 1000).
+Mean-field iterations: 5 in training, 10 at test, as the reference.
 """
 
 from __future__ import annotations
@@ -34,11 +37,18 @@ __all__ = ["crfrnn_refine", "crfrnn_training", "trained_crfrnn"]
 
 
 def crfrnn_training(recipe: Recipe, params: CRFParams, weights_sha256: str, seed: int) -> dict[str, object]:
-    """What determines a CRF-RNN's parameters (it goes into the record), with its hash ``key``."""
-    facts = {"trained": "CRF-RNN only (kernel-weight matrices, label compatibility); network frozen",
-             "network_weights_sha256": weights_sha256, "initial_crf": asdict(params),
+    """What determines a CRF-RNN's parameters (it goes into the record), with its hash ``key``.
+    ``params``: the method's dense-CRF parameters, the initial CRF unless the recipe names Zheng's."""
+    initial = params if recipe.crfrnn_initial is None else CRFParams.from_pairs(
+        (*recipe.crfrnn_initial, ("normalisation", recipe.crf_normalisation)))
+    facts = {"trained": "CRF-RNN only (kernel-weight matrices, label compatibility); network frozen: the cheaper "
+                        "variant (Zheng et al. train CRF-RNN and network end to end)",
+             "network_weights_sha256": weights_sha256, "initial_crf": asdict(initial),
+             "initial_crf_from": "method's dense CRF" if recipe.crfrnn_initial is None else "Zheng et al. prototxt",
              "train_split": recipe.train_split, "images": recipe.crfrnn_images, "iterations": recipe.crfrnn_iterations,
-             "lr": recipe.crfrnn_lr, "momentum": recipe.momentum, "optimizer": "sgd", "batch": 1,
+             "lr": recipe.crfrnn_lr, "lr_multipliers": dict(zip(("spatial", "bilateral", "compatibility"),
+                                                                recipe.crfrnn_lr_multipliers, strict=True)),
+             "momentum": recipe.momentum, "optimizer": "sgd", "batch": 1,
              "mean_field_iterations": {"train": 5, "test": 10}, "seed": seed}
     key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
     return {**facts, "key": key}
@@ -57,7 +67,10 @@ def trained_crfrnn(model: nn.Module, split: VOCSplit, training: dict[str, object
     dataset = SegmentationDataset(split)
     generator = torch.Generator().manual_seed(int(training["seed"]))
     order = torch.randperm(len(dataset), generator=generator)[:training["images"] or len(dataset)]
-    optimiser = torch.optim.SGD(crfrnn.parameters(), lr=training["lr"], momentum=training["momentum"])
+    blobs = {"spatial": crfrnn.spatial_weights, "bilateral": crfrnn.bilateral_weights,
+             "compatibility": crfrnn.compatibility}
+    optimiser = torch.optim.SGD([{"params": [blob], "lr": training["lr"] * training["lr_multipliers"][name]}
+                                 for name, blob in blobs.items()], lr=training["lr"], momentum=training["momentum"])
     model.eval()
     crfrnn.train()
     losses, started = [], time.perf_counter()

@@ -1,5 +1,5 @@
-"""Process setup for one GPU or many (``torchrun``), the CUDA fast path, and exact sharding of an
-evaluation split."""
+"""Process setup for one GPU or many (``torchrun``), the arithmetic precision of a run, and exact
+sharding of an evaluation split."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["Distributed", "ShardSampler", "fast_path"]
+__all__ = ["PRECISIONS", "Distributed", "ShardSampler", "effective_precision", "precision_path"]
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+"""A run's arithmetic: ``fp32`` as the papers trained (Caffe, float32; TF32 off for matrix products
+and cuDNN convolutions), ``tf32`` (float32 storage, TF32 tensor-core products on CUDA), ``bf16``
+(autocast to bfloat16 where PyTorch's autocast lists an op, float32 elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -45,11 +50,35 @@ class Distributed:
             dist.barrier()
 
 
-def fast_path(device: torch.device, enabled: bool | None = None) -> tuple[contextlib.AbstractContextManager, bool]:
-    """``(bf16 autocast context, use channels_last)``: on by default on CUDA only; ``enabled``
-    forces it (the tests run the CUDA path's arithmetic on the CPU this way)."""
-    enabled = device.type == "cuda" if enabled is None else enabled
-    return (torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()), enabled
+def effective_precision(device: torch.device, precision: str) -> str:
+    """What ``precision`` is on ``device``: a CPU has no TF32, so ``tf32`` there is ``fp32``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+    return "fp32" if precision == "tf32" and device.type != "cuda" else precision
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    before = [backend.allow_tf32 for backend in backends]
+    for backend in backends:
+        backend.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        for backend, value in zip(backends, before, strict=True):
+            backend.allow_tf32 = value
+
+
+def precision_path(device: torch.device, precision: str = "fp32") -> tuple[contextlib.AbstractContextManager, bool]:
+    """``(context that runs the forward pass in precision, use channels_last)``; channels_last on CUDA
+    only. On CUDA, TF32 is on only for ``tf32`` (PyTorch's default allows it in cuDNN convolutions,
+    which ``fp32`` must not). ``bf16`` autocasts on the CPU too (the tests run the CUDA arithmetic there)."""
+    precision = effective_precision(device, precision)
+    channels_last = device.type == "cuda"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16), channels_last
+    return (_tf32(precision == "tf32") if device.type == "cuda" else contextlib.nullcontext()), channels_last
 
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from benchmarks.data.datasets import SegmentationDataset
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, DataError, VOCSplit, read_label
-from benchmarks.distributed import Distributed, ShardSampler, fast_path
+from benchmarks.distributed import Distributed, ShardSampler, precision_path
 from benchmarks.progress import bar
 
 __all__ = ["ConfusionMatrix", "Evaluation", "check_complete", "class_probabilities", "evaluate",
@@ -145,12 +145,12 @@ class Evaluation:
 
 
 def class_probabilities(model: nn.Module, images: torch.Tensor, device: torch.device,
-                        fast: bool | None = None, published: bool = False) -> torch.Tensor:
+                        precision: str = "fp32", published: bool = False) -> torch.Tensor:
     """The softmax (float32) of ``model`` on uint8 ``images``: ``3 x H x W`` -> ``C x H x W``, or a
-    batch ``N x 3 x H x W`` -> ``N x C x H x W``; ``fast_path`` (bf16, channels_last) on CUDA.
+    batch ``N x 3 x H x W`` -> ``N x C x H x W``, in ``precision`` (``precision_path``; channels_last on CUDA).
     ``published``: the paper's own test procedure (``published_probabilities``, e.g. tiles)."""
     batch = images if images.ndim == 4 else images[None]
-    autocast, channels_last = fast_path(device, fast)
+    autocast, channels_last = precision_path(device, precision)
     with torch.inference_mode(), autocast:
         inputs = model.input_convention.normalize(batch.to(device, non_blocking=True))
         if channels_last:
@@ -173,14 +173,15 @@ def _image_counts(prediction: torch.Tensor, label: torch.Tensor) -> torch.Tensor
 
 def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
              refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-             batch_size: int = 1, published: bool = False,
+             batch_size: int = 1, published: bool = False, precision: str = "fp32",
              on_prediction: Callable[[str, torch.Tensor], None] | None = None) -> Evaluation:
     """Score ``split`` at full resolution, each image once (sharded under DDP). ``refine(image,
     probabilities)`` post-processes the softmax (the dense CRF) before the argmax. Images of the
     same size go through the network ``batch_size`` at a time; counts stay on the device until
     the end. On a terminal, a bar counts this process's images. ``published``: each method's own
-    test procedure (:func:`class_probabilities`). ``on_prediction(image_id, labels)`` receives each
-    image's predicted label map (e.g. to save it); a split without labels is predicted, not scored."""
+    test procedure (:func:`class_probabilities`), in ``precision``. ``on_prediction(image_id, labels)``
+    receives each image's predicted label map (e.g. to save it); a split without labels is predicted,
+    not scored."""
     device = dist_info.device
     model.eval()
     dataset = SegmentationDataset(split)
@@ -192,7 +193,7 @@ def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
 
     def score(bucket: list[tuple[torch.Tensor, torch.Tensor, str]]) -> None:
         probabilities = class_probabilities(model, torch.stack([image for image, _, _ in bucket]), device,
-                                            published=published)
+                                            precision=precision, published=published)
         for (image, label, image_id), probs in zip(bucket, probabilities, strict=True):
             if refine is not None:
                 probs = refine(image, probs)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import methods
-from benchmarks.crf.dense_crf import CRFParams
+from benchmarks.crf.dense_crf import NORMALISATIONS, CRFParams
+from benchmarks.distributed import PRECISIONS
 from benchmarks.validate import is_finite_number, is_whole_number
 
 __all__ = ["CRF_STAGE_METHODS", "MAIN_COMMAND_CRFRNN", "MAIN_COMMAND_METHODS", "PROFILES", "Recipe", "RecipeError",
@@ -67,6 +68,10 @@ _RULES: tuple[tuple[str, Callable[[typing.Any], bool], str], ...] = (
     ("schedule", lambda v: v in ("fixed", "step", "poly"), "fixed, step or poly"),
     ("loss", lambda v: v in ("mean", "sum"), "mean or sum"),
     ("pretrained", lambda v: v in (True, False, "caffe"), "caffe, torchvision (true) or none (false)"),
+    ("precision", lambda v: v in PRECISIONS, " or ".join(PRECISIONS)),
+    ("crf_normalisation", lambda v: v in NORMALISATIONS, " or ".join(NORMALISATIONS)),
+    ("crfrnn_lr_multipliers", lambda v: len(v) == 3 and all(_non_negative(m) for m in v),
+     "three multipliers >= 0 (spatial, bilateral, compatibility)"),
 )
 """(field, test, what it must be) of every recipe field with a range or a set of choices."""
 
@@ -113,18 +118,30 @@ class Recipe:
     # builder arguments of the network beyond width and weights (the paper's basic context module:
     # the identity filler's noise); empty: the builder's defaults
     builder_options: tuple[tuple[str, float], ...] = ()
-    crf: tuple[tuple[str, float], ...] = tuple((k, float(v)) for k, v in dataclasses.asdict(CRFParams()).items())
+    crf: tuple[tuple[str, float], ...] = tuple((k, float(v)) for k, v in dataclasses.asdict(CRFParams()).items()
+                                               if k != "normalisation")
+    crf_normalisation: str = "after"  # the dense CRF's kernel normalisation (NORMALISATIONS): the papers' per pixel
     crf_grid: tuple[tuple[str, tuple[float, ...]], ...] = (  # crf-search: DeepLab's coarse grid (SPEC 5)
         ("w1", (5.0, 6.0, 7.0, 8.0, 9.0, 10.0)), ("theta_alpha", (50.0, 60.0, 70.0, 80.0, 90.0, 100.0)),
         ("theta_beta", (3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0)))
-    # NAME+crfrnn (benchmarks/crfrnn_stage.py): CRF-RNN steps (one image each) on the frozen network,
-    # their lr, and how many training images they cycle through (None: the whole split). Neither
-    # Yu & Koltun nor Zheng et al. give a schedule for a CRF-RNN on a frozen network: these are ours.
+    # NAME+crfrnn (benchmarks/crfrnn_stage.py), the cheaper variant: CRF-RNN steps (one image each) on the
+    # frozen network, their base lr, and how many training images they cycle through (None: the whole
+    # split). Neither Yu & Koltun nor Zheng et al. give a schedule for a CRF-RNN on a frozen network: these
+    # are ours; the base lr times Zheng's largest multiplier is the 1e-3 this stage used before them.
     crfrnn_iterations: int = 2000
-    crfrnn_lr: float = 1e-3
+    crfrnn_lr: float = 1e-7
     crfrnn_images: int | None = None
+    # Zheng et al.'s lr multipliers of W_spatial, W_bilateral and the compatibility (torrvision/crfasrnn
+    # prototxts: lr_mult 10000, 10000, 1000) and initial CRF (theta_alpha 160, theta_beta 3, theta_gamma 3,
+    # spatial weight 3, bilateral weight 5); None: the method's dense-CRF parameters.
+    crfrnn_lr_multipliers: tuple[float, float, float] = (10000.0, 10000.0, 1000.0)
+    crfrnn_initial: tuple[tuple[str, float], ...] | None = (
+        ("w1", 5.0), ("theta_alpha", 160.0), ("theta_beta", 3.0), ("w2", 3.0), ("theta_gamma", 3.0))
     log_every: int = 20
     checkpoint_every: int = 500
+    # Arithmetic of training and scoring (benchmarks.distributed.PRECISIONS): the papers trained in float32
+    # (Caffe). run --precision tf32|bf16 sets it for a run (then not comparable to the papers).
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         # "torchvision" and "none" are stored as True and False, as records before "caffe" existed say them
@@ -147,9 +164,15 @@ class Recipe:
             raise RecipeError(f"recipe {self.method} ({self.profile}): {key}={getattr(self, key)!r} is not allowed; "
                               f"it must be {allowed}")
         try:
-            CRFParams.from_pairs(self.crf)
+            self.crf_params()
+            if self.crfrnn_initial is not None:
+                CRFParams.from_pairs(self.crfrnn_initial)
         except ValueError as error:
             raise RecipeError(f"recipe {self.method} ({self.profile}): crf: {error}") from None
+
+    def crf_params(self) -> CRFParams:
+        """The dense CRF's parameters: ``crf`` with ``crf_normalisation``."""
+        return CRFParams.from_pairs((*self.crf, ("normalisation", self.crf_normalisation)))
 
     @property
     def architecture(self) -> str:
@@ -233,6 +256,7 @@ def _quick(recipe: Recipe) -> Recipe:
              ("iterations", 10.0)),
         crf_grid=(("w1", (3.0, 5.0, 8.0)), ("theta_alpha", (10.0, 20.0, 40.0)), ("theta_beta", (3.0, 5.0, 10.0))),
         crfrnn_iterations=40, crfrnn_lr=1e-2, crfrnn_images=40,
+        crfrnn_lr_multipliers=(1.0, 1.0, 1.0), crfrnn_initial=None,  # as before Zheng's: a 96x128 image, 40 steps
     )
 
 

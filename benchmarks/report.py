@@ -147,7 +147,8 @@ def crf_settings(records: list[dict[str, object]]) -> pd.DataFrame:
     rows = {}
     for r in records:
         if r.get("crf"):
-            params = ", ".join(f"{k} {v:g}" for k, v in r["crf"].items())
+            crf = {"normalisation": "symmetric", **r["crf"]}  # records before the choice used pydensecrf's default
+            params = ", ".join(f"{k} {v}" if isinstance(v, str) else f"{k} {v:g}" for k, v in crf.items())
             key = (r["method"], params, r.get("crf_source", "recipe"), r.get("crf_backend", "pydensecrf"))
             rows.setdefault(key, []).append(str(r["seed"]))
     return pd.DataFrame([{"method": m, "parameters": p, "from": src, "backend": b, "seeds": ",".join(seeds)}

@@ -23,7 +23,7 @@ from benchmarks.crfrnn_stage import crfrnn_refine, crfrnn_training, trained_crfr
 from benchmarks.data.coco import COCO_SPLIT
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.data.voc import DataError
-from benchmarks.distributed import Distributed
+from benchmarks.distributed import Distributed, effective_precision
 from benchmarks.evaluation import Evaluation, evaluate
 from benchmarks.files import file_sha256
 from benchmarks.networks import build_trained, run_folder, run_lock
@@ -183,10 +183,12 @@ def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -
     """What determines the weights of one run, and its hash ``key`` (12 hex digits)."""
     recipe = plan.recipe(method)
     data = [{k: v for k, v in source.facts(split).items() if k != "root"} for split in recipe.training_splits]
-    # The CRF-RNN stage's fields and the test procedure do not change the network's weights, and
-    # builder options enter only when a recipe sets them: existing runs keep their keys.
+    # The CRF-RNN stage's fields, the dense CRF's normalisation and the test procedure do not change the
+    # network's weights; builder options enter only when a recipe sets them; fp32 is what every run before
+    # the precision field did on the CPU. Leaving them out keeps existing runs' keys.
     trained = {k: v for k, v in recipe.as_dict().items()
-               if not k.startswith("crfrnn_") and k != "published_test" and not (k == "builder_options" and not v)}
+               if not k.startswith(("crfrnn_", "crf_normalisation")) and k != "published_test"
+               and not (k == "builder_options" and not v) and not (k == "precision" and v == "fp32")}
     details = methods.get_entry(recipe.architecture).details  # e.g. an mmseg head's config and package versions
     identity = {"method": method, **({"method_details": details} if details else {}), "recipe": trained,
                 "train_data": data, "seed": seed, "initial_weights": _initial_weights(plan, source, recipe, seed)}
@@ -319,7 +321,7 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
         refine = crfrnn_refine(module)
     started = time.perf_counter()
     result = evaluate(model, source.split(recipe.eval_split), dist_info, refine, batch_size=plan.eval_batch,
-                      published=recipe.published_test)
+                      published=recipe.published_test, precision=recipe.precision)
     eval_seconds = time.perf_counter() - started
     if dist_info.is_main:
         record = _record(target, recipe, source=source, plan=plan, seed=seed, result=result, crf=crf,
@@ -336,13 +338,17 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
 
 def searched_crf(base_record: Path, weights_sha256: str | None, recipe: Recipe) -> tuple[CRFParams, str]:
     """The CRF parameters of a ``+crf`` variant: those ``crf-search`` wrote into the base network's
-    record when they were searched with these weights (``weights_sha256``), else the recipe's."""
+    record when they were searched with these weights (``weights_sha256``) and the recipe's kernel
+    normalisation, else the recipe's. (Searches recorded before the normalisation was a parameter
+    used pydensecrf's symmetric one.)"""
+    wanted = recipe.crf_params()
     if weights_sha256 is not None and base_record.is_file():
         found = read_record(base_record).get("crf_search")
         if found and found["trained_weights_sha256"] == weights_sha256:
-            source = f"crf-search on {found['images']} {found['split']} images ({base_record})"
-            return CRFParams(**found["best"]), source
-    return CRFParams.from_pairs(recipe.crf), "recipe"
+            searched = CRFParams(**{"normalisation": "symmetric", **found["best"]})
+            if searched.normalisation == wanted.normalisation:
+                return searched, f"crf-search on {found['images']} {found['split']} images ({base_record})"
+    return wanted, "recipe"
 
 
 def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan, seed: int, result: Evaluation,
@@ -374,6 +380,7 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
         "recipe": recipe.as_dict(),
         "overrides": list(plan.overrides),
         "crf": asdict(crf) if crf else None,
+        "precision": effective_precision(dist_info.device, recipe.precision),
         "seed": seed,
         "git": git_commit(),
         "environment": environment(),

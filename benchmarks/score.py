@@ -63,7 +63,7 @@ def _model(method: str, weights: Path, options: dict[str, object], convention: s
 
 def _crf_params(method: str) -> CRFParams:
     try:
-        return CRFParams.from_pairs(get_recipe(method, "paper").crf)
+        return get_recipe(method, "paper").crf_params()
     except RecipeError:
         return CRFParams()
 

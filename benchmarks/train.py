@@ -24,7 +24,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from benchmarks.data.datasets import DatasetSource, SegmentationDataset
 from benchmarks.data.transforms import train_transform
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES
-from benchmarks.distributed import Distributed, fast_path
+from benchmarks.distributed import Distributed, precision_path
 from benchmarks.files import load_torch, save_torch
 from benchmarks.networks import build_model
 from benchmarks.progress import bar, beside_bars
@@ -237,13 +237,13 @@ class TrainedPart(nn.Module):
 
 def training_step(part: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor, *,
                   recipe: Recipe, dist_info: Distributed,
-                  fast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward of the :class:`TrainedPart` ``part`` (or its DDP wrapper) under ``fast_path`` (bf16
-    autocast on CUDA), loss and backward of one batch; returns the loss and the gradient norm as
-    device tensors (no host sync). The caller steps ``optimizer``."""
+                  precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of the :class:`TrainedPart` ``part`` (or its DDP wrapper) in ``precision`` (default:
+    the recipe's; ``precision_path``), loss and backward of one batch; returns the loss and the
+    gradient norm as device tensors (no host sync). The caller steps ``optimizer``."""
     device = dist_info.device
     inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-    autocast, _ = fast_path(device, fast)
+    autocast, _ = precision_path(device, precision or recipe.precision)
     with autocast:
         loss = _loss(part(inputs, labels), labels, recipe, dist_info.world_size)
     optimizer.zero_grad(set_to_none=True)
@@ -300,7 +300,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
     if recipe.cached_features:
         cached = _frozen_features(model, ConcatDataset([SegmentationDataset(split) for split in splits]), dist_info,
                                   f"{recipe.method}: caching features")
-    part = TrainedPart(model, recipe, channels_last=fast_path(device)[1])
+    part = TrainedPart(model, recipe, channels_last=precision_path(device, recipe.precision)[1])
     wrapped: nn.Module = part
     if dist_info.world_size > 1:
         wrapped = nn.parallel.DistributedDataParallel(part, device_ids=[device] if device.type == "cuda" else None,

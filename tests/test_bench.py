@@ -71,14 +71,15 @@ def test_the_cuda_fast_path_arithmetic_runs_on_the_cpu():
     for net, fast in ((model, False), (fast_model, True)):
         optimizer = build_optimizer(net, recipe)
         part = TrainedPart(net, recipe, channels_last=fast)
-        loss, norm = training_step(part, optimizer, images, labels, recipe=recipe, dist_info=Distributed(), fast=fast)
+        loss, norm = training_step(part, optimizer, images, labels, recipe=recipe, dist_info=Distributed(),
+                                   precision="bf16" if fast else "fp32")
         grads = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
         results.append((float(loss.detach()), float(norm), grads))
     (loss32, norm32, grads32), (loss16, norm16, grads16) = results
     assert loss16 == pytest.approx(loss32, rel=2e-2) and norm16 == pytest.approx(norm32, rel=5e-2)
     assert torch.nn.functional.cosine_similarity(grads16, grads32, dim=0) > 0.99
     image = torch.randint(0, 256, (3, 48, 56), dtype=torch.uint8)
-    p32 = class_probabilities(model, image, torch.device("cpu"), fast=False)
-    p16 = class_probabilities(fast_model, image, torch.device("cpu"), fast=True)
+    p32 = class_probabilities(model, image, torch.device("cpu"), "fp32")
+    p16 = class_probabilities(fast_model, image, torch.device("cpu"), "bf16")
     assert p16.dtype == torch.float32 and p16.shape == (21, 48, 56)
     assert (p16 - p32).abs().max() < 2e-2

@@ -1,13 +1,15 @@
 """The dense CRF: the torch backend (permutohedral lattice in PyTorch) against the reference
 pydensecrf2 on genuine VOC images, the lattice against exact Gaussian filtering, bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
 from benchmarks.crf import dense_crf as dense_crf_module
-from benchmarks.crf.dense_crf import CRFParams, dense_crf, dense_crf_batch
+from benchmarks.crf.dense_crf import NORMALISATIONS, CRFParams, dense_crf, dense_crf_batch
 from benchmarks.crf.permutohedral import PermutohedralLattice, _code, _radix
 from benchmarks.data.voc import VOCSplit
 from benchmarks.evaluation import ConfusionMatrix
@@ -38,11 +40,13 @@ def _random_probabilities(shape: tuple[int, int], rng: np.random.Generator) -> t
     return torch.softmax(logits, 0)
 
 
+@pytest.mark.parametrize("normalisation", NORMALISATIONS)
 @pytest.mark.parametrize("kind", ["labels", "random"])
-def test_torch_backend_agrees_with_pydensecrf_on_genuine_voc(shared_dir, kind):
+def test_torch_backend_agrees_with_pydensecrf_on_genuine_voc(shared_dir, kind, normalisation):
+    """Each normalisation against pydensecrf2's own (``NORMALIZE_AFTER``, ``NORMALIZE_SYMMETRIC``)."""
     split = VOCSplit(shared_dir / MINI, "val")
     rng = np.random.default_rng(0)
-    params = CRFParams()  # DeepLab's w2 = 3, θγ = 3 and w1 = 5, θα = 50, θβ = 3
+    params = CRFParams(normalisation=normalisation)  # DeepLab's w2 = 3, θγ = 3 and w1 = 5, θα = 50, θβ = 3
     same = total = changed = 0
     scores = {name: ConfusionMatrix(CLASSES) for name in ("pydensecrf", "torch")}
     for index in range(0, len(split), 13):
@@ -58,8 +62,9 @@ def test_torch_backend_agrees_with_pydensecrf_on_genuine_voc(shared_dir, kind):
         scores["torch"].update(ours, torch.from_numpy(sample.label))
     agreement = same / total
     miou = {name: 100 * matrix.metrics()["miou"] for name, matrix in scores.items()}
-    print(f"\n{kind}: {total} pixels of 6 images, label agreement {100 * agreement:.3f}%, mIoU pydensecrf "
-          f"{miou['pydensecrf']:.3f} torch {miou['torch']:.3f} (CRF changed {100 * changed / total:.1f}% of labels)")
+    print(f"\n{kind}, {normalisation}: {total} pixels of 6 images, label agreement {100 * agreement:.3f}%, "
+          f"mIoU pydensecrf {miou['pydensecrf']:.3f} torch {miou['torch']:.3f} "
+          f"(CRF changed {100 * changed / total:.1f}% of labels)")
     assert changed / total > 0.02  # the CRF does change the labels: the agreement is not trivial
     assert agreement >= 0.995
     assert abs(miou["pydensecrf"] - miou["torch"]) <= 0.1
@@ -67,7 +72,7 @@ def test_torch_backend_agrees_with_pydensecrf_on_genuine_voc(shared_dir, kind):
 
 def test_parameter_mapping_each_parameter_matters_in_both_backends():
     """SPEC §5 mapping: each of w1, θα, θβ, w2, θγ changes pydensecrf's answer and the torch
-    backend (which builds the kernels from the SPEC formula) follows it."""
+    backend (which builds the kernels from the SPEC formula) follows it, in both normalisations."""
     rng = np.random.default_rng(1)
     image = np.kron(rng.integers(0, 256, (6, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
     probs = _random_probabilities(image.shape[:2], rng)
@@ -80,6 +85,9 @@ def test_parameter_mapping_each_parameter_matters_in_both_backends():
         reference = dense_crf(_chw(image), probs, params, backend="pydensecrf")
         ours = dense_crf(_chw(image), probs, params, backend="torch")
         assert torch.allclose(reference, ours, atol=1e-3), params
+        symmetric = dataclasses.replace(params, normalisation="symmetric")
+        assert torch.allclose(dense_crf(_chw(image), probs, symmetric, backend="pydensecrf"),
+                              dense_crf(_chw(image), probs, symmetric, backend="torch"), atol=1e-3), symmetric
         answers.append(reference)
     for params, answer in zip(variants[1:], answers[1:], strict=True):
         assert (answer - answers[0]).abs().max() > 1e-2, f"{params} did not change the reference's answer"
@@ -95,7 +103,7 @@ def test_large_weights_switch_to_softmax_and_still_agree(shared_dir, monkeypatch
     normalise = dense_crf_module._normalise
     monkeypatch.setattr(dense_crf_module, "_normalise",
                         lambda *args, exp2, **kw: paths.append(exp2) or normalise(*args, exp2=exp2, **kw))
-    params = CRFParams(w1=60.0)
+    params = CRFParams(w1=60.0, normalisation="symmetric")  # "after" bounds each message by w: 60 nats < 100 bits
     ours = dense_crf(_chw(sample.image), probs, params, backend="torch")
     reference = dense_crf(_chw(sample.image), probs, params, backend="pydensecrf")
     assert 0 < sum(paths) < len(paths)

@@ -2,13 +2,14 @@
 genuine VOC images; its gradients are those of finite differences; training lowers its loss."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from torch.func import functional_call
 
 from benchmarks.crf.crf_rnn import CRFRNN
-from benchmarks.crf.dense_crf import CRFKernels, CRFParams, dense_crf_batch
+from benchmarks.crf.dense_crf import NORMALISATIONS, CRFKernels, CRFParams, dense_crf_batch
 from benchmarks.data.embedded import EmbeddedConfig, render_sample
 from benchmarks.data.voc import VOCSplit
 
@@ -46,13 +47,16 @@ def test_initial_crf_rnn_is_the_dense_crf_on_genuine_voc(shared_dir):
         assert difference < 2e-5
 
 
-def test_gradients_match_finite_differences_in_float64():
+@pytest.mark.parametrize("normalisation", NORMALISATIONS)
+def test_gradients_match_finite_differences_in_float64(normalisation):
+    """In both normalisations: "after" scales only the slice, so splat and slice are no longer each
+    other's transpose and each needs its own gradient layout."""
     rng = np.random.default_rng(1)
     classes = 3
     image = torch.from_numpy(np.kron(rng.integers(0, 256, (3, 4, 3)), np.ones((2, 2, 1))).astype(np.uint8))
     image = image.permute(2, 0, 1).contiguous()  # 6 x 8 pixels in blocks of colour
-    model = CRFRNN(classes, CRFParams(w1=4.0, theta_alpha=5.0, theta_beta=20.0, w2=2.0, theta_gamma=2.0),
-                   train_iterations=2).double()
+    model = CRFRNN(classes, CRFParams(w1=4.0, theta_alpha=5.0, theta_beta=20.0, w2=2.0, theta_gamma=2.0,
+                                      normalisation=normalisation), train_iterations=2).double()
     with torch.no_grad():  # away from the initial, symmetric point
         for parameter in model.parameters():
             parameter.add_(torch.from_numpy(rng.normal(0, 0.3, parameter.shape)))

@@ -202,6 +202,7 @@ def test_an_unwritable_cache_is_one_line_naming_the_variable(capsys, tmp_path, m
     (["run", "deeplab_v1", "--seeds", "-1"], ["--seeds", "at least 0, got -1"]),
     (["run", "deeplab_v1", "--seeds", "0,1,0"], ["--seeds", "twice"]),
     (["run", "deeplab_v1", "--eval-batch", "0"], ["--eval-batch", "at least 1, got 0"]),
+    (["run", "deeplab_v1", "--precision", "fp16"], ["--precision", "invalid choice: 'fp16'"]),
     (["compare", "deeplab_v1", "--baseline", "fcn8s", "--workers", "-1"], ["--workers", "at least 0, got -1"]),
     (["compare", "deeplab_v1", "--baseline", "fcn8s", "--resamples", "0"], ["--resamples", "at least 1"]),
     (["compare", "deeplab_v1", "--baseline", ""], ["--baseline", "names no method"]),
@@ -217,6 +218,11 @@ def test_an_unwritable_cache_is_one_line_naming_the_variable(capsys, tmp_path, m
 def test_bad_arguments_are_argparse_errors(capsys, tmp_path, args, words):
     assert_one_line_error(*run_main(capsys, *args), *words)
     assert not (tmp_path / "cache").exists()
+
+
+def test_an_unknown_crf_normalisation_names_the_field_and_the_choices(capsys):
+    assert_one_line_error(*run_main(capsys, "run", "deeplab_v1+crf", "--set", "crf_normalisation=sym"),
+                          "crf_normalisation='sym'", "after or symmetric")
 
 
 @pytest.mark.parametrize(("args", "words"), [

@@ -23,7 +23,7 @@ from torch import nn
 
 from benchmarks.bench.crf import crf_inputs
 from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF
-from benchmarks.distributed import Distributed, fast_path
+from benchmarks.distributed import Distributed, precision_path
 from benchmarks.evaluation import ConfusionMatrix, class_probabilities
 from benchmarks.networks import build_model
 from benchmarks.recipes import Recipe, get_recipe, recipe_methods
@@ -160,7 +160,7 @@ def bench_method(name: str, size: BenchSize, device: torch.device, steps: int, e
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     inputs, labels = _training_inputs(model, recipe, size, device)
-    trained = TrainedPart(model, recipe, channels_last=fast_path(device)[1])
+    trained = TrainedPart(model, recipe, channels_last=precision_path(device, recipe.precision)[1])
     optimizer = build_optimizer(model, recipe)
     dist_info = Distributed(device=device)
     train_flops = training_flops(model, recipe, inputs)
@@ -181,11 +181,11 @@ def bench_method(name: str, size: BenchSize, device: torch.device, steps: int, e
     batches = [torch.randint(0, 256, (eval_batch, 3, *shapes[i % 2]), dtype=torch.uint8)
                for i in range(math.ceil(eval_images / eval_batch) + 1)]
     matrix = ConfusionMatrix(21, device=device)
-    class_probabilities(model, batches[-1], device)
+    class_probabilities(model, batches[-1], device, recipe.precision)
     _sync(device)
     started = time.perf_counter()
     for batch in batches[:-1]:
-        for probabilities in class_probabilities(model, batch, device):
+        for probabilities in class_probabilities(model, batch, device, recipe.precision):
             prediction = probabilities.argmax(0)
             matrix.update(prediction, torch.zeros_like(prediction))
     _sync(device)

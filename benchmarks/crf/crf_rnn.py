@@ -14,10 +14,11 @@ widths are fixed, as in the reference. Initialisation: ``W_s = w2 I``, ``W_b = w
 CRF's parameters, ``mu = -I`` (the reference's Potts initialiser, ``-1 * identity``). With those values
 an iteration is exactly the dense CRF's ``softmax(log p + w2 K_gauss Q + w1 K_bilateral Q)``.
 
-Two choices follow this project's dense CRF rather than crfasrnn_keras: the kernels use the symmetric
-normalisation ``D^-1/2 K D^-1/2`` of pydensecrf (crfasrnn_keras divides by ``K 1``), so that
-CRF-RNN at its initial parameters equals the ``torch`` dense-CRF backend; and the matrices act on
-the lattice's vertex tables (``W`` and ``mu`` act on classes, the filter on pixels, so they commute),
+The kernels are normalised as ``params.normalisation`` says; the default, ``"after"``, divides
+each pixel's messages by ``K 1`` as the reference's ``MeanfieldIteration`` does (``norm_feed_``,
+``1 / (K 1 + 1e-20)``), and CRF-RNN at its initial parameters equals the ``torch`` dense-CRF backend
+with the same parameters. The matrices act on the lattice's vertex tables (``W`` and ``mu`` act on
+classes, the filter on pixels, so they commute),
 which keeps one splat and one slice per iteration. Iterations: 5 in training, 10 at test, as the
 reference (its training and deployment prototxts). Gradients reach ``W``, ``mu`` and the scores
 through ``LatticeStack``'s splat and slice (each the other's adjoint) and the blur's gathers; the
@@ -42,6 +43,7 @@ class CRFRNN(nn.Module):
         super().__init__()
         params = params or CRFParams()
         self.widths = (params.theta_gamma, params.theta_alpha, params.theta_beta)
+        self.normalisation = params.normalisation
         self.train_iterations, self.test_iterations = train_iterations, test_iterations
         eye = torch.eye(classes)
         self.spatial_weights = nn.Parameter(params.w2 * eye)
@@ -62,7 +64,7 @@ class CRFRNN(nn.Module):
                                              for i, s in zip(images, scores, strict=False)):
             raise ValueError("CRF-RNN needs one C x H x W score map per image, of the image's size")
         kernels = kernels or CRFKernels(images, scores[0].device)
-        stack = kernels.stack(*self.widths, dtype=scores[0].dtype)
+        stack = kernels.stack(*self.widths, self.normalisation, dtype=scores[0].dtype)
         unary = torch.cat([s.reshape(classes, -1).t() for s in scores])
         mixes = [(self.compatibility @ weights).t() for weights in (self.spatial_weights, self.bilateral_weights)]
         logits = unary

@@ -5,6 +5,12 @@ Energy: unary −log p; Potts compatibility; pairwise kernel
 w1·exp(−|Δp|²/2θα² − |ΔI|²/2θβ²) + w2·exp(−|Δp|²/2θγ²); mean-field inference. Backend
 ``pydensecrf`` (the reference, ``pip install pydensecrf2``) maps bilateral ``sxy = θα``,
 ``srgb = θβ``, ``compat = w1`` and Gaussian ``sxy = θγ``, ``compat = w2``.
+
+Each kernel is normalised per pixel (``CRFParams.normalisation``): ``"after"``, the papers',
+divides pixel i's messages by ``(K 1)_i`` (DeepLab v1's densecrf, Krähenbühl's 2011 code:
+``PottsPotential(..., per_pixel_normalization=true)``, ``norm_[i] = 1.0 / (norm_[i]+1e-20)`` applied
+after filtering; CRF-RNN's ``MeanfieldIteration`` the same; pydensecrf's ``NORMALIZE_AFTER``);
+``"symmetric"`` is pydensecrf's default ``NORMALIZE_SYMMETRIC``, ``D^-1/2 K D^-1/2``.
 """
 
 from __future__ import annotations
@@ -20,14 +26,21 @@ import torch
 from benchmarks.crf.permutohedral import LatticeStack, PermutohedralLattice
 from benchmarks.validate import is_finite_number, is_whole_number
 
-__all__ = ["BACKENDS", "CRFKernels", "CRFParams", "TorchDenseCRF", "check_inputs", "dense_crf", "dense_crf_batch"]
+__all__ = ["BACKENDS", "NORMALISATIONS", "CRFKernels", "CRFParams", "TorchDenseCRF", "check_inputs", "dense_crf",
+           "dense_crf_batch"]
+
+
+NORMALISATIONS = ("after", "symmetric")
+"""The kernel normalisations: the papers' per-pixel ``1 / (K 1)`` and pydensecrf's default."""
 
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Kernel weights and widths (pixels, grey levels) and the number of mean-field iterations.
-    Defaults: DeepLab's fixed w2 = 3, θγ = 3 and the low corner of its search grid. Checked at
-    construction: weights finite and >= 0, widths finite and > 0, iterations a whole number >= 1."""
+    """Kernel weights and widths (pixels, grey levels), the number of mean-field iterations and the
+    kernels' normalisation (``NORMALISATIONS``; the module docstring says where each comes from).
+    Defaults: DeepLab's fixed w2 = 3, θγ = 3, the low corner of its search grid and the papers'
+    normalisation. Checked at construction: weights finite and >= 0, widths finite and > 0,
+    iterations a whole number >= 1, a known normalisation."""
 
     w1: float = 5.0
     theta_alpha: float = 50.0
@@ -35,6 +48,7 @@ class CRFParams:
     w2: float = 3.0
     theta_gamma: float = 3.0
     iterations: int = 10
+    normalisation: str = "after"
 
     def __post_init__(self) -> None:
         problems = [(name, "a finite number >= 0") for name in ("w1", "w2")
@@ -43,12 +57,14 @@ class CRFParams:
                      if not (is_finite_number(value := getattr(self, name)) and value > 0)]
         if not (is_whole_number(self.iterations) and self.iterations >= 1):
             problems.append(("iterations", "a whole number >= 1"))
+        if self.normalisation not in NORMALISATIONS:
+            problems.append(("normalisation", " or ".join(NORMALISATIONS)))
         if problems:
             name, allowed = problems[0]
             raise ValueError(f"CRF parameter {name}={getattr(self, name)!r} is out of range: it must be {allowed}")
 
     @classmethod
-    def from_pairs(cls, pairs: tuple[tuple[str, float], ...]) -> CRFParams:
+    def from_pairs(cls, pairs: tuple[tuple[str, float | str], ...]) -> CRFParams:
         values = dict(pairs)
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
@@ -115,9 +131,12 @@ def _pydensecrf(image: torch.Tensor, probs: torch.Tensor, params: CRFParams) -> 
     classes, height, width = probs.shape
     crf = densecrf.DenseCRF2D(width, height, classes)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(probs, 1e-8, 1.0)).reshape(classes, -1)))
-    crf.addPairwiseGaussian(sxy=params.theta_gamma, compat=params.w2)
+    normalisation = {"after": densecrf.NORMALIZE_AFTER, "symmetric": densecrf.NORMALIZE_SYMMETRIC}[
+        params.normalisation]
+    crf.addPairwiseGaussian(sxy=params.theta_gamma, compat=params.w2, normalization=normalisation)
     rgb = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())  # pydensecrf reads H x W x 3
-    crf.addPairwiseBilateral(sxy=params.theta_alpha, srgb=params.theta_beta, rgbim=rgb, compat=params.w1)
+    crf.addPairwiseBilateral(sxy=params.theta_alpha, srgb=params.theta_beta, rgbim=rgb, compat=params.w1,
+                             normalization=normalisation)
     refined = np.array(crf.inference(params.iterations), dtype=np.float32).reshape(classes, height, width)
     return torch.from_numpy(refined)
 
@@ -159,18 +178,19 @@ class CRFKernels:
         self.segment = torch.cat(segments) if len(images) > 1 else None  # one image: nothing to keep apart
         self._stacks: dict[tuple, LatticeStack] = {}
 
-    def stack(self, theta_gamma: float, theta_alpha: float, theta_beta: float,
+    def stack(self, theta_gamma: float, theta_alpha: float, theta_beta: float, normalisation: str = "after",
               dtype: torch.dtype = torch.float32) -> LatticeStack:
-        """The smoothness and appearance kernels (in that order) with the reference's symmetric
-        normalisation (pydensecrf's default ``NORMALIZE_SYMMETRIC``: ``D^-1/2 K D^-1/2``, ``D = K 1``)."""
-        key = (theta_gamma, theta_alpha, theta_beta, dtype)
+        """The smoothness and appearance kernels (in that order), each normalised per pixel as
+        ``normalisation`` says (``NORMALISATIONS``)."""
+        key = (theta_gamma, theta_alpha, theta_beta, normalisation, dtype)
         if key not in self._stacks:
             self._stacks = {}  # a parameter search moves on to the next widths
             smoothness = _position_lattice(self.sizes, theta_gamma, self.position, self.segment)
             appearance = PermutohedralLattice(torch.cat([self.position / theta_alpha, self.colour / theta_beta], 1),
                                               self.segment)
             lattices = [smoothness, appearance]
-            self._stacks[key] = LatticeStack(lattices, [lattice.normaliser() for lattice in lattices], dtype=dtype)
+            self._stacks[key] = LatticeStack(lattices, [lattice.normaliser(normalisation) for lattice in lattices],
+                                            dtype=dtype)
         return self._stacks[key]
 
 
@@ -211,7 +231,7 @@ class TorchDenseCRF:
         self.log2_probs = self.probs.log2()
 
     def refine(self, params: CRFParams) -> list[torch.Tensor]:
-        stack = self.kernels.stack(params.theta_gamma, params.theta_alpha, params.theta_beta)
+        stack = self.kernels.stack(params.theta_gamma, params.theta_alpha, params.theta_beta, params.normalisation)
         weights = (params.w2 * math.log2(math.e), params.w1 * math.log2(math.e))  # the pairwise term in bits
         q = self.probs / self.probs.sum(1, keepdim=True)  # softmax(-U), without the exp of a log
         on_cpu = q.device.type == "cpu"

@@ -170,7 +170,7 @@ class PermutohedralLattice:
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self._stack: LatticeStack | None = None
         self._by_vertex: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._normaliser: torch.Tensor | None = None
+        self._kernel_sums: torch.Tensor | None = None
 
     def by_vertex(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The splat's view of the slice: the entries of ``offsets`` (flattened ``N x (d + 1)``)
@@ -185,16 +185,25 @@ class PermutohedralLattice:
                                torch.bincount(flat, minlength=rows))
         return self._by_vertex
 
-    def normaliser(self) -> torch.Tensor:
-        """``(K 1)^-1/2`` at each point (``N``), ``K`` this lattice's filter: the reference's
-        symmetric normalisation ``D^-1/2 K D^-1/2`` (pydensecrf's ``NORMALIZE_SYMMETRIC``)."""
-        if self._normaliser is None:
+    def normaliser(self, normalisation: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The per-point scales ``(before, after)`` (``N`` each; ``before`` None: none) that make
+        ``diag(after) K diag(before)`` this lattice's normalised kernel, ``K`` its filter, ``D = K 1``:
+
+        * ``"after"``: ``(None, D^-1)``, each pixel's messages divided by its kernel sum
+          (Krähenbühl's densecrf as DeepLab v1 built it, ``per_pixel_normalization``; CRF-RNN's
+          ``MeanfieldIteration``, ``1 / (K 1 + 1e-20)``; pydensecrf's ``NORMALIZE_AFTER``);
+        * ``"symmetric"``: ``(D^-1/2, D^-1/2)``, pydensecrf's default ``NORMALIZE_SYMMETRIC``."""
+        if normalisation not in ("after", "symmetric"):
+            raise ValueError(f"unknown kernel normalisation {normalisation!r}; known: after, symmetric")
+        if self._kernel_sums is None:
             splatted = torch.bincount(self.offsets.reshape(-1), weights=self.weights.reshape(-1),
                                       minlength=self.num_vertices + 1).to(self.weights.dtype)
             blurred = self.blur_axes(splatted[:, None], 1.0, reverse=False)
-            filtered = _gather_sum(blurred, (self.offsets, None, self.weights))
-            self._normaliser = torch.rsqrt(filtered[:, 0] + 1e-20)
-        return self._normaliser
+            self._kernel_sums = _gather_sum(blurred, (self.offsets, None, self.weights))[:, 0] + 1e-20
+        if normalisation == "after":
+            return None, self._kernel_sums.reciprocal()
+        scale = torch.rsqrt(self._kernel_sums)
+        return scale, scale
 
     def blur(self, table: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """``table`` (``(num_vertices + 1) x C``, row 0 zero) blurred with [1/2, 1, 1/2] along each
@@ -223,19 +232,20 @@ class PermutohedralLattice:
 
 class LatticeStack:
     """Several lattices over the same points as one linear operator
-    ``K v = sum_k diag(s_k) K_k diag(s_k) (m_k v)``, where ``K_k`` is lattice ``k``'s filter, ``s_k``
-    a per-point scale (the dense CRF's symmetric normalisation ``D^-1/2``) and ``m_k`` a linear map of
-    the channels applied on the lattice (a scalar kernel weight, or CRF-RNN's class matrices).
+    ``K v = sum_k diag(a_k) K_k diag(b_k) (m_k v)``, where ``K_k`` is lattice ``k``'s filter, ``b_k``
+    and ``a_k`` per-point scales before and after it (the dense CRF's kernel normalisation,
+    ``PermutohedralLattice.normaliser``) and ``m_k`` a linear map of the channels applied on the
+    lattice (a scalar kernel weight, or CRF-RNN's class matrices).
 
     Slice reads each point's ``d + 1`` vertices of every lattice and sums them with its barycentric
     weights times its scale: one weighted ``embedding_bag`` (a fused gather-and-sum) over the
     concatenated vertex tables, whatever the number of kernels. Splat is its transpose, the same
-    entries grouped by vertex: one ``embedding_bag`` whose bags are the vertices. Each is the other's
-    adjoint, which is what ``splat`` and ``slice`` use for their gradients (the positions are
-    constants: the lattice depends on the image only)."""
+    entries grouped by vertex: one ``embedding_bag`` whose bags are the vertices. The gradient of
+    each is the other's layout with its own scales (the positions are constants: the lattice
+    depends on the image only)."""
 
-    def __init__(self, lattices: list[PermutohedralLattice], scales: list[torch.Tensor] | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, lattices: list[PermutohedralLattice], scales: list[tuple[torch.Tensor | None, torch.Tensor]]
+                 | None = None, dtype: torch.dtype = torch.float32) -> None:
         count = lattices[0].num_points
         if any(lattice.num_points != count for lattice in lattices):
             raise ValueError("the lattices of a stack must be built on the same points")
@@ -245,23 +255,32 @@ class LatticeStack:
         starts = [sum(self.rows[:k]) for k in range(len(lattices))]
         index = torch.int32 if max(count * sum(lattice.dims + 1 for lattice in lattices), sum(self.rows)) < 2**31 \
             else torch.long
-        weights = [lattice.weights.to(dtype) for lattice in lattices]
-        if scales is not None:
-            weights = [w * scale.to(dtype)[:, None] for w, scale in zip(weights, scales, strict=True)]
         grouped = [lattice.by_vertex() for lattice in lattices]
         bag_ends = torch.cumsum(torch.cat([counts for *_, counts in grouped]), 0)
-        self._slice = (torch.cat([lattice.offsets + start for lattice, start in zip(lattices, starts, strict=True)],
-                                 1).to(index), None, torch.cat(weights, 1))
-        self._splat = (torch.cat([points for _, points, _ in grouped]).to(index),
-                       torch.cat([bag_ends.new_zeros(1), bag_ends]).to(index),
-                       torch.cat([w.reshape(-1).index_select(0, entries)
-                                  for w, (entries, *_) in zip(weights, grouped, strict=True)]))
+        slice_rows = torch.cat([lattice.offsets + start for lattice, start in zip(lattices, starts, strict=True)],
+                               1).to(index)
+        splat_rows = torch.cat([points for _, points, _ in grouped]).to(index)
+        splat_ends = torch.cat([bag_ends.new_zeros(1), bag_ends]).to(index)
+
+        def layouts(side: list[torch.Tensor | None]) -> tuple[_Bags, _Bags]:
+            """(slice, splat) bags whose weights are the barycentric weights times ``side``'s scales."""
+            weights = [lattice.weights.to(dtype) * (1.0 if scale is None else scale.to(dtype)[:, None])
+                       for lattice, scale in zip(lattices, side, strict=True)]
+            return ((slice_rows, None, torch.cat(weights, 1)),
+                    (splat_rows, splat_ends, torch.cat([w.reshape(-1).index_select(0, entries)
+                                                        for w, (entries, *_) in zip(weights, grouped, strict=True)])))
+
+        before = [b for b, _ in scales] if scales is not None else [None] * len(lattices)
+        after = [a for _, a in scales] if scales is not None else [None] * len(lattices)
+        self._before = layouts(before)  # splat reads these, slice-shaped for its gradient
+        self._after = self._before if all(b is a for b, a in zip(before, after, strict=True)) else layouts(after)
 
     def splat(self, values: torch.Tensor) -> list[torch.Tensor]:
         """``values`` (``N x C``) on each lattice: one table per lattice, row 0 zero."""
         if values.shape[0] != self.num_points:
             raise ValueError(f"values have {values.shape[0]} rows, the lattice {self.num_points} points")
-        return list(_BagProduct.apply(values, self._splat, self._slice).split(self.rows))
+        slice_bags, splat_bags = self._before
+        return list(_BagProduct.apply(values, splat_bags, slice_bags).split(self.rows))
 
     def blur(self, tables: list[torch.Tensor], scales: tuple[float, ...] | None = None) -> list[torch.Tensor]:
         """Each table blurred on its lattice, times ``scales[k]`` (a kernel weight; default 1)."""
@@ -270,13 +289,14 @@ class LatticeStack:
 
     def slice(self, tables: list[torch.Tensor]) -> torch.Tensor:
         """The sum over lattices of each table read back at the points (``N x C``)."""
-        return _BagProduct.apply(torch.cat(tables), self._slice, self._splat)
+        slice_bags, splat_bags = self._after
+        return _BagProduct.apply(torch.cat(tables), slice_bags, splat_bags)
 
     def slice_chunks(self, tables: list[torch.Tensor], size: int) -> Iterator[tuple[slice, torch.Tensor]]:
         """``slice``, ``size`` points at a time and without gradient: ``(points, values)`` pairs. A
         mean-field update that uses each chunk at once works in cache and allocates little."""
         table = torch.cat(tables)
-        rows, _, weights = self._slice
+        rows, _, weights = self._after[0]
         for start in range(0, self.num_points, size):
             points = slice(start, start + size)
             yield points, _gather_sum(table, (rows[points], None, weights[points]))
