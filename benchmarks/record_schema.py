@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.crf.dense_crf import CRFParams
+from benchmarks.crf.dense_crf import NORMALISATIONS, CRFParams
 from benchmarks.recipes import RecipeError, recipe_from_record
 from benchmarks.stats import miou_from_counts
 from benchmarks.validate import is_finite_number, is_whole_number
@@ -45,6 +45,12 @@ def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
 
 def _mapping_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: isinstance(value, dict) and all(isinstance(k, str) and check(v) for k, v in value.items())
+
+
+def _crf_setting(value: object) -> bool:
+    """A dense CRF's parameters: finite numbers, and its kernel normalisation by name."""
+    return isinstance(value, dict) and all(
+        value[key] in NORMALISATIONS if key == "normalisation" else is_finite_number(value[key]) for key in value)
 
 
 def _list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
@@ -88,7 +94,8 @@ FIELDS: tuple[tuple[str, bool, Callable[[object], bool], str], ...] = (
     ("overrides", False, _list_of(_TEXT), "a list of strings"),
     ("conditions", False, _mapping_of(_BOOL), "an object of true/false values"),
     ("recipe", False, _optional(_OBJECT), "an object or null"),
-    ("crf", False, _optional(_mapping_of(is_finite_number)), "an object of finite numbers or null"),
+    ("crf", False, _optional(_crf_setting), f"an object of finite numbers (normalisation: one of {NORMALISATIONS}) "
+     "or null"),
     ("crf_search", False, _OBJECT, "an object"),
     ("hardware", True, _OBJECT, "an object"),
     ("hardware.name", True, _TEXT, "a string"),

@@ -118,7 +118,7 @@ def _three_steps(recipe: Recipe, model: nn.Module, part: nn.Module, inputs: torc
     optimizer = build_optimizer(model, recipe)
     for step in range(TRAIN["iterations"]):
         set_learning_rate(optimizer, recipe, step)
-        training_step(part, optimizer, inputs, labels, recipe=recipe, dist_info=Distributed(), fast=False)
+        training_step(part, optimizer, inputs, labels, recipe=recipe, dist_info=Distributed(), precision="fp32")
         optimizer.step()
     expected = np.load(GOLDENS / "train" / golden / f"params_after_{TRAIN['iterations']}_iterations.npz")
     parameters = dict(model.named_parameters())

@@ -94,7 +94,7 @@ def test_three_sgd_steps_of_the_frontend_recipe_reproduce_caffe(tmp_path, oracle
     parameters = {name.removeprefix("frontend."): p for name, p in model.named_parameters()}
     assert set(caffe_names.values()) == set(parameters)
     for step in range(1, facts["solver"]["iterations"] + 1):
-        training_step(part, optimizer, inputs, labels, recipe=recipe, dist_info=Distributed(), fast=False)
+        training_step(part, optimizer, inputs, labels, recipe=recipe, dist_info=Distributed(), precision="fp32")
         optimizer.step()
         for caffe_name, name in caffe_names.items():
             golden = expected[f"iter{step}/{caffe_name}"]
