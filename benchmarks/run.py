@@ -174,8 +174,10 @@ def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -
     """What determines the weights of one run, and its hash ``key`` (12 hex digits)."""
     recipe = plan.recipe(method)
     data = [{k: v for k, v in source.facts(split).items() if k != "root"} for split in recipe.training_splits]
-    # The CRF-RNN stage's fields do not change the network's weights (and leave existing runs' keys as they were).
-    trained = {k: v for k, v in recipe.as_dict().items() if not k.startswith("crfrnn_")}
+    # The CRF-RNN stage's fields do not change the network's weights (and leave existing runs' keys as they were);
+    # tile_features (added later) is named only where it is set, so that the other runs keep their keys.
+    trained = {k: v for k, v in recipe.as_dict().items()
+               if not k.startswith("crfrnn_") and not (k == "tile_features" and not v)}
     details = methods.get_entry(recipe.architecture).details  # e.g. an mmseg head's config and package versions
     identity = {"method": method, **({"method_details": details} if details else {}), "recipe": trained,
                 "train_data": data, "seed": seed, "initial_weights": _initial_weights(plan, source, recipe, seed)}

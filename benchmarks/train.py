@@ -22,10 +22,12 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from benchmarks.data.datasets import DatasetSource, SegmentationDataset
+from benchmarks.data.embedded import default_cache_dir
 from benchmarks.data.transforms import train_transform
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES
 from benchmarks.distributed import Distributed, fast_path
-from benchmarks.files import load_torch, save_torch
+from benchmarks.feature_cache import TileFeatures, tile_feature_cache
+from benchmarks.files import file_sha256, load_torch, save_torch
 from benchmarks.networks import build_model
 from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe, RecipeError
@@ -184,17 +186,44 @@ def _frozen_features(model: nn.Module, dataset: Dataset, dist_info: Distributed,
     return cached
 
 
+def _tile_features(model: nn.Module, dataset: Dataset, recipe: Recipe, source: DatasetSource,
+                   dependency_weights: Path | None, dist_info: Distributed) -> TileFeatures:
+    """The frozen part's tile maps of every training image, on disk (``benchmarks.feature_cache``),
+    named by the weights they came from and the training splits; the main process writes them."""
+    if not hasattr(model, "tile_features") or dependency_weights is None:
+        raise RecipeError(f"recipe {recipe.method} ({recipe.profile}): tile_features=True needs a network that defines "
+                          "tile_features (the context networks) and a trained init_from; set tile_features=false")
+    identity = {"weights_sha256": file_sha256(dependency_weights), "convention": model.input_convention.name,
+                "data": [{k: v for k, v in source.facts(split).items() if k != "root"}
+                         for split in recipe.training_splits]}
+    model.eval()
+
+    def compute(image: torch.Tensor) -> torch.Tensor:
+        return model.tile_features(model.input_convention.normalize(image))
+
+    def build(main: bool) -> TileFeatures:
+        return tile_feature_cache(compute, dataset, identity, default_cache_dir(), device=dist_info.device,
+                                  description=f"{recipe.method}: caching tile features", main=main)
+
+    if dist_info.is_main:
+        cache = build(True)
+    dist_info.barrier()
+    return cache if dist_info.is_main else build(False)
+
+
 class TrainedPart(nn.Module):
     """What a recipe trains, as the one module the optimizer steps and DDP wraps. It maps a batch
     (uint8 images, or the frozen stem's cached outputs) and its labels to the scores the loss
     sees: the whole network's full-resolution scores; its score map, cropped to the labels
     subsampled by 8 (DeepLab, ``loss_on_score_map``); the score map of a crop of the padded image
-    (fyu/dilation, ``padded_crops``); or the head's scores on cached features, upsampled to the
-    labels (the context modules, ``cached_features``)."""
+    (fyu/dilation, ``padded_crops``); the head's scores on cached features, upsampled to the
+    labels (``cached_features``); or, with ``tile_features``, the head's scores (its
+    ``training_form`` where it has one) on cached tile maps, against labels of the map's size."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, *, channels_last: bool = False) -> None:
         super().__init__()
         self.cached, self.score_map_only = recipe.cached_features, recipe.loss_on_score_map
+        self.tiles = recipe.tile_features
         self.padded_crops = recipe.padded_crops
         self.channels_last = channels_last
         self.network = model.staged_split()[1] if self.cached else model
@@ -202,6 +231,13 @@ class TrainedPart(nn.Module):
         self.normalize = model.input_convention.normalize
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.tiles:
+            scores = getattr(self.network, "training_form", self.network)(inputs)
+            if scores.shape[-2:] != labels.shape[-2:]:
+                raise ValueError(f"the head maps {tuple(inputs.shape[-2:])} tile features to "
+                                 f"{tuple(scores.shape[-2:])} scores, not the {tuple(labels.shape[-2:])} labels; "
+                                 "set tile_features=false")
+            return scores
         if self.cached:
             return self.final_upsample(self.network(inputs), labels[:, None])
         images = self.normalize(inputs)
@@ -278,11 +314,13 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
         start = int(state["iteration"])
         progress(f"{recipe.method}: resuming from iteration {start} ({checkpoint_path})")
     splits = [source.split(name) for name in recipe.training_splits]
-    transform = training_transform(model, recipe)
-    dataset = ConcatDataset([SegmentationDataset(split, transform) for split in splits])
     if recipe.cached_features:
-        cached = _frozen_features(model, ConcatDataset([SegmentationDataset(split) for split in splits]), dist_info,
-                                  f"{recipe.method}: caching features")
+        dataset = ConcatDataset([SegmentationDataset(split) for split in splits])
+        cached = _tile_features(model, dataset, recipe, source, dependency_weights, dist_info) \
+            if recipe.tile_features else \
+            _frozen_features(model, dataset, dist_info, f"{recipe.method}: caching features")
+    else:
+        dataset = ConcatDataset([SegmentationDataset(split, training_transform(model, recipe)) for split in splits])
     part = TrainedPart(model, recipe, channels_last=fast_path(device)[1])
     wrapped: nn.Module = part
     if dist_info.world_size > 1:
@@ -290,6 +328,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                                                       find_unused_parameters=model.unused_parameters)
     sampler = _PlannedBatches(len(dataset), recipe, seed, start, dist_info.rank, dist_info.world_size)
     batches: Iterator = (
+        (cached.batch(items, seed) for items in sampler) if recipe.tile_features else
         ((torch.stack([cached[i][0] for i, _ in items]), torch.stack([cached[i][1] for i, _ in items]))
          for items in sampler) if recipe.cached_features else
         iter(DataLoader(_SeededAugmentation(dataset, seed), batch_sampler=sampler, num_workers=workers,
