@@ -27,6 +27,7 @@ from benchmarks.distributed import Distributed
 from benchmarks.evaluation import Evaluation, evaluate
 from benchmarks.files import file_sha256
 from benchmarks.networks import build_trained, run_folder, run_lock
+from benchmarks.plan import Stage, check_plan, plan_stages
 from benchmarks.recipes import (
     CRF_STAGE_METHODS,
     MAIN_COMMAND_CRFRNN,
@@ -40,7 +41,7 @@ from benchmarks.records import TORCHVISION_WEIGHTS, environment, git_commit, har
 from benchmarks.train import train
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
-__all__ = ["CRFRNN_SUFFIX", "CRF_SUFFIX", "RunPlan", "base_method", "caffe_init_file", "expand_targets",
+__all__ = ["CRFRNN_SUFFIX", "CRF_SUFFIX", "RunPlan", "base_method", "caffe_init_file", "command_plan", "expand_targets",
            "main_command_targets", "run", "run_identity", "searched_crf", "target_record_path", "weights_path"]
 
 CRF_SUFFIX = "+crf"
@@ -234,12 +235,26 @@ def _check_splits(source: DatasetSource, plan: RunPlan, targets: list[str]) -> d
     return overlaps
 
 
+def command_plan(targets: list[str], source: DatasetSource, plan: RunPlan, world_size: int = 1) -> list[Stage]:
+    """Every stage ``run(targets, ...)`` would take, in order, with what it needs (``benchmarks.plan``)."""
+    def trained_for_every_seed(method: str) -> bool:
+        try:
+            return all(weights_path(plan, source, method, seed).is_file() for seed in plan.seeds)
+        except DataError:  # a training split is missing (its run has no identity yet): the plan names it
+            return False
+
+    return plan_stages(expand_targets(targets, plan), targets, source, plan.recipe, _caffe_init_sha256,
+                       trained_for_every_seed, world_size)
+
+
 def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Distributed,
         progress: Callable[[str], None] = print) -> dict[tuple[str, int], Path]:
     """Train what is missing and write a record for every target and seed; returns the record of
     each (target, seed), written or reused (existing records are reused, not overwritten, unless
-    ``plan.rerun``; a replaced record is kept as ``.superseded``)."""
+    ``plan.rerun``; a replaced record is kept as ``.superseded``). Before anything trains, every
+    stage's inputs are checked (``benchmarks.plan``): a missing one stops the command."""
     ordered = expand_targets(targets, plan)
+    check_plan(command_plan(targets, source, plan, dist_info.world_size), plan.runs)
     overlaps = _check_splits(source, plan, ordered)
     for method in dict.fromkeys(base_method(target) for target in ordered):
         recipe = plan.recipe(method)

@@ -159,11 +159,9 @@ class ContextModule(nn.Module):
         zero-pads every layer's input (ReLU outputs) and the deploy net only the module's input."""
         for name in self.layer_names:
             layer = getattr(self, name)
-            if isinstance(layer, nn.Conv2d):
-                pad = layer.dilation[0] * (layer.kernel_size[0] // 2)
-                x = F.conv2d(x, layer.weight, layer.bias, padding=pad, dilation=layer.dilation)
-            else:
-                x = layer(x)
+            if isinstance(layer, nn.Conv2d):  # zero padding as Caffe's pad (the layer itself runs, hooks see it)
+                x = F.pad(x, [layer.dilation[0] * (layer.kernel_size[0] // 2)] * 4)
+            x = layer(x)
         return x
 
 
