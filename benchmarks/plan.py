@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench.methods import recipe_step_flops
+from benchmarks.bench.methods import VOC_HEIGHT, VOC_WIDTH, recipe_step_flops
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.data.embedded import default_cache_dir
 from benchmarks.data.voc import NUM_CLASSES, DataError
@@ -82,6 +82,16 @@ def _model_bytes(recipe: Recipe) -> tuple[int, int]:
     return state, state + moments * trained
 
 
+def _image_map_bytes(recipe: Recipe) -> int:
+    """Disk of one whole-image cached map (float32) and its labels, for a 500 x 375 VOC image."""
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
+        stem, _ = model.staged_split()
+        with torch.no_grad():
+            out = stem(torch.zeros(1, 3, VOC_HEIGHT, VOC_WIDTH))
+    return out.numel() * 4 + VOC_HEIGHT * VOC_WIDTH
+
+
 def plan_stages(ordered: list[str], targets: list[str], source: DatasetSource, recipes, caffe_init_sha256,
                 existing_weights, world_size: int = 1) -> list[Stage]:
     """The stages of ``ordered`` (``expand_targets``; ``targets`` are those scored), each with its
@@ -114,9 +124,11 @@ def plan_stages(ordered: list[str], targets: list[str], source: DatasetSource, r
         if target == method:
             state, checkpoint = _model_bytes(recipe)
             disk["weights_and_checkpoint"] = state + checkpoint
-            if recipe.tile_features and splits.get(recipe.train_split):
-                images = sum(splits[s] or 0 for s in recipe.training_splits)
+            images = sum(splits[s] or 0 for s in recipe.training_splits)
+            if recipe.tile_features:
                 disk["tile_feature_cache"] = cache_bytes(images, NUM_CLASSES)
+            elif recipe.cached_features:
+                disk["image_feature_cache"] = _image_map_bytes(recipe) * images
         scored = target in targets or any(t.split("+")[0] == method for t in targets)
         action = ("train and score" if scored else "train (dependency)") if trains else \
             "reuse trained weights, score" if scored else "reuse trained weights"
@@ -133,7 +145,8 @@ def check_plan(stages: list[Stage], runs: Path) -> None:
     the disk cannot hold the checkpoints and caches."""
     lines = list(dict.fromkeys(line for stage in stages for line in stage.missing))
     needed = {"runs": sum(s.disk_bytes.get("weights_and_checkpoint", 0) for s in stages if s.pflop_total is not None),
-              "cache": sum(s.disk_bytes.get("tile_feature_cache", 0) for s in stages if s.pflop_total is not None)}
+              "cache": sum(s.disk_bytes.get(k, 0) for s in stages if s.pflop_total is not None
+                           for k in ("tile_feature_cache", "image_feature_cache"))}
     for what, folder in (("runs", runs), ("cache", default_cache_dir())):
         existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
         if existing is not None and needed[what] > (free := shutil.disk_usage(existing).free):

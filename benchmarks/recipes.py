@@ -221,7 +221,8 @@ def _quick(recipe: Recipe) -> Recipe:
     staged = recipe.init_from is not None and not recipe.cached_features
     iterations = 1000 if recipe.cached_features else 200 if staged or recipe.extra_train_split else 400
     return dataclasses.replace(
-        recipe, profile="quick", source=f"quick profile derived from: {recipe.source}",
+        recipe, profile="quick", source=f"quick profile derived from: {recipe.source}"
+        + ("; here on whole-image cached maps, loss on the zoomed scores" if recipe.cached_features else ""),
         train_split="trainaug", eval_split="val", batch_size=8, iterations=iterations,
         optimizer="adam", lr=2e-3, momentum=0.9, weight_decay=5e-4, schedule="poly", loss="mean",
         crop=468 if recipe.padded_crops else None, scale=None, tile_features=False,

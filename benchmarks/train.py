@@ -26,7 +26,7 @@ from benchmarks.data.embedded import default_cache_dir
 from benchmarks.data.transforms import train_transform
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES
 from benchmarks.distributed import Distributed, fast_path
-from benchmarks.feature_cache import TileFeatures, tile_feature_cache
+from benchmarks.feature_cache import ImageFeatures, TileFeatures, image_feature_cache, tile_feature_cache
 from benchmarks.files import file_sha256, load_torch, save_torch
 from benchmarks.networks import build_model
 from benchmarks.progress import bar, beside_bars
@@ -171,39 +171,30 @@ class _CsvLog:
             self.tensorboard.close()
 
 
-def _frozen_features(model: nn.Module, dataset: Dataset, dist_info: Distributed,
-                     description: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The frozen stem's output of every training image (computed once, kept in memory)."""
-    stem, _ = model.staged_split()
-    device = dist_info.device
-    cached = []
-    model.eval()
-    with torch.inference_mode():
-        for index in bar(description, len(dataset), "img", main=dist_info.is_main, iterable=range(len(dataset))):
-            image, label, _ = dataset[index]
-            features = stem(model.input_convention.normalize(image[None].to(device)))
-            cached.append((features[0].float().cpu(), label))
-    return cached
-
-
-def _tile_features(model: nn.Module, dataset: Dataset, recipe: Recipe, source: DatasetSource,
-                   dependency_weights: Path | None, dist_info: Distributed) -> TileFeatures:
-    """The frozen part's tile maps of every training image, on disk (``benchmarks.feature_cache``),
-    named by the weights they came from and the training splits; the main process writes them."""
-    if not hasattr(model, "tile_features") or dependency_weights is None:
+def _cached_features(model: nn.Module, dataset: Dataset, recipe: Recipe, source: DatasetSource,
+                     dependency_weights: Path | None, dist_info: Distributed) -> TileFeatures | ImageFeatures:
+    """The frozen part's output for every training image, on disk (``benchmarks.feature_cache``):
+    tile maps (``tile_features``) or whole-image maps of the stem, named by the weights they came
+    from and the training splits; the main process writes them, the others then read them."""
+    if recipe.tile_features and not hasattr(model, "tile_features"):
         raise RecipeError(f"recipe {recipe.method} ({recipe.profile}): tile_features=True needs a network that defines "
-                          "tile_features (the context networks) and a trained init_from; set tile_features=false")
-    identity = {"weights_sha256": file_sha256(dependency_weights), "convention": model.input_convention.name,
+                          "tile_features (the context networks); set tile_features=false")
+    weights = {"weights_sha256": file_sha256(dependency_weights)} if dependency_weights is not None else \
+        {"weights": "initial", "recipe": recipe.as_dict()}
+    identity = {**weights, "convention": model.input_convention.name, "tiles": recipe.tile_features,
                 "data": [{k: v for k, v in source.facts(split).items() if k != "root"}
                          for split in recipe.training_splits]}
+    stem, _ = model.staged_split()
     model.eval()
 
     def compute(image: torch.Tensor) -> torch.Tensor:
-        return model.tile_features(model.input_convention.normalize(image))
+        normalized = model.input_convention.normalize(image)
+        return model.tile_features(normalized) if recipe.tile_features else stem(normalized)
 
-    def build(main: bool) -> TileFeatures:
-        return tile_feature_cache(compute, dataset, identity, default_cache_dir(), device=dist_info.device,
-                                  description=f"{recipe.method}: caching tile features", main=main)
+    def build(main: bool) -> TileFeatures | ImageFeatures:
+        cache = tile_feature_cache if recipe.tile_features else image_feature_cache
+        return cache(compute, dataset, identity, default_cache_dir(), device=dist_info.device,
+                     description=f"{recipe.method}: caching features", main=main)
 
     if dist_info.is_main:
         cache = build(True)
@@ -316,9 +307,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
     splits = [source.split(name) for name in recipe.training_splits]
     if recipe.cached_features:
         dataset = ConcatDataset([SegmentationDataset(split) for split in splits])
-        cached = _tile_features(model, dataset, recipe, source, dependency_weights, dist_info) \
-            if recipe.tile_features else \
-            _frozen_features(model, dataset, dist_info, f"{recipe.method}: caching features")
+        cached = _cached_features(model, dataset, recipe, source, dependency_weights, dist_info)
     else:
         dataset = ConcatDataset([SegmentationDataset(split, training_transform(model, recipe)) for split in splits])
     part = TrainedPart(model, recipe, channels_last=fast_path(device)[1])
@@ -328,9 +317,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                                                       find_unused_parameters=model.unused_parameters)
     sampler = _PlannedBatches(len(dataset), recipe, seed, start, dist_info.rank, dist_info.world_size)
     batches: Iterator = (
-        (cached.batch(items, seed) for items in sampler) if recipe.tile_features else
-        ((torch.stack([cached[i][0] for i, _ in items]), torch.stack([cached[i][1] for i, _ in items]))
-         for items in sampler) if recipe.cached_features else
+        (cached.batch(items, seed) for items in sampler) if recipe.cached_features else
         iter(DataLoader(_SeededAugmentation(dataset, seed), batch_sampler=sampler, num_workers=workers,
                         collate_fn=_stack, pin_memory=device.type == "cuda", persistent_workers=False))
     )

@@ -14,7 +14,7 @@ import methods
 from benchmarks.data.datasets import resolve_dataset
 from benchmarks.data.voc import read_image, read_label
 from benchmarks.distributed import Distributed
-from benchmarks.feature_cache import TileFeatures, cache_bytes, tile_labels
+from benchmarks.feature_cache import TileFeatures, cache_bytes, image_feature_cache, tile_labels
 from benchmarks.files import save_torch
 from benchmarks.networks import build_model
 from benchmarks.recipes import RecipeError, get_recipe
@@ -135,3 +135,26 @@ def test_tile_features_need_cached_features():
     with pytest.raises(RecipeError, match="tile_features"):
         dataclasses.replace(get_recipe("frontend", "paper"), tile_features=True)
     assert not get_recipe("context_basic", "quick").tile_features
+
+
+def test_whole_image_maps_go_to_disk_as_computed_and_varied_sizes_need_batch_1(tmp_path, small_voc):
+    """The quick profile's whole-image protocol (and compare's staged heads): the stem's float32
+    maps on disk, read back bit for bit; a batch of two sizes is a one-line error."""
+    source = resolve_dataset(small_voc(tmp_path / "voc", train=3, val=1))
+    split = source.split("trainaug")
+    model = methods.create("context_basic", 21, width=1 / 16).eval()
+    stem, _ = model.staged_split()
+    dataset = [(torch.from_numpy(split[i].image).permute(2, 0, 1), torch.from_numpy(split[i].label).long(), "")
+               for i in range(3)]
+    cache = image_feature_cache(lambda x: stem(model.input_convention.normalize(x)), dataset, {"test": 1},
+                                tmp_path / "cache", device=torch.device("cpu"), description="test")
+    for index, (image, label, _) in enumerate(dataset):
+        features, labels = cache.item(index)
+        with torch.no_grad():
+            expected = stem(model.input_convention.normalize(image[None]))[0]
+        assert torch.equal(features, expected) and torch.equal(labels, label)
+    assert cache.batch([(1, 0)], seed=0)[0].shape == (1, *cache.item(1)[0].shape)
+    sizes = [tuple(cache.item(i)[0].shape) for i in range(3)]
+    pair = next((a, b) for a in range(3) for b in range(3) if sizes[a] != sizes[b])
+    with pytest.raises(ValueError, match="differ in size"):
+        cache.batch([(pair[0], 0), (pair[1], 1)], seed=0)
