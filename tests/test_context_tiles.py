@@ -158,3 +158,4 @@ def test_whole_image_maps_go_to_disk_as_computed_and_varied_sizes_need_batch_1(t
     pair = next((a, b) for a in range(3) for b in range(3) if sizes[a] != sizes[b])
     with pytest.raises(ValueError, match="differ in size"):
         cache.batch([(pair[0], 0), (pair[1], 1)], seed=0)
+
