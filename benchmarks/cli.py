@@ -226,6 +226,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         targets = args.methods
     else:
         raise UsageError("name methods to run, or pass --all")
+    if args.plan:
+        return _print_plan(targets, args)
     _check_outputs(args, reports=not args.no_report)
     dist_info = Distributed.from_environment(args.device)
     source = _dataset(args.data)
@@ -237,6 +239,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     if dist_info.is_main and not args.no_report:
         _write_report(args)
     return 0
+
+
+def _print_plan(targets: list[str], args: argparse.Namespace) -> int:
+    """``run --plan [--json]``: the stages, in order; exit 2 (one ``error:`` line each) when inputs are missing."""
+    from benchmarks.plan import PlanIncomplete, check_plan
+    from benchmarks.run import command_plan
+
+    plan = _plan(args, _profile(args))
+    stages = command_plan(targets, _dataset(args.data), plan, int(os.environ.get("WORLD_SIZE", "1")))
+    try:
+        check_plan(stages, plan.runs)
+        problems = []
+    except PlanIncomplete as error:
+        problems = str(error).splitlines()
+    if args.json:
+        print(json.dumps({"profile": plan.profile, "seeds": list(plan.seeds),
+                          "stages": [dataclasses.asdict(stage) for stage in stages], "missing": problems}, indent=1))
+    else:
+        print(f"profile {plan.profile}, seeds {','.join(map(str, plan.seeds))}; {len(stages)} stages:")
+        for number, stage in enumerate(stages, 1):
+            flops = "" if stage.tflop_per_step is None else f"; {stage.tflop_per_step:.3g} TFLOP/step" + (
+                f", {stage.pflop_total:.3g} PFLOP in all" if stage.pflop_total is not None else "")
+            splits = ", ".join(f"{name} {count if count is not None else 'MISSING'}"
+                               for name, count in stage.splits.items())
+            disk = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in stage.disk_bytes.items())
+            print(f"{number:2d}. {stage.target}: {stage.action}; {stage.iterations} it x batch {stage.batch}, crop "
+                  f"{stage.crop or 'none'}{flops}\n    init: {stage.init}\n    data: {splits}"
+                  + (f"\n    disk: {disk}" if disk else "") + f"\n    recipe: {stage.recipe_source}")
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -564,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true", help="train and score again, replacing existing records")
     p.add_argument("--reports", default="reports")
     p.add_argument("--no-report", action="store_true")
+    p.add_argument("--plan", action="store_true", help="print every stage in order with what it needs (weights, "
+                                                       "splits, FLOPs, disk) and what is missing; train nothing")
+    p.add_argument("--json", action="store_true", help="with --plan: the plan as JSON")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("score", help="evaluate given weights (e.g. a converted released model) with the method's "
                                      "published test procedure; writes a record under the `released` profile")
@@ -654,5 +690,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if not isinstance(error, expected_errors()):
             raise
-        print(f"error: {error_message(error)}", file=sys.stderr)
+        for line in error_message(error).splitlines():  # a plan's missing inputs: one line each
+            print(f"error: {line}", file=sys.stderr)
         return 2

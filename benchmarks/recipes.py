@@ -118,6 +118,10 @@ class Recipe:
     # builder arguments of the network beyond width and weights (the paper's basic context module:
     # the identity filler's noise); empty: the builder's defaults
     builder_options: tuple[tuple[str, float], ...] = ()
+    # with cached_features: fyu/dilation's protocol (benchmarks/feature_cache.py): each image's 66x66 tile map
+    # on disk, labels at stride 8, the head's training form, loss on the map; False: whole-image maps in memory,
+    # loss on the scores zoomed to the labels (the quick profile's records)
+    tile_features: bool = False
     crf: tuple[tuple[str, float], ...] = tuple((k, float(v)) for k, v in dataclasses.asdict(CRFParams()).items()
                                                if k != "normalisation")
     crf_normalisation: str = "after"  # the dense CRF's kernel normalisation (NORMALISATIONS): the papers' per pixel
@@ -156,6 +160,8 @@ class Recipe:
         if self.padded_crops and (self.crop is None or self.cached_features or self.loss_on_score_map):
             problems.append(("padded_crops", "false unless crop is set and the images are the input (not "
                                              "cached_features, not loss_on_score_map)"))
+        if self.tile_features and not self.cached_features:
+            problems.append(("tile_features", "false unless cached_features is true"))
         if self.cached_features and self.train_only is None:
             problems.append(("cached_features", "false unless train_only names the part trained on them (the staged "
                                                 "context_basic and context_large recipes)"))
@@ -207,9 +213,11 @@ PAPER_RECIPES = {
                        "trainaug", "val", 14, 60_000, 1e-3, 0.9, 5e-4, crop=500, flip=True, padded_crops=True),
     "context_basic": Recipe("context_basic", "paper", "Yu & Koltun Sec 4: context module trained on front-end "
                             "outputs, batch 60, lr 1e-3, momentum 0.9 (until validation plateaus: 40k here); "
-                            "trains on whole cached maps, not the paper's 66x66 crops (joint fine-tuning: NAME_joint)",
-                            "trainaug", "val", 60, 40_000, 1e-3, 0.9, 5e-4, init_from="frontend",
-                            train_only="context.", cached_features=True,
+                            "fyu/dilation docs/training.md, test.py --bin, train.py context: the front end's 66x66 "
+                            "map of each image's 900x900 tile, labels at stride 8, mirroring, loss on the 66x66 map, "
+                            "the training net's per-layer padding (joint fine-tuning: NAME_joint)",
+                            "trainaug", "val", 60, 40_000, 1e-3, 0.9, 5e-4, init_from="frontend", flip=True,
+                            train_only="context.", cached_features=True, tile_features=True,
                             # fyu/caffe-dilation's identity filler adds N(0, 0.01^2) (filler.hpp, IdentityFiller)
                             builder_options=(("noise_std", 0.01),)),
 }
@@ -246,10 +254,11 @@ def _quick(recipe: Recipe) -> Recipe:
     staged = recipe.init_from is not None and not recipe.cached_features
     iterations = 1000 if recipe.cached_features else 200 if staged or recipe.extra_train_split else 400
     return dataclasses.replace(
-        recipe, profile="quick", source=f"quick profile derived from: {recipe.source}",
+        recipe, profile="quick", source=f"quick profile derived from: {recipe.source}"
+        + ("; here on whole-image cached maps, loss on the zoomed scores" if recipe.cached_features else ""),
         train_split="trainaug", eval_split="val", batch_size=8, iterations=iterations,
         optimizer="adam", lr=2e-3, momentum=0.9, weight_decay=5e-4, schedule="poly", loss="mean",
-        crop=468 if recipe.padded_crops else None, scale=None,
+        crop=468 if recipe.padded_crops else None, scale=None, tile_features=False,
         flip=True, pretrained=False, width=1 / 16, dropout=0.0, log_every=20, checkpoint_every=100,
         published_test=False, builder_options=(),
         crf=(("w1", 5.0), ("theta_alpha", 20.0), ("theta_beta", 5.0), ("w2", 3.0), ("theta_gamma", 3.0),
@@ -327,11 +336,13 @@ def recipe_for_new_head(method: str, base: Recipe, *, staged: bool = False, head
     if staged:
         train_only = head if base.train_only is not None else None
         what = f"only {train_only.rstrip('.')} trained" if train_only else "all trained"
-        return dataclasses.replace(base, method=method, network=None, train_only=train_only, builder_options=(),
+        # the tile protocol needs the context networks' tile_features; a new head trains on whole-image features
+        return dataclasses.replace(base, method=method, network=None, train_only=train_only, tile_features=False,
+                                   builder_options=(),
                                    source=f"the {base.method} recipe ({base.source}), staged like it ({what}), "
                                           f"applied to {method}")
     return dataclasses.replace(base, method=method, network=None, init_from=None, train_only=None,
-                               cached_features=False, builder_options=(),
+                               cached_features=False, tile_features=False, builder_options=(),
                                source=f"the {base.method} recipe ({base.source}), applied to {method} end to end")
 
 

@@ -27,6 +27,7 @@ from benchmarks.distributed import Distributed, effective_precision
 from benchmarks.evaluation import Evaluation, evaluate
 from benchmarks.files import file_sha256
 from benchmarks.networks import build_trained, run_folder, run_lock
+from benchmarks.plan import Stage, check_plan, plan_stages
 from benchmarks.recipes import (
     CRF_STAGE_METHODS,
     MAIN_COMMAND_CRFRNN,
@@ -49,7 +50,7 @@ from benchmarks.records import (
 from benchmarks.train import train
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
-__all__ = ["CRFRNN_SUFFIX", "CRF_SUFFIX", "RunPlan", "base_method", "caffe_init_file", "expand_targets",
+__all__ = ["CRFRNN_SUFFIX", "CRF_SUFFIX", "RunPlan", "base_method", "caffe_init_file", "command_plan", "expand_targets",
            "main_command_targets", "run", "run_identity", "searched_crf", "target_record_path", "weights_path"]
 
 CRF_SUFFIX = "+crf"
@@ -184,11 +185,12 @@ def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -
     recipe = plan.recipe(method)
     data = [{k: v for k, v in source.facts(split).items() if k != "root"} for split in recipe.training_splits]
     # The CRF-RNN stage's fields, the dense CRF's normalisation and the test procedure do not change the
-    # network's weights; builder options enter only when a recipe sets them; fp32 is what every run before
-    # the precision field did on the CPU. Leaving them out keeps existing runs' keys.
+    # network's weights; builder options and tile_features enter only when a recipe sets them; fp32 is what
+    # every run before the precision field did on the CPU. Leaving them out keeps existing runs' keys.
     trained = {k: v for k, v in recipe.as_dict().items()
                if not k.startswith(("crfrnn_", "crf_normalisation")) and k != "published_test"
-               and not (k == "builder_options" and not v) and not (k == "precision" and v == "fp32")}
+               and not (k in ("builder_options", "tile_features") and not v)
+               and not (k == "precision" and v == "fp32")}
     details = methods.get_entry(recipe.architecture).details  # e.g. an mmseg head's config and package versions
     identity = {"method": method, **({"method_details": details} if details else {}), "recipe": trained,
                 "train_data": data, "seed": seed, "initial_weights": _initial_weights(plan, source, recipe, seed)}
@@ -252,12 +254,26 @@ def _check_splits(source: DatasetSource, plan: RunPlan, targets: list[str]) -> d
     return overlaps
 
 
+def command_plan(targets: list[str], source: DatasetSource, plan: RunPlan, world_size: int = 1) -> list[Stage]:
+    """Every stage ``run(targets, ...)`` would take, in order, with what it needs (``benchmarks.plan``)."""
+    def trained_for_every_seed(method: str) -> bool:
+        try:
+            return all(weights_path(plan, source, method, seed).is_file() for seed in plan.seeds)
+        except DataError:  # a training split is missing (its run has no identity yet): the plan names it
+            return False
+
+    return plan_stages(expand_targets(targets, plan), targets, source, plan.recipe, _caffe_init_sha256,
+                       trained_for_every_seed, world_size)
+
+
 def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Distributed,
         progress: Callable[[str], None] = print) -> dict[tuple[str, int], Path]:
     """Train what is missing and write a record for every target and seed; returns the record of
     each (target, seed), written or reused (existing records are reused, not overwritten, unless
-    ``plan.rerun``; a replaced record is kept as ``.superseded``)."""
+    ``plan.rerun``; a replaced record is kept as ``.superseded``). Before anything trains, every
+    stage's inputs are checked (``benchmarks.plan``): a missing one stops the command."""
     ordered = expand_targets(targets, plan)
+    check_plan(command_plan(targets, source, plan, dist_info.world_size), plan.runs)
     overlaps = _check_splits(source, plan, ordered)
     for method in dict.fromkeys(base_method(target) for target in ordered):
         recipe = plan.recipe(method)

@@ -22,10 +22,12 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from benchmarks.data.datasets import DatasetSource, SegmentationDataset
+from benchmarks.data.embedded import default_cache_dir
 from benchmarks.data.transforms import train_transform
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES
 from benchmarks.distributed import Distributed, precision_path
-from benchmarks.files import load_torch, save_torch
+from benchmarks.feature_cache import ImageFeatures, TileFeatures, image_feature_cache, tile_feature_cache
+from benchmarks.files import file_sha256, load_torch, save_torch
 from benchmarks.networks import build_model
 from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe, RecipeError
@@ -186,19 +188,35 @@ class _CsvLog:
             self.tensorboard.close()
 
 
-def _frozen_features(model: nn.Module, dataset: Dataset, dist_info: Distributed,
-                     description: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The frozen stem's output of every training image (computed once, kept in memory)."""
+def _cached_features(model: nn.Module, dataset: Dataset, recipe: Recipe, source: DatasetSource,
+                     dependency_weights: Path | None, dist_info: Distributed) -> TileFeatures | ImageFeatures:
+    """The frozen part's output for every training image, on disk (``benchmarks.feature_cache``):
+    tile maps (``tile_features``) or whole-image maps of the stem, named by the weights they came
+    from and the training splits; the main process writes them, the others then read them."""
+    if recipe.tile_features and not hasattr(model, "tile_features"):
+        raise RecipeError(f"recipe {recipe.method} ({recipe.profile}): tile_features=True needs a network that defines "
+                          "tile_features (the context networks); set tile_features=false")
+    weights = {"weights_sha256": file_sha256(dependency_weights)} if dependency_weights is not None else \
+        {"weights": "initial", "recipe": recipe.as_dict()}
+    identity = {**weights, "convention": model.input_convention.name, "tiles": recipe.tile_features,
+                "data": [{k: v for k, v in source.facts(split).items() if k != "root"}
+                         for split in recipe.training_splits]}
     stem, _ = model.staged_split()
-    device = dist_info.device
-    cached = []
     model.eval()
-    with torch.inference_mode():
-        for index in bar(description, len(dataset), "img", main=dist_info.is_main, iterable=range(len(dataset))):
-            image, label, _ = dataset[index]
-            features = stem(model.input_convention.normalize(image[None].to(device)))
-            cached.append((features[0].float().cpu(), label))
-    return cached
+
+    def compute(image: torch.Tensor) -> torch.Tensor:
+        normalized = model.input_convention.normalize(image)
+        return model.tile_features(normalized) if recipe.tile_features else stem(normalized)
+
+    def build(main: bool) -> TileFeatures | ImageFeatures:
+        cache = tile_feature_cache if recipe.tile_features else image_feature_cache
+        return cache(compute, dataset, identity, default_cache_dir(), device=dist_info.device,
+                     description=f"{recipe.method}: caching features", main=main)
+
+    if dist_info.is_main:
+        cache = build(True)
+    dist_info.barrier()
+    return cache if dist_info.is_main else build(False)
 
 
 class TrainedPart(nn.Module):
@@ -206,12 +224,14 @@ class TrainedPart(nn.Module):
     (uint8 images, or the frozen stem's cached outputs) and its labels to the scores the loss
     sees: the whole network's full-resolution scores; its score map, cropped to the labels
     subsampled by 8 (DeepLab, ``loss_on_score_map``); the score map of a crop of the padded image
-    (fyu/dilation, ``padded_crops``); or the head's scores on cached features, upsampled to the
-    labels (the context modules, ``cached_features``)."""
+    (fyu/dilation, ``padded_crops``); the head's scores on cached features, upsampled to the
+    labels (``cached_features``); or, with ``tile_features``, the head's scores (its
+    ``training_form`` where it has one) on cached tile maps, against labels of the map's size."""
 
     def __init__(self, model: nn.Module, recipe: Recipe, *, channels_last: bool = False) -> None:
         super().__init__()
         self.cached, self.score_map_only = recipe.cached_features, recipe.loss_on_score_map
+        self.tiles = recipe.tile_features
         self.padded_crops = recipe.padded_crops
         self.channels_last = channels_last
         self.network = model.staged_split()[1] if self.cached else model
@@ -219,6 +239,13 @@ class TrainedPart(nn.Module):
         self.normalize = model.input_convention.normalize
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.tiles:
+            scores = getattr(self.network, "training_form", self.network)(inputs)
+            if scores.shape[-2:] != labels.shape[-2:]:
+                raise ValueError(f"the head maps {tuple(inputs.shape[-2:])} tile features to "
+                                 f"{tuple(scores.shape[-2:])} scores, not the {tuple(labels.shape[-2:])} labels; "
+                                 "set tile_features=false")
+            return scores
         if self.cached:
             return self.final_upsample(self.network(inputs), labels[:, None])
         images = self.normalize(inputs)
@@ -295,11 +322,11 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
         start = int(state["iteration"])
         progress(f"{recipe.method}: resuming from iteration {start} ({checkpoint_path})")
     splits = [source.split(name) for name in recipe.training_splits]
-    transform = training_transform(model, recipe)
-    dataset = ConcatDataset([SegmentationDataset(split, transform) for split in splits])
     if recipe.cached_features:
-        cached = _frozen_features(model, ConcatDataset([SegmentationDataset(split) for split in splits]), dist_info,
-                                  f"{recipe.method}: caching features")
+        dataset = ConcatDataset([SegmentationDataset(split) for split in splits])
+        cached = _cached_features(model, dataset, recipe, source, dependency_weights, dist_info)
+    else:
+        dataset = ConcatDataset([SegmentationDataset(split, training_transform(model, recipe)) for split in splits])
     part = TrainedPart(model, recipe, channels_last=precision_path(device, recipe.precision)[1])
     wrapped: nn.Module = part
     if dist_info.world_size > 1:
@@ -307,8 +334,7 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                                                       find_unused_parameters=model.unused_parameters)
     sampler = _PlannedBatches(len(dataset), recipe, seed, start, dist_info.rank, dist_info.world_size)
     batches: Iterator = (
-        ((torch.stack([cached[i][0] for i, _ in items]), torch.stack([cached[i][1] for i, _ in items]))
-         for items in sampler) if recipe.cached_features else
+        (cached.batch(items, seed) for items in sampler) if recipe.cached_features else
         iter(DataLoader(_SeededAugmentation(dataset, seed), batch_sampler=sampler, num_workers=workers,
                         collate_fn=_stack, pin_memory=device.type == "cuda", persistent_workers=False))
     )

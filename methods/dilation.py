@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .caffe_weights import VGG_CONV
@@ -121,17 +122,15 @@ class ContextModule(nn.Module):
 
     ``buffer``: how the 33-px buffer is made when the input does not carry one already:
     ``"zeros"`` (official deploy net), ``"reflect"`` (the paper found both alike), ``"none"``
-    (the caller passes maps that already carry the buffer; the output is 66 units smaller), or
-    ``"per_layer"``: no buffer, each 3x3 layer zero-padded by its dilation instead, as fyu/dilation's
-    training net (``network.py: build_context``, ``pad: dilation``); same size out, same weights,
-    different values within 33 units of the border.
+    (the caller passes maps that already carry the buffer; the output is 66 units smaller).
+    ``training_form`` runs the same layers as fyu/dilation's training net.
     """
 
     def __init__(self, num_classes: int, multipliers: tuple[int, ...], buffer: str = "zeros",
                  noise_std: float = 1e-3, seed: int = 0) -> None:
         super().__init__()
         buffers = {"zeros": nn.ZeroPad2d(CONTEXT_BUFFER), "reflect": nn.ReflectionPad2d(CONTEXT_BUFFER),
-                   "none": nn.Identity(), "per_layer": nn.Identity()}
+                   "none": nn.Identity()}
         if buffer not in buffers:
             raise ValueError(f"buffer must be one of {sorted(buffers)}, got {buffer!r}")
         self.buffer = buffers[buffer]
@@ -140,8 +139,7 @@ class ContextModule(nn.Module):
         self.layer_names: list[str] = []
         for (name, kernel, dilation), multiplier in zip(CONTEXT_LAYERS, multipliers, strict=True):
             out_channels = num_classes * multiplier
-            padding = dilation * (kernel // 2) if buffer == "per_layer" else 0
-            conv = nn.Conv2d(in_channels, out_channels, kernel, dilation=dilation, padding=padding)
+            conv = nn.Conv2d(in_channels, out_channels, kernel, dilation=dilation)
             identity_init_(conv, num_classes, noise_std, generator)
             self.add_module(name, conv)
             self.layer_names.append(name)
@@ -153,6 +151,20 @@ class ContextModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_layers(self, self.layer_names, self.buffer(x))
+
+    def training_form(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layers as fyu/dilation's *training* net lays them out (``network.py:
+        build_context``): no buffer, each 3x3 layer zero-padded by its own dilation (``pad =
+        dilation``), so every layer keeps the map's size. The deploy net (``forward``) pads once by
+        33 and no layer pads; both give an output of the input's size and agree on units whose
+        67x67 window lies inside the map, and differ near the border, where the training net
+        zero-pads every layer's input (ReLU outputs) and the deploy net only the module's input."""
+        for name in self.layer_names:
+            layer = getattr(self, name)
+            if isinstance(layer, nn.Conv2d):  # zero padding as Caffe's pad (the layer itself runs, hooks see it)
+                x = F.pad(x, [layer.dilation[0] * (layer.kernel_size[0] // 2)] * 4)
+            x = layer(x)
+        return x
 
 
 class ContextNetwork(SegmentationModel):
@@ -189,6 +201,21 @@ class ContextNetwork(SegmentationModel):
         scores a side (a 500x500 crop gives 16x16)."""
         return self.score_map(x, padded=True)
 
+    def _tile(self, padded: torch.Tensor, top: int, left: int) -> torch.Tensor:
+        """The 900 x 900 tile at (``top``, ``left``) of the reflection-padded image, reflect-padded
+        at its bottom and right edges to 900 where the image ends (fyu/dilation ``test.py``)."""
+        tile = padded[..., top : top + TEST_TILE, left : left + TEST_TILE]
+        return reflect_pad_101(tile, 0, TEST_TILE - tile.shape[-2], 0, TEST_TILE - tile.shape[-1])
+
+    def tile_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The context module's training input (fyu/dilation ``test.py --bin``): the front end's
+        66 x 66 scores (``final``) of the image's first 900 x 900 tile, the image padded by 186
+        (reflect-101) and then to 900 at the bottom and right, so the map includes the outputs
+        over the reflected margin; unit k sits on image pixel 8k. A VOC image (at most 500 px a
+        side) fits in the tile's 528 x 528 core; of a larger image only that core is seen."""
+        margin = self.input_margin
+        return self.frontend_scores(self._tile(reflect_pad_101(x, margin, margin, margin, margin), 0, 0), padded=True)
+
     def published_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """fyu/dilation's test procedure (``test.py: test_image``, ``util.py: interp_map``): pad the
         image by 186 (reflect-101); cut it into 900 x 900 tiles whose 528 x 528 cores tile the image,
@@ -202,8 +229,7 @@ class ContextNetwork(SegmentationModel):
         for top in range(0, height, core):
             row = []
             for left in range(0, width, core):
-                tile = padded[..., top : top + TEST_TILE, left : left + TEST_TILE]
-                tile = reflect_pad_101(tile, 0, TEST_TILE - tile.shape[-2], 0, TEST_TILE - tile.shape[-1])
+                tile = self._tile(padded, top, left)
                 row.append(torch.softmax(self.score_map_of_padded(tile).float(), dim=1))
             rows.append(torch.cat(row, dim=-1))
         return self.final_upsample(torch.cat(rows, dim=-2), x)

@@ -31,7 +31,7 @@ TRAIN = json.loads((GOLDENS / "train" / "facts.json").read_text())
 UPDATE_TOLERANCE = 1e-3
 # golden -> (method, its builder's options besides the width)
 METHODS = {"fcn32s": ("fcn32s", {}), "fcn16s": ("fcn16s", {}), "fcn8s_atonce": ("fcn8s", {"at_once": True}),
-           "deeplab_largefov": ("deeplab_v1", {}), "context_basic": ("context_basic", {"buffer": "per_layer"})}
+           "deeplab_largefov": ("deeplab_v1", {}), "context_basic": ("context_basic", {})}
 
 
 def _converted(tmp_path, caffemodel, golden: str, width: float) -> nn.Module:
@@ -94,18 +94,6 @@ def test_deeplab_largefov_fc8_reproduces_caffe(tmp_path, shared_dir):
             ours = model.score_map(padded)[0].numpy()
         _agrees(ours, golden_arrays[f"{image_id}/fc8"].astype(np.float32), golden_arrays[f"{image_id}/label"],
                 f"deeplab_largefov {image_id}")
-
-
-class _OnScoreMap(nn.Module):
-    """fyu/dilation's context training net as a :class:`TrainedPart` would run it: the module on
-    the cached 66 x 66 front-end maps, the loss on the labels sampled at stride 8 (no zoom)."""
-
-    def __init__(self, context: nn.Module) -> None:
-        super().__init__()
-        self.context = context
-
-    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.context(inputs)
 
 
 def _three_steps(recipe: Recipe, model: nn.Module, part: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
@@ -197,7 +185,7 @@ def test_three_sgd_steps_of_the_deeplab_solver_reproduce_caffe(tmp_path):
 
 def test_three_sgd_steps_of_the_context_training_net_reproduce_caffe(tmp_path):
     """fyu/dilation's context training net (``build_context``: 8 layers, each 3x3 padded by its
-    dilation, i.e. ``buffer="per_layer"``) under ``train.py``'s solver for the context module (lr
+    dilation, i.e. ``ContextModule.training_form``) under ``train.py``'s solver for the context module (lr
     1e-3, momentum 0.9, weight decay 5e-4) through the ``context_basic`` paper recipe's optimizer
     (only ``context.`` trained), on the golden's 66 x 66 front-end maps and stride-8 labels."""
     facts = TRAIN["context_basic"]
@@ -211,6 +199,6 @@ def test_three_sgd_steps_of_the_context_training_net_reproduce_caffe(tmp_path):
                        TRAIN["width"])
     batch = np.load(GOLDENS / "train" / "context_basic" / "batch.npz")
     features = torch.from_numpy(batch["features"].astype(np.float32))
-    errors = _three_steps(recipe, model, _OnScoreMap(model.context), features,
+    errors = _three_steps(recipe, model, TrainedPart(model, recipe), features,
                           torch.from_numpy(batch["label"].astype(np.int64)), "context_basic", prefix="context.")
     _assert_reproduced(errors)

@@ -1,10 +1,13 @@
 """Joint transforms: labels pad with 255, move with the image, resize with nearest neighbour; the
 input conventions normalise the mean pixel to zero."""
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from benchmarks.data.transforms import RandomScale, SubsampleLabel, to_tv_tensors, train_transform
+from benchmarks.data.voc import read_image, read_label
 from methods.common import CAFFE_VGG, TORCHVISION_VGG
 
 
@@ -62,3 +65,19 @@ def test_input_conventions_centre_the_mean_pixel():
         assert convention.normalize(pixel).abs().max() < 1e-5
     red = torch.tensor([255.0, 0.0, 0.0]).view(3, 1, 1)
     assert CAFFE_VGG.normalize(red)[2, 0, 0] == 255.0 - CAFFE_VGG.mean[2]  # red is the last Caffe channel
+
+
+def test_the_fcn_paper_recipe_trains_on_whole_genuine_images_without_a_crop(shared_dir):
+    """FCN's reference solver: batch 1, whole images, no augmentation (no crop, no flip)."""
+    from benchmarks.networks import build_model
+    from benchmarks.recipes import get_recipe
+    from benchmarks.train import training_transform
+
+    recipe = dataclasses.replace(get_recipe("fcn32s", "paper"), pretrained=False, width=1 / 16)
+    assert (recipe.crop, recipe.flip, recipe.scale, recipe.batch_size) == (None, False, None, 1)
+    voc = shared_dir / "data" / "voc-real-mini" / "VOCdevkit" / "VOC2012"
+    image_id = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[0]
+    image = read_image(voc / "JPEGImages" / f"{image_id}.jpg")
+    label = read_label(voc / "SegmentationClass" / f"{image_id}.png")
+    got_image, got_label = training_transform(build_model(recipe), recipe)(*to_tv_tensors(image, label))
+    assert np.array_equal(got_image.permute(1, 2, 0).numpy(), image) and np.array_equal(got_label.numpy(), label)

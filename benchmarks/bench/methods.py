@@ -25,13 +25,14 @@ from benchmarks.bench.crf import crf_inputs
 from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF
 from benchmarks.distributed import Distributed, precision_path
 from benchmarks.evaluation import ConfusionMatrix, class_probabilities
+from benchmarks.feature_cache import TILE_UNITS
 from benchmarks.networks import build_model
 from benchmarks.recipes import Recipe, get_recipe, recipe_methods
 from benchmarks.train import TrainedPart, build_optimizer, training_step
 from methods.common import BilinearUpsample
 
-__all__ = ["SIZES", "BenchSize", "bench_method", "forward_flops", "matmul_peak", "paper_profile_flops", "run_bench",
-           "training_flops"]
+__all__ = ["SIZES", "BenchSize", "bench_method", "forward_flops", "matmul_peak", "paper_profile_flops",
+           "recipe_step_flops", "run_bench", "training_flops"]
 
 VOC_HEIGHT, VOC_WIDTH, VOC_VAL_IMAGES = 375, 500, 1449
 
@@ -122,7 +123,13 @@ def _training_inputs(model: nn.Module, recipe: Recipe, size: BenchSize, device: 
         labels = labels[:, ::8, ::8].contiguous()
     if recipe.padded_crops:
         labels = labels[:, margin : height - margin : 8, margin : width - margin : 8].contiguous()
-    if recipe.cached_features:
+    if recipe.tile_features:  # fyu/dilation: the head trains on 66 x 66 tile maps of the stem's C scores
+        stem, _ = model.staged_split()
+        with torch.no_grad():
+            channels = stem(torch.zeros(1, 3, 8, 8, device=next(model.parameters()).device)).shape[1]
+        images = torch.zeros(recipe.batch_size, channels, TILE_UNITS, TILE_UNITS, device=device)
+        labels = torch.zeros(recipe.batch_size, TILE_UNITS, TILE_UNITS, dtype=torch.long, device=device)
+    elif recipe.cached_features:
         stem, _ = model.staged_split()
         with torch.no_grad():
             images = stem(model.input_convention.normalize(images.to(device))).float()
@@ -132,21 +139,28 @@ def _training_inputs(model: nn.Module, recipe: Recipe, size: BenchSize, device: 
 def training_flops(model: nn.Module, recipe: Recipe, inputs: torch.Tensor) -> int:
     """FLOPs of one training step: 3 x the forward FLOPs of what is trained (backward ~ 2 x forward)."""
     if recipe.cached_features:
-        return 3 * forward_flops(model, inputs, model.staged_split()[1])
+        head = model.staged_split()[1]
+        return 3 * forward_flops(model, inputs, getattr(head, "training_form", head) if recipe.tile_features else head)
     images = model.input_convention.normalize(inputs)
     call = model.score_map if recipe.loss_on_score_map else model.score_map_of_padded if recipe.padded_crops else model
     return 3 * forward_flops(model, images, call)
 
 
-def paper_profile_flops(name: str) -> dict[str, float]:
-    """The arithmetic of ``name``'s paper recipe at full width, counted on the ``meta`` device (no
-    memory, no time): TFLOP per training step and for all the recipe's iterations."""
-    recipe = get_recipe(name, "paper")
+def recipe_step_flops(recipe: Recipe) -> int:
+    """FLOPs of one training step of ``recipe`` as it is (its width, batch, crop; VOC-size images
+    where it does not crop), counted on the ``meta`` device (no memory, no time)."""
     meta = torch.device("meta")
     with meta:
         model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
     inputs, _ = _training_inputs(model, recipe, SIZES["paper"], meta)
-    step = training_flops(model, recipe, inputs)
+    return training_flops(model, recipe, inputs)
+
+
+def paper_profile_flops(name: str) -> dict[str, float]:
+    """The arithmetic of ``name``'s paper recipe at full width: TFLOP per training step and for all
+    the recipe's iterations."""
+    recipe = get_recipe(name, "paper")
+    step = recipe_step_flops(recipe)
     return {"paper_tflop_per_step": step / 1e12, "paper_training_pflop": step * recipe.iterations / 1e15}
 
 

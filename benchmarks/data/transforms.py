@@ -109,4 +109,4 @@ def train_transform(crop: int | None, scale: tuple[float, float] | None = None, 
         steps.append(SubsampleLabel(label_factor, offset=margin, size=(crop - 2 * margin) // label_factor))
     elif label_factor > 1:
         steps.append(SubsampleLabel(label_factor))
-    return v2.Compose(steps)
+    return v2.Compose(steps or [v2.Identity()])  # FCN: whole images, no augmentation

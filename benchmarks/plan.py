@@ -1,0 +1,156 @@
+"""``run ... --plan``: every stage a command would run, in order, with what it needs, resolved once
+before any training: method, recipe source, iterations, batch, crop, initial weights (file and
+sha256, or the download), data splits with image counts, training FLOPs (``bench``'s arithmetic,
+on the ``meta`` device), checkpoint and cache disk, and what is missing. ``run`` checks the same
+list before the first training step and stops with one line per missing input."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench.methods import VOC_HEIGHT, VOC_WIDTH, recipe_step_flops
+from benchmarks.data.datasets import DatasetSource
+from benchmarks.data.embedded import default_cache_dir
+from benchmarks.data.voc import NUM_CLASSES, DataError
+from benchmarks.feature_cache import cache_bytes
+from benchmarks.networks import build_model
+from benchmarks.recipes import Recipe
+from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
+
+__all__ = ["PlanIncomplete", "Stage", "check_plan", "plan_stages"]
+
+
+class PlanIncomplete(DataError):
+    """Inputs a command needs are missing; one line each (``str`` joins them with newlines)."""
+
+
+@dataclass
+class Stage:
+    """One target of the command as ``run`` would take it."""
+
+    target: str
+    method: str
+    action: str  # "train and score", "train (dependency)", "score", ... and "reuse" when the weights exist
+    recipe_source: str
+    iterations: int
+    batch: int
+    crop: int | None
+    init: str
+    splits: dict[str, int | None]  # split -> image count (None: missing)
+    tflop_per_step: float | None
+    pflop_total: float | None
+    disk_bytes: dict[str, int]
+    missing: list[str] = field(default_factory=list)
+
+
+def _init(recipe: Recipe, caffe_init_sha256) -> tuple[str, str | None]:
+    """What the stage starts from, and why it cannot (missing), given ``caffe_init_sha256(method)``."""
+    if recipe.init_from is not None:
+        return f"trained {recipe.init_from} (an earlier stage)", None
+    if not recipe.pretrained:
+        return "random (He normal trunk)", None
+    if recipe.pretrained == "caffe":
+        try:
+            path, sha256 = caffe_init_sha256(recipe.architecture)
+        except FileNotFoundError as error:
+            return "Caffe init model (missing)", str(error)
+        return f"{path} sha256 {sha256}", None
+    given = os.environ.get(WEIGHTS_ENV_VAR)
+    if given:
+        if not Path(given).is_file():
+            return f"${WEIGHTS_ENV_VAR}={given} (missing)", f"${WEIGHTS_ENV_VAR} names {given}, which is not a file"
+        return f"{given} (${WEIGHTS_ENV_VAR})", None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(TORCHVISION_VGG16_URL).name
+    return (f"{cached} (torchvision VGG-16, cached)", None) if cached.is_file() else \
+        (f"download {TORCHVISION_VGG16_URL} into {cached.parent}", None)
+
+
+def _model_bytes(recipe: Recipe) -> tuple[int, int]:
+    """Bytes of the trained state and of one checkpoint (state + optimiser moments), at float32."""
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
+    state = sum(t.numel() for t in model.state_dict().values()) * 4
+    trained = sum(p.numel() for n, p in model.named_parameters()
+                  if recipe.train_only is None or n.startswith(recipe.train_only)) * 4
+    moments = 2 if recipe.optimizer == "adam" else 1
+    return state, state + moments * trained
+
+
+def _image_map_bytes(recipe: Recipe) -> int:
+    """Disk of one whole-image cached map (float32) and its labels, for a 500 x 375 VOC image."""
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
+        stem, _ = model.staged_split()
+        with torch.no_grad():
+            out = stem(torch.zeros(1, 3, VOC_HEIGHT, VOC_WIDTH))
+    return out.numel() * 4 + VOC_HEIGHT * VOC_WIDTH
+
+
+def plan_stages(ordered: list[str], targets: list[str], source: DatasetSource, recipes, caffe_init_sha256,
+                existing_weights, world_size: int = 1) -> list[Stage]:
+    """The stages of ``ordered`` (``expand_targets``; ``targets`` are those scored), each with its
+    ``recipes(method)``; ``existing_weights(method)`` says whether its weights are there already."""
+    stages, counted = [], {}
+    for target in ordered:
+        method = target.split("+")[0]
+        recipe = recipes(method)
+        missing: list[str] = []
+        splits: dict[str, int | None] = {}
+        for split in (*recipe.training_splits, recipe.eval_split):
+            if split not in counted:
+                try:
+                    counted[split] = (len(source.split(split)), None)
+                except DataError as error:
+                    counted[split] = (None, str(error))
+            splits[split], problem = counted[split]
+            if problem and problem not in missing:
+                missing.append(problem)
+        init, problem = _init(recipe, caffe_init_sha256)
+        if problem:
+            missing.append(problem)
+        trains = target == method and not existing_weights(method)
+        if trains and world_size > 1 and recipe.batch_size < world_size:
+            missing.append(f"{method}: batch {recipe.batch_size} cannot be split over {world_size} processes (each "
+                           f"needs at least one image); run it in one process, or with --nproc_per_node <= "
+                           f"{recipe.batch_size}, or --set batch_size=N with N >= {world_size}")
+        step = recipe_step_flops(recipe) if target == method else None
+        disk: dict[str, int] = {}
+        if target == method:
+            state, checkpoint = _model_bytes(recipe)
+            disk["weights_and_checkpoint"] = state + checkpoint
+            images = sum(splits[s] or 0 for s in recipe.training_splits)
+            if recipe.tile_features:
+                disk["tile_feature_cache"] = cache_bytes(images, NUM_CLASSES)
+            elif recipe.cached_features:
+                disk["image_feature_cache"] = _image_map_bytes(recipe) * images
+        scored = target in targets or any(t.split("+")[0] == method for t in targets)
+        action = ("train and score" if scored else "train (dependency)") if trains else \
+            "reuse trained weights, score" if scored else "reuse trained weights"
+        if target != method:
+            action = f"score {target[len(method):]}" + (" (trains a CRF-RNN)" if target.endswith("+crfrnn") else "")
+        stages.append(Stage(target, method, action, recipe.source, recipe.iterations, recipe.batch_size, recipe.crop,
+                            init, splits, step / 1e12 if step is not None else None,
+                            step * recipe.iterations / 1e15 if step is not None and trains else None, disk, missing))
+    return stages
+
+
+def check_plan(stages: list[Stage], runs: Path) -> None:
+    """Stop (:class:`PlanIncomplete`, one line per missing input) when a stage lacks an input or
+    the disk cannot hold the checkpoints and caches."""
+    lines = list(dict.fromkeys(line for stage in stages for line in stage.missing))
+    needed = {"runs": sum(s.disk_bytes.get("weights_and_checkpoint", 0) for s in stages if s.pflop_total is not None),
+              "cache": sum(s.disk_bytes.get(k, 0) for s in stages if s.pflop_total is not None
+                           for k in ("tile_feature_cache", "image_feature_cache"))}
+    for what, folder in (("runs", runs), ("cache", default_cache_dir())):
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is not None and needed[what] > (free := shutil.disk_usage(existing).free):
+            lines.append(f"the {what} folder {folder} needs {needed[what] / 1e9:.1f} GB for this command, "
+                         f"{free / 1e9:.1f} GB are free; free space or point it at a larger disk")
+    if lines:
+        raise PlanIncomplete("\n".join(lines))
