@@ -7,6 +7,7 @@ module it returns is a :class:`SegmentationModel`: it maps a normalised image ba
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,9 @@ from torch import nn
 from .caffe_weights import CaffeInit
 
 __all__ = ["MethodEntry", "create", "get_entry", "list_methods", "register"]
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+"""A method name names folders of runs and records: no separators, nothing hidden."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ def register(name: str, *, paper: str, caffe_init: CaffeInit | None = None,
             )
         if "+" in name:
             raise ValueError(f"method name {name!r} may not contain '+': '+crf' marks a post-processing variant")
+        if not _PLAIN_NAME.fullmatch(name) or ".." in name:
+            raise ValueError(f"method name {name!r} is not a plain name: it names folders of runs and records, so use "
+                             "letters, digits, '_', '-' and '.' only (no '/', no '..', not starting with '.' or '-')")
         _REGISTRY[name] = MethodEntry(name=name, builder=builder, paper=paper, caffe_init=caffe_init,
                                       details=dict(details or {}))
         return builder

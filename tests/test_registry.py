@@ -49,6 +49,15 @@ def test_unknown_and_duplicate_names_are_errors():
         register("mine+crf", paper="x")(lambda num_classes=21: nn.Identity())
 
 
+@pytest.mark.parametrize("name", ["../../../escaped_probe", "a/b", "..", ".hidden", "-flag", "a..b", "", "x y"])
+def test_a_method_name_is_a_plain_name(name):
+    """A registered name becomes a folder under --runs and --results: a name that could leave them
+    (issue 26: ``../../../escaped_probe`` made ``run`` write outside both) is refused at registration."""
+    with pytest.raises(ValueError, match="not a plain name"):
+        register(name, paper="x")(lambda num_classes=21: nn.Identity())
+    assert name not in methods.list_methods()
+
+
 def test_a_new_head_is_a_ten_line_registration():
     from methods.common import SegmentationModel
 
