@@ -15,7 +15,7 @@ from torch import nn
 
 import methods
 from benchmarks.data.voc import NUM_CLASSES
-from benchmarks.files import save_torch
+from benchmarks.files import check_output, save_torch
 from methods.caffe_weights import caffe_state_dict, read_caffe_source
 from methods.vgg import LoadReport
 
@@ -49,6 +49,7 @@ def create_with_options(method: str, options: dict[str, object]) -> nn.Module:
 def convert_caffe(source: str | os.PathLike[str], method: str, out: Path,
                   options: dict[str, object] | None = None) -> LoadReport:
     """Convert ``source`` into ``method`` (built with ``options``) and save the state dict to ``out``."""
+    check_output(out, [Path(source)])
     model = create_with_options(method, options or {})
     state, report = caffe_state_dict(model, read_caffe_source(source), str(source))
     if report.unmapped:

@@ -14,12 +14,24 @@ from typing import BinaryIO
 
 import torch
 
-__all__ = ["DamagedFile", "file_sha256", "load_torch", "process_alive", "save_torch", "write_atomic",
+__all__ = ["DamagedFile", "check_output", "file_sha256", "load_torch", "process_alive", "save_torch", "write_atomic",
            "write_bytes_atomic"]
 
 
 class DamagedFile(ValueError):
     """A file the harness wrote that no longer reads (cut short, overwritten); the message says what to do."""
+
+
+def check_output(out: Path, inputs: list[Path], option: str = "--out") -> None:
+    """Refuse, before any work, an output that is one of the command's inputs or exists and is not a
+    regular file: the atomic rename would replace it (a source file, a device node)."""
+    if out.exists() and not out.is_file():
+        raise ValueError(f"{option} {out} exists and is not a regular file; name a new .pt file")
+    target = out.resolve()
+    for source in inputs:
+        if target == Path(source).resolve():
+            raise ValueError(f"{option} {out} is the input {source}: writing it would replace the input; name "
+                             "another file")
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -304,3 +304,19 @@ def test_evaluate_does_not_hang_on_a_named_pipe(tmp_path, folder):
     result = run_process(["evaluate", "--pred", pred, "--gt", gt], timeout=60)
     assert_one_line_error(result.returncode, result.stderr, f"{tmp_path / folder / 'a.png'} is not a regular file",
                           "move it out")
+
+
+def test_convert_caffe_never_writes_over_its_input_or_a_non_file(tmp_path, capsys):
+    """``convert-caffe FILE --out FILE`` once replaced the source .caffemodel with the converted
+    state dict, exit 0 (issue 26): an output that is the input, or exists and is not a regular
+    file, is refused before any work and the input is left byte for byte."""
+    golden = Path(__file__).parent / "data" / "caffe-oracle" / "train" / "fcn32s" / "initial.caffemodel"
+    source = tmp_path / "initial.caffemodel"
+    source.write_bytes(golden.read_bytes())
+    options = ["--method", "fcn32s", "--option", "width=0.03125"]
+    for out in (source, tmp_path / "." / "initial.caffemodel", tmp_path):
+        assert main(["convert-caffe", str(source), *options, "--out", str(out)]) != 0
+        message = capsys.readouterr().err.strip()
+        assert len(message.splitlines()) == 1 and str(out) in message, message
+    assert source.read_bytes() == golden.read_bytes()
+    assert main(["convert-caffe", str(source), *options, "--out", str(tmp_path / "converted.pt")]) == 0
