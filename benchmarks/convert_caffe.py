@@ -15,7 +15,7 @@ from torch import nn
 
 import methods
 from benchmarks.data.voc import NUM_CLASSES
-from benchmarks.files import check_output, save_torch
+from benchmarks.files import check_finite, check_output, save_torch
 from methods.caffe_weights import caffe_state_dict, read_caffe_source
 from methods.vgg import LoadReport
 
@@ -55,5 +55,6 @@ def convert_caffe(source: str | os.PathLike[str], method: str, out: Path,
     if report.unmapped:
         raise ValueError(f"{source}: layers that no tensor of {method} takes: {report.unmapped} (is it a model of "
                          f"{method}? the README's 'Caffe weights' lists which file fits which method)")
+    check_finite(state, source)
     save_torch(state, out)
     return report

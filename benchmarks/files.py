@@ -14,8 +14,8 @@ from typing import BinaryIO
 
 import torch
 
-__all__ = ["DamagedFile", "check_output", "file_sha256", "load_torch", "process_alive", "save_torch", "write_atomic",
-           "write_bytes_atomic"]
+__all__ = ["DamagedFile", "check_finite", "check_output", "file_sha256", "load_torch", "process_alive", "save_torch",
+           "write_atomic", "write_bytes_atomic"]
 
 
 class DamagedFile(ValueError):
@@ -32,6 +32,15 @@ def check_output(out: Path, inputs: list[Path], option: str = "--out") -> None:
         if target == Path(source).resolve():
             raise ValueError(f"{option} {out} is the input {source}: writing it would replace the input; name "
                              "another file")
+
+
+def check_finite(state: dict[str, object], source: object) -> None:
+    """Refuse weights holding NaN or inf (they score as a plausible-looking number), naming the tensor."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"weights {source}: tensor {name} holds {bad} NaN/inf values; these weights cannot be "
+                             "used (retrain, or convert the source again)")
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:

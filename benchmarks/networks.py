@@ -18,7 +18,7 @@ from torch import nn
 
 import methods
 from benchmarks.data.voc import NUM_CLASSES
-from benchmarks.files import load_torch, process_alive
+from benchmarks.files import check_finite, load_torch, process_alive
 from benchmarks.recipes import Recipe
 
 __all__ = ["RunLocked", "architecture_recipe", "build_model", "build_trained", "load_weights", "parameter_shapes",
@@ -75,7 +75,10 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict the harness saved (``weights_only``); a missing or damaged file is a clear error."""
     if not path.is_file():
         raise FileNotFoundError(f"weights {path} do not exist; run the method that produces them first")
-    return load_torch(path, "delete it and run the method again to retrain it (from checkpoint.pt beside it, if there)")
+    state = load_torch(path, "delete it and run the method again to retrain it (from checkpoint.pt beside it, "
+                             "if there)")
+    check_finite(state, path)
+    return state
 
 
 def build_model(recipe: Recipe, dependency_weights: Path | None = None) -> nn.Module:

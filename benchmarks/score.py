@@ -18,7 +18,7 @@ from benchmarks.crf.dense_crf import CRFParams, dense_crf
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.distributed import Distributed
 from benchmarks.evaluation import evaluate
-from benchmarks.files import file_sha256, load_torch
+from benchmarks.files import check_finite, file_sha256, load_torch
 from benchmarks.predictions import PredictionWriter
 from benchmarks.recipes import RecipeError, get_recipe
 from benchmarks.records import PROTOCOL_VERSION, environment, git_commit, hardware, record_path, write_record
@@ -48,6 +48,7 @@ def _model(method: str, weights: Path, options: dict[str, object], convention: s
         raise FileNotFoundError(f"weights {weights} do not exist; give the state dict to score (`convert-caffe` writes "
                                 "one from a .caffemodel)")
     state = load_torch(weights, "convert the caffemodel again with `convert-caffe`, or save the state dict again")
+    check_finite(state, weights)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -320,3 +320,21 @@ def test_convert_caffe_never_writes_over_its_input_or_a_non_file(tmp_path, capsy
         assert len(message.splitlines()) == 1 and str(out) in message, message
     assert source.read_bytes() == golden.read_bytes()
     assert main(["convert-caffe", str(source), *options, "--out", str(tmp_path / "converted.pt")]) == 0
+
+
+def test_weights_holding_nan_are_refused_with_the_tensor_named(tmp_path, capsys, small_voc):
+    """``score`` of weights holding NaN once wrote a ``released`` record (mIoU 7.42, issue 26): the
+    command stops before scoring, naming the tensor, and writes no record."""
+    import methods
+
+    state = methods.create("fcn32s", width=1 / 16).state_dict()
+    state["fc7.weight"][0, 0, 0, 0] = float("nan")
+    weights = tmp_path / "nan.pt"
+    torch.save(state, weights)
+    data = small_voc(tmp_path / "voc", train=1, val=1)
+    results = tmp_path / "results"
+    assert main(["score", "fcn32s", "--weights", str(weights), "--option", "width=0.0625", "--data", str(data),
+                 "--results", str(results)]) != 0
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "fc7.weight" in message and "NaN" in message, message
+    assert not list(results.rglob("*.json"))
