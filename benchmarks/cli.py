@@ -157,6 +157,9 @@ def _import_modules(names: list[str]) -> None:
                 raise UsageError(f"--import {name}: no module named {name!r}; put the folder that holds {name}.py on "
                                  "PYTHONPATH (or run from that folder)") from None
             raise UsageError(f"--import {name}: it imports {error.name!r}, which is not installed") from None
+        except SystemExit as error:  # would end the command silently, with no record
+            raise UsageError(f"--import {name}: the module called sys.exit({error.code!r}) while being imported; a "
+                             "module of heads should only define and register them") from None
         except Exception as error:  # the user's module is broken: where, and what
             where = traceback.extract_tb(error.__traceback__)[-1]
             line = error.lineno if isinstance(error, SyntaxError) else where.lineno

@@ -239,6 +239,7 @@ def test_mistaken_names_are_one_line(capsys, tmp_path, args, words):
     ("import no_such_dependency_x\n", ["--import broken_heads", "imports 'no_such_dependency_x'", "not installed"]),
     ("x = (\n", ["--import broken_heads failed at", "broken_heads.py:1", "SyntaxError"]),
     ("\n\nraise RuntimeError('boom')\n", ["failed at", "broken_heads.py:3", "RuntimeError: boom"]),
+    ("import sys\nsys.exit(0)\n", ["--import broken_heads", "sys.exit(0)"]),
 ])
 def test_an_import_that_fails_inside_the_module_says_where(capsys, tmp_path, monkeypatch, source, words):
     """``--import`` of a module that exists but fails: one line naming its file, line and error."""
