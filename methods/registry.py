@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .caffe_weights import CaffeInit
+from .common import SegmentationModel
 
 __all__ = ["MethodEntry", "create", "get_entry", "list_methods", "register"]
 
@@ -72,8 +73,15 @@ def get_entry(name: str) -> MethodEntry:
 
 
 def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
-    """Build method ``name`` with ``num_classes`` outputs; ``options`` go to its builder."""
-    return get_entry(name).builder(num_classes=num_classes, **options)
+    """Build method ``name`` with ``num_classes`` outputs; ``options`` go to its builder, which must
+    return a :class:`SegmentationModel` (the contract every harness step relies on)."""
+    entry = get_entry(name)
+    model = entry.builder(num_classes=num_classes, **options)
+    if not isinstance(model, SegmentationModel):
+        raise ValueError(f"the builder of method {name!r} ({entry.builder.__module__}.{entry.builder.__qualname__}) "
+                         f"returned {type(model).__name__}, not a methods.SegmentationModel; subclass it (see the "
+                         "README's 'Adding your own method')")
+    return model
 
 
 def list_methods() -> list[str]:

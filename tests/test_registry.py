@@ -149,3 +149,13 @@ def test_reflection_padding_is_reflect_101_and_handles_small_images():
     padded = ReflectPad101(5)(x)
     # BORDER_REFLECT_101 of 0 1 2 3, repeated off both edges: ... 1 2 3 2 1 | 0 1 2 3 | 2 1 0 1 2
     assert padded[0, 0, 0].tolist() == [1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]
+
+
+@pytest.mark.parametrize("built", [None, nn.Conv2d(3, 21, 1)])
+def test_a_builder_must_return_a_segmentation_model(built):
+    """Builders returning ``None`` or a bare ``nn.Conv2d`` ended in tracebacks deep in the harness
+    (issue 26): ``create`` names the method and what it got."""
+    name = f"returns_{type(built).__name__.lower()}"
+    register(name, paper="a test")(lambda num_classes=21: built)
+    with pytest.raises(ValueError, match=rf"method '{name}' .* returned {type(built).__name__}, not a"):
+        methods.create(name)
