@@ -97,3 +97,14 @@ def test_prepare_data_command(trees, capsys):
     assert "trainaug 4 ids" in capsys.readouterr().out
     assert read_label(voc / "SegmentationClassAug" / "f.png").max() == 5
     assert main(["prepare-data", "--data", str(root)]) == 2
+
+
+def test_a_label_of_another_size_than_its_image_is_refused(trees):
+    """An SBD .mat whose class map is 9 x 7 for an 8 x 6 image was written as that image's label
+    (issue 26; the run failed only later): prepare-data names the .mat and both sizes, writes no
+    label for it."""
+    root, voc, sbd = trees
+    savemat(sbd / "cls" / "e.mat", {"GTcls": {"Segmentation": np.full((7, 9), 2, np.uint8)}})
+    with pytest.raises(DataError, match=r"e\.mat: the label is 9 x 7 but its image .*e\.jpg is 8 x 6"):
+        prepare_data(root, root)
+    assert not (voc / "SegmentationClassAug" / "e.png").exists()

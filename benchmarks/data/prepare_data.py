@@ -106,6 +106,16 @@ class PreparedData:
     fcn_kept: int  # ... already there
 
 
+def _sized_like_image(label: np.ndarray, image: Path, source: Path) -> np.ndarray:
+    """``label`` if it has ``image``'s size (only the header is read), else a :class:`DataError`."""
+    with Image.open(image) as opened:
+        width, height = opened.size
+    if label.shape != (height, width):
+        raise DataError(f"{source}: the label is {label.shape[1]} x {label.shape[0]} but its image {image} is "
+                        f"{width} x {height}; the annotation belongs to another image (re-extract it)")
+    return label
+
+
 def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str]) -> PreparedData:
     """Build ``SegmentationClassAug``, ``SegmentationClassSBD`` and the ``trainaug`` / ``sbdtrain`` /
     ``sbdval`` lists."""
@@ -129,20 +139,21 @@ def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str
         if target.is_file():
             counts["kept"] += 1
             continue
-        if image_id in in_voc:
-            label = read_label(id_path(voc / "SegmentationClass", image_id, ".png"))
-            counts["voc"] += 1
-        else:
-            label = read_sbd_mat(id_path(sbd_root / "cls", image_id, ".mat"))
-            counts["sbd"] += 1
-        write_bytes_atomic(target, palette_png(label))
+        source = (id_path(voc / "SegmentationClass", image_id, ".png") if image_id in in_voc
+                  else id_path(sbd_root / "cls", image_id, ".mat"))
+        label = read_label(source) if image_id in in_voc else read_sbd_mat(source)
+        counts["voc" if image_id in in_voc else "sbd"] += 1
+        write_bytes_atomic(target, palette_png(_sized_like_image(label, id_path(voc / "JPEGImages", image_id, ".jpg"),
+                                                                 source)))
     fcn = {"written": 0, "kept": 0}
     for image_id in sbd_train:
         target = id_path(voc / "SegmentationClassSBD", image_id, ".png")
         if target.is_file():
             fcn["kept"] += 1
             continue
-        write_bytes_atomic(target, palette_png(read_sbd_mat(id_path(sbd_root / "cls", image_id, ".mat"))))
+        source = id_path(sbd_root / "cls", image_id, ".mat")
+        label = _sized_like_image(read_sbd_mat(source), id_path(voc / "JPEGImages", image_id, ".jpg"), source)
+        write_bytes_atomic(target, palette_png(label))
         fcn["written"] += 1
     for name, content in (("trainaug.txt", ids), ("sbdtrain.txt", sbd_train), ("sbdval.txt", sbd_val)):
         write_bytes_atomic(lists / name, "".join(f"{i}\n" for i in content).encode())
