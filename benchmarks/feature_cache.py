@@ -21,7 +21,8 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,11 +136,7 @@ def image_feature_cache(compute: Callable[[torch.Tensor], torch.Tensor], dataset
     folder = cache_root / "image-features" / _key(identity)
     if (folder / "meta.json").is_file():
         return ImageFeatures.open(folder)
-    if not main:
-        raise FileNotFoundError(f"{folder} is not complete; the main process writes it first")
-    staging = folder.with_name(f".staging-{os.getpid()}-{secrets.token_hex(4)}")
-    staging.mkdir(parents=True)
-    try:
+    with _written_once(folder, main=main) as staging:
         items, offset, label_offset = [], 0, 0
         with (staging / "features.f32").open("wb") as features, (staging / "labels.u8").open("wb") as labels, \
                 torch.inference_mode():
@@ -147,11 +144,7 @@ def image_feature_cache(compute: Callable[[torch.Tensor], torch.Tensor], dataset
                 image, label, _ = dataset[index]
                 scores = compute(image[None].to(device))[0].float().cpu().numpy()
                 if index == 0:
-                    needed, free = (scores.nbytes + label.numel()) * len(dataset), shutil.disk_usage(staging).free
-                    if needed > free:
-                        raise CacheTooLarge(f"the cached features need about {needed / 1e9:.1f} GB under {cache_root}, "
-                                            f"{free / 1e9:.1f} GB are free; free some space or set $SEGREPRO_CACHE "
-                                            "to a larger disk")
+                    _check_free_disk((scores.nbytes + label.numel()) * len(dataset), staging, cache_root)
                 features.write(scores.tobytes())
                 labels.write(label.to(torch.uint8).numpy().tobytes())
                 items.append({"features": [offset, offset + scores.size], "shape": list(scores.shape),
@@ -159,6 +152,19 @@ def image_feature_cache(compute: Callable[[torch.Tensor], torch.Tensor], dataset
                               "label_shape": list(label.shape)})
                 offset, label_offset = offset + scores.size, label_offset + label.numel()
         (staging / "meta.json").write_text(json.dumps({"items": items, "identity": identity}, sort_keys=True))
+    return ImageFeatures.open(folder)
+
+
+@contextmanager
+def _written_once(folder: Path, *, main: bool) -> Iterator[Path]:
+    """A staging folder beside ``folder``, renamed into place complete when the block ends (and
+    removed if it fails); only the main process writes a cache, the others wait for it."""
+    if not main:
+        raise FileNotFoundError(f"{folder} is not complete; the main process writes it first")
+    staging = folder.with_name(f".staging-{os.getpid()}-{secrets.token_hex(4)}")
+    staging.mkdir(parents=True)
+    try:
+        yield staging
         try:
             os.replace(staging, folder)
         except OSError:  # another process completed the same cache first
@@ -166,7 +172,13 @@ def image_feature_cache(compute: Callable[[torch.Tensor], torch.Tensor], dataset
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ImageFeatures.open(folder)
+
+
+def _check_free_disk(needed: int, staging: Path, cache_root: Path) -> None:
+    free = shutil.disk_usage(staging).free
+    if needed > free:
+        raise CacheTooLarge(f"the cached features need {needed / 1e9:.2f} GB under {cache_root}, {free / 1e9:.2f} GB "
+                            "are free; free some space or set $SEGREPRO_CACHE to a larger disk")
 
 
 def _key(identity: dict[str, object]) -> str:
@@ -182,6 +194,27 @@ def tile_feature_cache(compute: Callable[[torch.Tensor], torch.Tensor], dataset:
     folder = cache_root / "context-features" / _key(identity)
     if (folder / "meta.json").is_file():
         return TileFeatures.open(folder)
+    with _written_once(folder, main=main) as staging:
+        with torch.inference_mode():
+            first = compute(dataset[0][0][None].to(device))[0]
+        channels, units = first.shape[0], first.shape[-1]
+        if first.shape[-2:] != (units, units):
+            raise ValueError(f"tile features {tuple(first.shape)} are not square")
+        _check_free_disk(cache_bytes(len(dataset), channels, units), staging, cache_root)
+        features = np.memmap(staging / "features.f16", np.float16, "w+", shape=(len(dataset), channels, units, units))
+        labels = np.memmap(staging / "labels.u8", np.uint8, "w+", shape=(len(dataset), units, units))
+        with torch.inference_mode():
+            for index in bar(description, len(dataset), "img", main=main, iterable=range(len(dataset))):
+                image, label, _ = dataset[index]
+                scores = first if index == 0 else compute(image[None].to(device))[0]
+                features[index] = scores.float().cpu().numpy().astype(np.float16)
+                labels[index] = tile_labels(label, units).numpy()
+        features.flush()
+        labels.flush()
+        del features, labels
+        meta = {"images": len(dataset), "channels": channels, "units": units, "identity": identity}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return TileFeatures.open(folder)
     if not main:
         raise FileNotFoundError(f"{folder} is not complete; the main process writes it first")
     staging = folder.with_name(f".staging-{os.getpid()}-{secrets.token_hex(4)}")

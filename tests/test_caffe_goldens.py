@@ -147,6 +147,15 @@ def _images(batch: np.lib.npyio.NpzFile) -> torch.Tensor:
     return torch.from_numpy(batch["image_bgr"][..., ::-1].copy()).permute(0, 3, 1, 2)
 
 
+def _assert_image_golden_reproduced(tmp_path, recipe: Recipe, golden: str) -> None:
+    """Three steps of the whole network from the golden's initial weights on its image batch."""
+    model = _model_from_initial(tmp_path, recipe, golden)
+    batch = np.load(GOLDENS / "train" / golden / "batch.npz")
+    errors = _three_steps(recipe, model, TrainedPart(model, recipe), _images(batch),
+                          torch.from_numpy(batch["label"].astype(np.int64)), golden)
+    _assert_reproduced(errors)
+
+
 def test_three_sgd_steps_of_the_fcn_solver_reproduce_caffe(tmp_path):
     """``voc-fcn32s`` under its solver.prototxt (lr 1e-10 fixed, momentum 0.99, weight decay 5e-4,
     the loss summed over pixels, batch 1) through the ``fcn32s`` paper recipe."""
@@ -156,11 +165,7 @@ def test_three_sgd_steps_of_the_fcn_solver_reproduce_caffe(tmp_path):
     assert (recipe.lr, recipe.momentum, recipe.weight_decay) == pytest.approx(  # the solver's float32 values
         (solver["base_lr"], solver["momentum"], solver["weight_decay"]), rel=1e-6)
     assert (recipe.schedule, recipe.loss) == (solver["lr_policy"], "sum")
-    model = _model_from_initial(tmp_path, recipe, "fcn32s")
-    batch = np.load(GOLDENS / "train" / "fcn32s" / "batch.npz")
-    errors = _three_steps(recipe, model, TrainedPart(model, recipe), _images(batch),
-                          torch.from_numpy(batch["label"].astype(np.int64)), "fcn32s")
-    _assert_reproduced(errors)
+    _assert_image_golden_reproduced(tmp_path, recipe, "fcn32s")
 
 
 def test_three_sgd_steps_of_the_deeplab_solver_reproduce_caffe(tmp_path):
@@ -176,11 +181,7 @@ def test_three_sgd_steps_of_the_deeplab_solver_reproduce_caffe(tmp_path):
     assert (recipe.lr, recipe.momentum, recipe.weight_decay, recipe.gamma) == pytest.approx(
         (solver["base_lr"], solver["momentum"], solver["weight_decay"], solver["gamma"]), rel=1e-6)
     assert (recipe.schedule, recipe.lr_multipliers) == (solver["lr_policy"], (("fc8", 10.0),))
-    model = _model_from_initial(tmp_path, recipe, "deeplab_largefov")
-    batch = np.load(GOLDENS / "train" / "deeplab_largefov" / "batch.npz")
-    errors = _three_steps(recipe, model, TrainedPart(model, recipe), _images(batch),
-                          torch.from_numpy(batch["label"].astype(np.int64)), "deeplab_largefov")
-    _assert_reproduced(errors)
+    _assert_image_golden_reproduced(tmp_path, recipe, "deeplab_largefov")
 
 
 def test_three_sgd_steps_of_the_context_training_net_reproduce_caffe(tmp_path):
