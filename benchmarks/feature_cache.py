@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from benchmarks.data.voc import IGNORE_INDEX
@@ -112,20 +113,25 @@ class ImageFeatures:
     def item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.items[index]
         (start, stop), (label_start, label_stop) = entry["features"], entry["labels"]
-        features = np.asarray(self.features[start:stop]).reshape(entry["shape"])
+        features = np.array(self.features[start:stop]).reshape(entry["shape"])
         labels = np.asarray(self.labels[label_start:label_stop], dtype=np.int64).reshape(entry["label_shape"])
         return torch.from_numpy(features), torch.from_numpy(labels)
 
     def batch(self, items: Sequence[tuple[int, int]], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and labels of ``[(index, position), ...]`` stacked (no augmentation: the
-        whole-image protocol of the quick profile)."""
+        whole-image protocol of the quick profile). Maps of different sizes (real VOC images) are
+        padded at the bottom and right to the largest, the features with 0 and the labels with the
+        ignore index, as mmsegmentation's ``stack_batch`` pads a batch (``pad_val`` 0,
+        ``seg_pad_val`` 255); it pads the images, here the cached maps are padded."""
         pairs = [self.item(index) for index, _ in items]
-        shapes = {tuple(features.shape) for features, _ in pairs}
-        if len(shapes) > 1:
-            raise ValueError(f"cached maps of one batch differ in size ({sorted(shapes)[:2]}); images of different "
-                             "sizes train as whole maps only with batch_size=1 (the context networks: "
-                             "tile_features=true)")
-        return torch.stack([f for f, _ in pairs]), torch.stack([lab for _, lab in pairs])
+        return _padded([f for f, _ in pairs], 0.0), _padded([lab for _, lab in pairs], IGNORE_INDEX)
+
+
+def _padded(tensors: list[torch.Tensor], value: float) -> torch.Tensor:
+    """``tensors`` (``... x H x W``) stacked after padding each at the bottom and right to the
+    largest height and width."""
+    height, width = max(t.shape[-2] for t in tensors), max(t.shape[-1] for t in tensors)
+    return torch.stack([F.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=value) for t in tensors])
 
 
 def image_feature_cache(compute: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset,

@@ -137,9 +137,9 @@ def test_tile_features_need_cached_features():
     assert not get_recipe("context_basic", "quick").tile_features
 
 
-def test_whole_image_maps_go_to_disk_as_computed_and_varied_sizes_need_batch_1(tmp_path, small_voc):
+def test_whole_image_maps_go_to_disk_as_computed_and_varied_sizes_are_padded(tmp_path, small_voc):
     """The quick profile's whole-image protocol (and compare's staged heads): the stem's float32
-    maps on disk, read back bit for bit; a batch of two sizes is a one-line error."""
+    maps on disk, read back bit for bit; a batch of two sizes is padded as mmseg pads one."""
     source = resolve_dataset(small_voc(tmp_path / "voc", train=3, val=1))
     split = source.split("trainaug")
     model = methods.create("context_basic", 21, width=1 / 16).eval()
@@ -156,6 +156,14 @@ def test_whole_image_maps_go_to_disk_as_computed_and_varied_sizes_need_batch_1(t
     assert cache.batch([(1, 0)], seed=0)[0].shape == (1, *cache.item(1)[0].shape)
     sizes = [tuple(cache.item(i)[0].shape) for i in range(3)]
     pair = next((a, b) for a in range(3) for b in range(3) if sizes[a] != sizes[b])
-    with pytest.raises(ValueError, match="differ in size"):
-        cache.batch([(pair[0], 0), (pair[1], 1)], seed=0)
+    features, labels = cache.batch([(pair[0], 0), (pair[1], 1)], seed=0)
+    for row, index in enumerate(pair):  # padded at the bottom and right, as mmseg's stack_batch: 0 and 255
+        item_features, item_labels = cache.item(index)
+        height, width = item_features.shape[-2:]
+        assert torch.equal(features[row, :, :height, :width], item_features)
+        assert features[row].sum() == item_features.sum()
+        label_height, label_width = item_labels.shape
+        assert torch.equal(labels[row, :label_height, :label_width], item_labels)
+        assert (labels[row] == 255).sum() == (item_labels == 255).sum() + labels[row].numel() - item_labels.numel()
+    assert features.shape[-2:] == (max(sizes[pair[0]][1], sizes[pair[1]][1]), max(sizes[pair[0]][2], sizes[pair[1]][2]))
 
