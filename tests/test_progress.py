@@ -71,6 +71,7 @@ def test_training_and_scoring_show_bars_on_a_terminal_and_lines_elsewhere(tmp_pa
 
 
 def test_feature_caching_shows_a_bar_on_a_terminal(tmp_path, source, monkeypatch):
+    monkeypatch.setenv("SEGREPRO_CACHE", str(tmp_path / "cache"))  # empty: another test's cached features skip the bar
     terminal = _terminal(monkeypatch)
     frontend = tmp_path / "frontend.pt"
     save_torch(build_model(get_recipe("frontend", "quick")).state_dict(), frontend)
