@@ -14,12 +14,26 @@ from typing import BinaryIO
 
 import torch
 
-__all__ = ["DamagedFile", "check_finite", "check_output", "file_sha256", "load_torch", "process_alive", "save_torch",
-           "write_atomic", "write_bytes_atomic"]
+__all__ = ["DamagedFile", "OutsideRoot", "check_finite", "check_output", "file_sha256", "load_torch", "process_alive",
+           "save_torch", "under", "write_atomic", "write_bytes_atomic"]
 
 
 class DamagedFile(ValueError):
     """A file the harness wrote that no longer reads (cut short, overwritten); the message says what to do."""
+
+
+class OutsideRoot(ValueError):
+    """A name (record field, registered method, split id, option value) that would make a path leave its root."""
+
+
+def under(root: Path, *names: str) -> Path:
+    """``root/names...``, or :class:`OutsideRoot` if that path, normalised (``..`` and absolute
+    names resolved without following symlinks, so a tree of symlinked files still reads), is not
+    under ``root``: a name from a record, a registry or a split list never moves a read or write."""
+    path = root.joinpath(*names)
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        raise OutsideRoot(f"{'/'.join(names)!r} names {path}, outside {root}; names must be plain file names")
+    return path
 
 
 def check_output(out: Path, inputs: list[Path], option: str = "--out") -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 import methods
 from benchmarks.data.voc import NUM_CLASSES
-from benchmarks.files import check_finite, load_torch, process_alive
+from benchmarks.files import check_finite, load_torch, process_alive, under
 from benchmarks.recipes import Recipe
 
 __all__ = ["RunLocked", "architecture_recipe", "build_model", "build_trained", "load_weights", "parameter_shapes",
@@ -32,7 +32,7 @@ class RunLocked(RuntimeError):
 def run_folder(runs: Path, profile: str, dataset: str, method: str, seed: int, *, key: str) -> Path:
     """``runs/<profile>-<dataset>/<method>/seed<k>-<key>``: checkpoints, log and ``weights.pt`` of
     the run whose identity hashes to ``key``."""
-    return runs / f"{profile}-{dataset}" / method / f"seed{seed}-{key}"
+    return under(runs, f"{profile}-{dataset}", method, f"seed{seed}-{key}")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.files import write_atomic, write_bytes_atomic
+from benchmarks.files import under, write_atomic, write_bytes_atomic
 from benchmarks.record_schema import record_problem
 
 __all__ = ["PROTOCOL_VERSION", "RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records",
@@ -37,7 +37,7 @@ class RecordError(ValueError):
 
 def record_path(results: Path, profile: str, dataset: str, method: str, seed: int, *, key: str | None = None) -> Path:
     """``results/records/<profile>-<dataset>/<method>/seed<k>[-<key>].json``."""
-    return results / "records" / f"{profile}-{dataset}" / method / f"seed{seed}{f'-{key}' if key else ''}.json"
+    return under(results / "records", f"{profile}-{dataset}", method, f"seed{seed}{f'-{key}' if key else ''}.json")
 
 
 PROTOCOL_VERSION = 1

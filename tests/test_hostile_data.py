@@ -105,7 +105,8 @@ def test_a_path_built_from_an_id_stays_inside_its_folder(trees, tmp_path):
     base, voc, _ = trees
     split = VOCSplit(base, "train")
     assert split.image_path("a") == voc / "JPEGImages" / "a.jpg"
-    with pytest.raises(DataError, match=r"'\.\./\.\./x' names .*, outside .*JPEGImages; ids must be plain"):
+    with pytest.raises(DataError, match=r"image id '\.\./\.\./x': '\.\./\.\./x\.jpg' names .*, outside .*JPEGImages; "
+                                        "names must be plain"):
         split.image_path("../../x")
     with pytest.raises(DataError, match="outside"):
         id_path(voc / "SegmentationClass", str(tmp_path / "outside"), ".png")

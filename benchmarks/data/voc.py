@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from benchmarks.files import OutsideRoot, under
+
 __all__ = [
     "DATA_ENV_VAR",
     "IGNORE_INDEX",
@@ -118,10 +120,10 @@ def check_image_id(image_id: str, where: str) -> str:
 def id_path(folder: Path, image_id: str, suffix: str) -> Path:
     """``folder/<image_id><suffix>``, or a DataError if that would lie outside ``folder``. The check
     normalises ``..`` without following symlinks, so a tree of symlinked files still reads."""
-    path = folder / f"{image_id}{suffix}"
-    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder)):
-        raise DataError(f"image id {image_id!r} names {path}, outside {folder}; ids must be plain file names")
-    return path
+    try:
+        return under(folder, f"{image_id}{suffix}")
+    except OutsideRoot as error:
+        raise DataError(f"image id {image_id!r}: {error}") from None
 
 
 def read_split(path: Path) -> list[str]:
