@@ -33,7 +33,7 @@ from torch import nn
 
 from .caffemodel import CaffeModelError, read_caffemodel
 from .common import BilinearUpsample, Scale, bilinear_kernel
-from .vgg import _TORCHVISION_CONV_INDICES, CONV_NAMES, LoadReport
+from .vgg import CONV_NAMES, TORCHVISION_CONV_INDICES, LoadReport
 
 __all__ = ["CAFFE_VGG16", "DEEPLAB_INIT", "VGG_CONV", "CaffeInit", "SourceLayer", "caffe_state_dict", "load_caffe_init",
            "read_caffe_source"]
@@ -58,7 +58,7 @@ def _torchvision_layers(path: Path) -> list[SourceLayer]:
     except Exception as error:  # torch.load fails in many ways on a damaged file
         raise CaffeModelError(f"{path} does not load as a state dict ({type(error).__name__}); download it "
                               "again") from None
-    names = {f"features.{i}": name for name, i in zip(CONV_NAMES, _TORCHVISION_CONV_INDICES, strict=True)}
+    names = {f"features.{i}": name for name, i in zip(CONV_NAMES, TORCHVISION_CONV_INDICES, strict=True)}
     names.update({"classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"})
     if not isinstance(state, dict):
         raise CaffeModelError(f"{path} holds a {type(state).__name__}, not a state dict; pass pytorch-fcn's "

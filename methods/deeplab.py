@@ -40,8 +40,9 @@ from torch import nn
 
 from .caffe_weights import DEEPLAB_INIT
 from .common import CaffeInterp, CaffeZoom, InputConvention, SegmentationModel, scaled_channels
+from .pretrained import apply_pretrained
 from .registry import register
-from .vgg import FcSurgery, TrunkLayout, add_vgg16_trunk, apply_pretrained, run_layers
+from .vgg import FcSurgery, TrunkLayout, add_vgg16_trunk, run_layers
 
 __all__ = ["DEEPLAB_MEAN_BGR", "DeepLabLargeFOV", "deeplab_fc_decimation"]
 

@@ -33,8 +33,9 @@ from torch import nn
 
 from .caffe_weights import VGG_CONV
 from .common import CaffeZoom, InputConvention, ReflectPad101, SegmentationModel, reflect_pad_101, scaled_channels
+from .pretrained import apply_pretrained
 from .registry import register
-from .vgg import TrunkLayout, add_vgg16_trunk, apply_pretrained, fc_as_convolutions, run_layers
+from .vgg import TrunkLayout, add_vgg16_trunk, fc_as_convolutions, run_layers
 
 __all__ = ["CONTEXT_DILATIONS", "PASCAL_MEAN_BGR", "ContextModule", "ContextNetwork", "FrontEnd", "identity_init_"]
 

@@ -29,8 +29,9 @@ from torch import nn
 
 from .caffe_weights import CAFFE_VGG16
 from .common import BilinearUpsample, Crop, Scale, SegmentationModel, UpsampleCrop, scaled_channels
+from .pretrained import apply_pretrained
 from .registry import register
-from .vgg import TrunkLayout, add_vgg16_trunk, apply_pretrained, fc_as_convolutions, run_layers
+from .vgg import TrunkLayout, add_vgg16_trunk, fc_as_convolutions, run_layers
 
 __all__ = ["FCN", "init_from_previous_stage"]
 

@@ -35,8 +35,9 @@ from torch import nn
 
 from .common import SegmentationModel, UpsampleCrop, scaled_channels
 from .dilation import FrontEnd
+from .pretrained import apply_pretrained
 from .registry import register
-from .vgg import apply_pretrained, fc_as_convolutions
+from .vgg import fc_as_convolutions
 
 __all__ = ["CURATED_HEADS", "FEATURES", "MMSegHeadNetwork", "MainOutput", "mmseg_versions", "register_mmseg_head"]
 

@@ -12,15 +12,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .common import scaled_channels
-
-if TYPE_CHECKING:
-    from .caffe_weights import CaffeInit
 
 __all__ = [
     "TORCHVISION_VGG16_URL",
@@ -38,7 +34,7 @@ TORCHVISION_VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 WEIGHTS_ENV_VAR = "SEGREPRO_VGG16_WEIGHTS"
 
 # torchvision's ``vgg16().features`` indices of the 13 convolutions, in order.
-_TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 CONV_NAMES = tuple(f"conv{b + 1}_{i + 1}" for b, (_, n) in enumerate(VGG16_BLOCKS) for i in range(n))
 
 
@@ -176,7 +172,7 @@ def load_vgg16_imagenet(
     report = LoadReport(source=source)
     target = model.state_dict()
     plan: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {}
-    for conv_name, index in zip(CONV_NAMES, _TORCHVISION_CONV_INDICES, strict=True):
+    for conv_name, index in zip(CONV_NAMES, TORCHVISION_CONV_INDICES, strict=True):
         for kind in ("weight", "bias"):
             plan[f"features.{index}.{kind}"] = (f"{conv_name}.{kind}", lambda t: t)
     plan.update(fc_surgery)
@@ -215,49 +211,3 @@ def load_vgg16_imagenet(
         name for name, p in model.named_parameters() if name not in report.mapped
     )
     return report
-
-
-def apply_pretrained(
-    model: nn.Module,
-    pretrained: bool | str,
-    weights_path: str | os.PathLike[str] | None,
-    fc_surgery: FcSurgery,
-    width: float,
-    prefix: str = "",
-    caffe_init: CaffeInit | None = None,
-    dropped: dict[str, str] | None = None,
-) -> None:
-    """Load ImageNet VGG-16 weights into ``model`` when ``pretrained`` (``True`` or
-    ``"torchvision"``: torchvision's; ``"caffe"``: the family's Caffe init model ``caffe_init``,
-    which also switches the model to the Caffe input convention) and record where the weights came
-    from in ``model.weights_source`` (and the :class:`LoadReport` in ``model.load_report``).
-    Without ImageNet weights, the tensors they would fill (the 13 convolutions, fc6, fc7) get
-    He-normal initialisation (He et al. 2015), so a deep VGG trains from scratch; every other
-    layer keeps its paper initialisation."""
-    model.load_report = None
-    trunk = [prefix + name for name in CONV_NAMES] + [prefix + target.rsplit(".", 1)[0]
-                                                     for target, _ in fc_surgery.values()]
-    if pretrained not in (True, False, "caffe", "torchvision"):
-        raise ValueError(f"pretrained must be 'caffe', 'torchvision' (True) or False, got {pretrained!r}")
-    if pretrained == "caffe":  # the file's shapes are asserted layer by layer (a reduced-width file fits too)
-        from .caffe_weights import load_caffe_init  # caffe_weights builds on this module
-
-        if caffe_init is None:
-            raise ValueError(f"{type(model).__name__} names no Caffe init model; use pretrained='torchvision'")
-        load_caffe_init(model, caffe_init, weights_path, list(dict.fromkeys(trunk)))
-        return
-    if not pretrained:
-        layers = dict(model.named_modules())
-        for name in dict.fromkeys(trunk):
-            nn.init.kaiming_normal_(layers[name].weight, nonlinearity="relu")
-            nn.init.zeros_(layers[name].bias)
-        model.weights_source = "random initialisation (He normal trunk; no ImageNet weights)"
-        return
-    if width != 1.0:
-        raise ValueError(f"pretrained={pretrained!r} needs width=1 (got width={width}): ImageNet VGG-16 has full "
-                         "widths")
-    state, source = resolve_vgg16_state_dict(weights_path)
-    model.load_report = load_vgg16_imagenet(model, state, fc_surgery, source, prefix, dropped)
-    if model.load_report.unmapped:
-        raise ValueError(f"tensors of {source} that no layer takes: {model.load_report.unmapped}")
-    model.weights_source = f"ImageNet VGG-16 ({source})"
