@@ -15,7 +15,7 @@ Faithful details:
   reference nets), then a crop at the offsets the reference nets use (19 for 32s; 5 and 27 for
   16s; 5, 9 and 31 for 8s);
 * skip fusion by summation (Sec 4.2). Staged training (8s from 16s from 32s) copies the previous
-  stage's weights (:func:`init_from_previous_stage`) and leaves the new score layers at zero; the
+  stage's weights (the harness's staged recipes) and leaves the new score layers at zero; the
   at-once variant scales pool4 by 0.01 and pool3 by 1e-4 before scoring (``voc-fcn8s-atonce``).
 """
 
@@ -33,7 +33,7 @@ from .pretrained import apply_pretrained
 from .registry import register
 from .vgg import TrunkLayout, add_vgg16_trunk, fc_as_convolutions, run_layers
 
-__all__ = ["FCN", "init_from_previous_stage"]
+__all__ = ["FCN"]
 
 PAPER = "Long, Shelhamer & Darrell, Fully Convolutional Networks, CVPR 2015"
 
@@ -101,22 +101,6 @@ class FCN(SegmentationModel):
             upscore_pool4 = self.upscore_pool4(scores)
             scores = upscore_pool4 + self.score_pool3c(self.score_pool3(self.scale_pool3(pool3)), upscore_pool4)
         return scores
-
-
-def init_from_previous_stage(model: FCN, previous_state: dict[str, torch.Tensor]) -> list[str]:
-    """Staged training (FCN Sec 4.2): copy every tensor of the previous, coarser stage (FCN-32s
-    into FCN-16s, FCN-16s into FCN-8s) by name with asserted shapes; the new skip score layers
-    keep their zero initialisation. Returns the names that were left as initialised."""
-    target = model.state_dict()
-    unknown = sorted(set(previous_state) - set(target))
-    if unknown:
-        raise KeyError(f"previous stage has tensors this FCN-{model.score_stride}s lacks: {unknown}")
-    with torch.no_grad():
-        for name, value in previous_state.items():
-            if value.shape != target[name].shape:
-                raise ValueError(f"{name}: previous stage {tuple(value.shape)} vs {tuple(target[name].shape)}")
-            target[name].copy_(value)
-    return sorted(set(target) - set(previous_state))
 
 
 def _build(num_classes: int, *, score_stride: int, width: float, pretrained: bool | str,

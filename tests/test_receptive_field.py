@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from measured_receptive_field import empirical_receptive_field
 from torch import nn
 
 import methods
@@ -12,7 +13,6 @@ from benchmarks.cli import main
 from benchmarks.receptive_field import (
     analytic_geometry,
     dilated_stack,
-    empirical_receptive_field,
     receptive_field,
     stack_table,
     unit_receptive_field,

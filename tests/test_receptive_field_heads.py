@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from measured_receptive_field import empirical_receptive_field
 from torch import nn
 
-from benchmarks.receptive_field import empirical_receptive_field, receptive_field, unit_receptive_field
+from benchmarks.receptive_field import receptive_field, unit_receptive_field
 from methods.common import CaffeInterp, SegmentationModel
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -116,16 +116,22 @@ def test_fcn_at_once_scales_the_skips():
     assert methods.create("fcn8s", width=1 / 16).scale_pool3.factor == 1.0
 
 
-def test_staged_fcn_initialisation_copies_the_coarser_stage():
-    from methods.fcn import init_from_previous_stage
+def test_staged_fcn_initialisation_copies_the_coarser_stage(tmp_path):
+    """FCN Sec 4.2 through the harness's staged build (``networks.build_model`` of a recipe with
+    ``init_from``): every tensor of FCN-32s is copied, the new skip score layer stays at zero."""
+    from benchmarks.files import save_torch
+    from benchmarks.networks import build_model
+    from benchmarks.recipes import get_recipe
 
-    fcn32 = methods.create("fcn32s", width=1 / 16)
+    recipe = get_recipe("fcn16s", "quick")
+    fcn32 = methods.create("fcn32s", width=recipe.width)
     with torch.no_grad():
         fcn32.score_fr.weight.normal_()
-    fcn16 = methods.create("fcn16s", width=1 / 16)
-    fresh = init_from_previous_stage(fcn16, fcn32.state_dict())
-    assert torch.equal(fcn16.score_fr.weight, fcn32.score_fr.weight)
-    assert fresh == ["score_pool4.bias", "score_pool4.weight"]
+    save_torch(fcn32.state_dict(), tmp_path / "fcn32s.pt")
+    fcn16 = build_model(recipe, tmp_path / "fcn32s.pt")
+    assert all(torch.equal(fcn16.state_dict()[name], value) for name, value in fcn32.state_dict().items())
+    assert sorted(set(fcn16.state_dict()) - set(fcn32.state_dict())) == ["score_pool4.bias", "score_pool4.weight"]
+    assert not fcn16.score_pool4.weight.any() and not fcn16.score_pool4.bias.any()
     # with its skip at zero, FCN-16s starts as FCN-32s's scores upsampled x2
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -30,7 +30,6 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.receptive_field.empirical import MethodAsForward, positive_weights
 from benchmarks.receptive_field.layer_rules import (
     GLOBAL,
     LEAVES,
@@ -47,6 +46,7 @@ from benchmarks.receptive_field.layer_rules import (
     needed_inputs,
     unknown,
 )
+from benchmarks.receptive_field.probe import MethodAsForward, positive_weights
 
 
 class _Tracer(torch.fx.Tracer):
