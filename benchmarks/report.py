@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.check import check_records, load_references
 from benchmarks.data.voc import VOC_CLASSES
-from benchmarks.groups import group_records, recipe_rows, row_label
+from benchmarks.groups import Group, group_records, recipe_rows, row_label
 from benchmarks.records import scan_records, software_summary, weights_summary
 from benchmarks.stats import seed_interval
 
@@ -323,62 +323,11 @@ def write_report(results: Path, reports: Path, runs: Path, warn: Callable[[str],
              "`results/records`.", ""]
     groups = group_records(records)
     for each in groups:
-        group, profile, dataset = each.records, each.identity["profile"], each.identity["name"]
-        siblings = sum(other.identity["name"] == dataset and other.identity["profile"] == profile for other in groups)
-        stem = f"{profile}-{dataset}" if siblings == 1 else f"{profile}-{dataset}-{each.key}"
-        comparable = all(r["comparable_to_paper"] for r in group)
-        summary, per_class = summary_table(group), per_class_table(group)
-        summary.to_csv(tables / f"{stem}-summary.csv", index=False)
-        per_class.to_csv(tables / f"{stem}-per-class.csv")
-        markdown = summary.to_markdown(index=False)
-        (tables / f"{stem}-summary.md").write_text(("" if comparable else NOT_COMPARABLE + "\n\n") + markdown + "\n")
-        written += [tables / f"{stem}-summary.csv", tables / f"{stem}-per-class.csv", tables / f"{stem}-summary.md"]
-        first = group[0]
-        lines += [f"## Profile `{profile}`, dataset `{dataset}`{f' (group {each.key})' if siblings > 1 else ''}", "",
-                  f"Records pooled only within this group: {each.label}.", ""]
-        if each.difference:
-            lines += [f"This group {each.difference}; nothing is averaged across groups.", ""]
-        lines += [f"{note}." for note in recipe_rows(group)[1]] + ([""] if recipe_rows(group)[1] else [])
-        if not comparable:
-            lines += [NOT_COMPARABLE, ""]
-        software = "; ".join(f"{count} records: {summary}"
-                             for summary, count in Counter(software_summary(r) for r in group).items())
-        lines += [f"Evaluated on split `{first['dataset']['split']}` ({first['dataset']['images']} images); "
-                  f"hardware: {first['hardware']['name']} ({first['hardware']['device']}); weights: "
-                  f"{'; '.join(dict.fromkeys(weights_summary(r) for r in group))}.", "", f"Software: {software}.", "",
-                  markdown, "",
-                  "### The papers' qualitative claims", ""]
-        claims = pd.DataFrame(claims_table(group))
-        lines += [("" if comparable else "(Measured here, not comparable to the papers.)\n\n") +
-                  claims.to_markdown(index=False, floatfmt=".2f"), ""]
-        for reference, table in paper_tables(group, load_references()):
-            table.to_csv(tables / f"{stem}-{reference['id']}.csv", index=False)
-            written.append(tables / f"{stem}-{reference['id']}.csv")
-            lines += [f"### {reference['source']}: the paper's layout", "",
-                      "Measured mIoU (%) beside the paper's; " + ("comparable records." if comparable else
-                      "**measured here, not comparable to the paper's numbers beside them.**"), "",
-                      table.to_markdown(index=False), ""]
-        crf_rows = crf_settings(group)
-        if not crf_rows.empty:
-            lines += ["### Dense-CRF settings of the `+crf` records", "", crf_rows.to_markdown(index=False), ""]
-        lines += ["### Per-class IoU", "", per_class.to_markdown(), ""]
-        skipped: list[tuple[str, str]] = []
-        overlay = _overlays(group, runs, stem, reports, skipped)
-        if overlay:
-            lines += ["### Qualitative results (seed 0; columns: image, ground truth, each network)", "",
-                      f"![qualitative]({overlay})", ""]
-        for reason in dict.fromkeys(reason for _, reason in skipped):
-            names = ", ".join(method for method, why in skipped if why == reason)
-            lines += [f"Qualitative results and effective receptive fields leave out {names}: {reason}.", ""]
-        fields = effective_fields(group, runs)
-        if not fields.empty:
-            lines += ["### Effective receptive fields of the trained networks (Luo et al. 2016)", "",
-                      "Half-width of the square centred on one output unit in the object region that holds 50% / "
-                      "90% of the input-gradient mass (mean over up to 8 images of one size; reflection padding "
-                      "folds gradient back into the image); the scene cue of the embedded dataset lies at least "
-                      "`context_distance` px above every object.", "", fields.to_markdown(index=False), ""]
-        for figure in _figures(group, reports, runs, stem):
-            lines += [f"![{figure}]({figure})", ""]
+        siblings = sum(other.identity["name"] == each.identity["name"]
+                       and other.identity["profile"] == each.identity["profile"] for other in groups)
+        section, files = _group_section(each, siblings, tables, reports, runs)
+        lines += section
+        written += files
     lines += ["## Receptive fields (SPEC section 3)", "", f"![receptive field]({_receptive_field_figure(reports)})", ""]
     verdicts = pd.DataFrame(check_records(records, load_references()))
     lines += ["## Check against the published numbers (one verdict per group, method and reference)", ""]
@@ -388,3 +337,70 @@ def write_report(results: Path, reports: Path, runs: Path, warn: Callable[[str],
     report.write_text("\n".join(lines))
     written.append(report)
     return written
+
+
+def _group_section(each: Group, siblings: int, tables: Path, reports: Path, runs: Path
+                   ) -> tuple[list[str], list[Path]]:
+    """One group's tables (written under ``tables``) and its section of the report."""
+    group, profile, dataset = each.records, each.identity["profile"], each.identity["name"]
+    stem = f"{profile}-{dataset}" if siblings == 1 else f"{profile}-{dataset}-{each.key}"
+    comparable = all(r["comparable_to_paper"] for r in group)
+    summary, per_class = summary_table(group), per_class_table(group)
+    summary.to_csv(tables / f"{stem}-summary.csv", index=False)
+    per_class.to_csv(tables / f"{stem}-per-class.csv")
+    markdown = summary.to_markdown(index=False)
+    (tables / f"{stem}-summary.md").write_text(("" if comparable else NOT_COMPARABLE + "\n\n") + markdown + "\n")
+    written = [tables / f"{stem}-summary.csv", tables / f"{stem}-per-class.csv", tables / f"{stem}-summary.md"]
+    first = group[0]
+    lines = [f"## Profile `{profile}`, dataset `{dataset}`{f' (group {each.key})' if siblings > 1 else ''}", "",
+             f"Records pooled only within this group: {each.label}.", ""]
+    if each.difference:
+        lines += [f"This group {each.difference}; nothing is averaged across groups.", ""]
+    lines += [f"{note}." for note in recipe_rows(group)[1]] + ([""] if recipe_rows(group)[1] else [])
+    if not comparable:
+        lines += [NOT_COMPARABLE, ""]
+    software = "; ".join(f"{count} records: {summary}"
+                         for summary, count in Counter(software_summary(r) for r in group).items())
+    lines += [f"Evaluated on split `{first['dataset']['split']}` ({first['dataset']['images']} images); "
+              f"hardware: {first['hardware']['name']} ({first['hardware']['device']}); weights: "
+              f"{'; '.join(dict.fromkeys(weights_summary(r) for r in group))}.", "", f"Software: {software}.", "",
+              markdown, "",
+              "### The papers' qualitative claims", ""]
+    claims = pd.DataFrame(claims_table(group))
+    lines += [("" if comparable else "(Measured here, not comparable to the papers.)\n\n") +
+              claims.to_markdown(index=False, floatfmt=".2f"), ""]
+    for reference, table in paper_tables(group, load_references()):
+        table.to_csv(tables / f"{stem}-{reference['id']}.csv", index=False)
+        written.append(tables / f"{stem}-{reference['id']}.csv")
+        lines += [f"### {reference['source']}: the paper's layout", "",
+                  "Measured mIoU (%) beside the paper's; " + ("comparable records." if comparable else
+                  "**measured here, not comparable to the paper's numbers beside them.**"), "",
+                  table.to_markdown(index=False), ""]
+    crf_rows = crf_settings(group)
+    if not crf_rows.empty:
+        lines += ["### Dense-CRF settings of the `+crf` records", "", crf_rows.to_markdown(index=False), ""]
+    lines += ["### Per-class IoU", "", per_class.to_markdown(), ""]
+    return lines + _pictures(group, stem, reports, runs), written
+
+
+def _pictures(group: list[dict], stem: str, reports: Path, runs: Path) -> list[str]:
+    """The group's qualitative results, effective receptive fields and figures, as report lines."""
+    lines: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    overlay = _overlays(group, runs, stem, reports, skipped)
+    if overlay:
+        lines += ["### Qualitative results (seed 0; columns: image, ground truth, each network)", "",
+                  f"![qualitative]({overlay})", ""]
+    for reason in dict.fromkeys(reason for _, reason in skipped):
+        names = ", ".join(method for method, why in skipped if why == reason)
+        lines += [f"Qualitative results and effective receptive fields leave out {names}: {reason}.", ""]
+    fields = effective_fields(group, runs)
+    if not fields.empty:
+        lines += ["### Effective receptive fields of the trained networks (Luo et al. 2016)", "",
+                  "Half-width of the square centred on one output unit in the object region that holds 50% / "
+                  "90% of the input-gradient mass (mean over up to 8 images of one size; reflection padding "
+                  "folds gradient back into the image); the scene cue of the embedded dataset lies at least "
+                  "`context_distance` px above every object.", "", fields.to_markdown(index=False), ""]
+    for figure in _figures(group, reports, runs, stem):
+        lines += [f"![{figure}]({figure})", ""]
+    return lines
