@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import methods
+from benchmarks.errors import UsageError
 from benchmarks.receptive_field import analytic_geometry, receptive_field, stack_table
 from benchmarks.recipes import CRF_STAGE_METHODS
 
@@ -25,7 +26,7 @@ def method_facts(name: str) -> dict[str, object]:
         with torch.device("meta"):
             model = methods.create(name)
     except Exception as error:  # a user's builder: say which method failed, and how
-        raise ValueError(f"method {name!r} could not be built ({type(error).__name__}: {error}); fix its builder "
+        raise UsageError(f"method {name!r} could not be built ({type(error).__name__}: {error}); fix its builder "
                          f"({methods.get_entry(name).builder.__module__})") from None
     return {
         "name": name,

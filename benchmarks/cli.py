@@ -9,25 +9,15 @@ import sys
 from collections.abc import Sequence
 
 from benchmarks.commands import COMMANDS
-from benchmarks.errors import UsageError
+from benchmarks.errors import SegreproError
 
 
 def expected_errors() -> tuple[type[Exception], ...]:
-    """The failures a user causes and fixes (arguments, data, recipes, files, a diverging run,
-    offline weights): ``main`` prints them as one line and exits 2. Anything else is a bug and
-    raises with its traceback. ``ValueError`` is here because the harness raises it for invalid
-    inputs (``--set`` values, label maps); imported lazily to keep ``list`` and ``rf`` quick."""
-    from benchmarks.data.voc import DataError
-    from benchmarks.files import DamagedFile
-    from benchmarks.networks import RunLocked
-    from benchmarks.recipes import RecipeError
-    from benchmarks.records import RecordError, RecordExists
-    from benchmarks.sanity import SuspiciousLoss
-    from benchmarks.train import TrainingError
-    from methods.vgg import WeightsUnavailable
-
-    return (UsageError, DataError, RecipeError, RecordError, TrainingError, WeightsUnavailable, RecordExists, RunLocked,
-            DamagedFile, SuspiciousLoss, OSError, ValueError)
+    """The failures a user causes and fixes: ``main`` prints them as one line and exits 2. They are
+    the project's :class:`~benchmarks.errors.SegreproError` (data, recipe, record, weights, method,
+    usage errors subclass it) and ``OSError`` from the system (a missing, unreadable or full
+    folder). Anything else, ``ValueError`` included, is a bug and raises with its traceback."""
+    return (SegreproError, OSError)
 
 
 def error_message(error: Exception) -> str:

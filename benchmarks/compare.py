@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from benchmarks.errors import UsageError
 from benchmarks.stats import paired_bootstrap
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def compare_to_baselines(new: str, baselines: list[str], source: DatasetSource, 
     from benchmarks.run import run
 
     if new in baselines:
-        raise ValueError(f"{new} is among its own baselines ({', '.join(baselines)}); the difference would be 0 by "
+        raise UsageError(f"{new} is among its own baselines ({', '.join(baselines)}); the difference would be 0 by "
                          "construction: compare it with other methods")
     if new not in recipe_methods():
         recipe, why = fair_recipe(new, baselines, plan.profile, recipe_from)

@@ -15,8 +15,10 @@ from torch import nn
 
 import methods
 from benchmarks.data.voc import NUM_CLASSES
+from benchmarks.errors import UsageError
 from benchmarks.files import check_finite, check_output, save_torch
 from methods.caffe_weights import caffe_state_dict, read_caffe_source
+from methods.caffemodel import CaffeModelError
 from methods.vgg import LoadReport
 
 __all__ = ["convert_caffe", "create_with_options", "parse_options"]
@@ -28,7 +30,7 @@ def parse_options(items: list[str]) -> dict[str, object]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.isidentifier():
-            raise ValueError(f"--option takes KEY=VALUE (a builder argument, e.g. at_once=true), got {item!r}")
+            raise UsageError(f"--option takes KEY=VALUE (a builder argument, e.g. at_once=true), got {item!r}")
         try:
             options[key] = json.loads(text)
         except ValueError:
@@ -42,7 +44,7 @@ def create_with_options(method: str, options: dict[str, object]) -> nn.Module:
     try:
         return methods.create(method, **{"num_classes": NUM_CLASSES, **options})
     except TypeError as error:
-        raise ValueError(f"--option for {method}: {error} (builder arguments as KEY=VALUE with JSON values, e.g. "
+        raise UsageError(f"--option for {method}: {error} (builder arguments as KEY=VALUE with JSON values, e.g. "
                          "width=0.0625, at_once=true)") from None
 
 
@@ -53,7 +55,7 @@ def convert_caffe(source: str | os.PathLike[str], method: str, out: Path,
     model = create_with_options(method, options or {})
     state, report = caffe_state_dict(model, read_caffe_source(source), str(source))
     if report.unmapped:
-        raise ValueError(f"{source}: layers that no tensor of {method} takes: {report.unmapped} (is it a model of "
+        raise CaffeModelError(f"{source}: layers that no tensor of {method} takes: {report.unmapped} (is it a model of "
                          f"{method}? the README's 'Caffe weights' lists which file fits which method)")
     check_finite(state, source)
     save_torch(state, out)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF, check_inputs, dense_crf
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.distributed import Distributed
+from benchmarks.errors import UsageError
 from benchmarks.evaluation import ConfusionMatrix, class_probabilities
 from benchmarks.files import file_sha256
 from benchmarks.networks import build_trained
@@ -44,7 +45,7 @@ def candidates(grid: dict[str, Sequence[float]], fixed: CRFParams) -> list[CRFPa
     so that points sharing an appearance kernel (θα, θβ) are adjacent."""
     unknown = set(grid) - set(SEARCHED)
     if unknown or not all(grid.get(name) for name in SEARCHED):
-        raise ValueError(f"a CRF search grid needs values for {SEARCHED}, got {sorted(grid)}")
+        raise UsageError(f"a CRF search grid needs values for {SEARCHED}, got {sorted(grid)}")
     return [dataclasses.replace(fixed, theta_alpha=ta, theta_beta=tb, w1=w1)
             for ta, tb, w1 in itertools.product(grid["theta_alpha"], grid["theta_beta"], grid["w1"])]
 

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from benchmarks.errors import UsageError
+
 __all__ = ["PRECISIONS", "Distributed", "ShardSampler", "effective_precision", "precision_path"]
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -53,7 +55,7 @@ class Distributed:
 def effective_precision(device: torch.device, precision: str) -> str:
     """What ``precision`` is on ``device``: a CPU has no TF32, so ``tf32`` there is ``fp32``."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
+        raise UsageError(f"unknown precision {precision!r}; known: {', '.join(PRECISIONS)}")
     return "fp32" if precision == "tf32" and device.type != "cuda" else precision
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from benchmarks.data.datasets import SegmentationDataset
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, DataError, VOCSplit, read_label
 from benchmarks.distributed import Distributed, ShardSampler, precision_path
+from benchmarks.errors import MethodError
 from benchmarks.progress import bar
 
 __all__ = ["ConfusionMatrix", "Evaluation", "check_complete", "class_probabilities", "evaluate",
@@ -45,7 +46,7 @@ class ConfusionMatrix:
         the image (for a batch, pass one call per image or none) so it can be checked."""
         if prediction.shape != target.shape:
             where = f" of image {image_id}" if image_id else ""
-            raise ValueError(
+            raise DataError(
                 f"prediction{where} has shape {tuple(prediction.shape)} but its ground truth has "
                 f"{tuple(target.shape)}: predictions must be at full label resolution"
             )
@@ -57,7 +58,7 @@ class ConfusionMatrix:
         if bool(bad_target.any()) or bool(bad_prediction.any()):
             which = "ground truth" if bool(bad_target.any()) else "prediction"
             values = torch.unique(target[bad_target] if which == "ground truth" else prediction[bad_prediction])
-            raise ValueError(
+            raise DataError(
                 f"{which}{' of image ' + image_id if image_id else ''} has label values {values.tolist()[:10]} "
                 f"outside 0..{self.num_classes - 1} (and {self.ignore_index} = ignore in ground truth)"
             )
@@ -114,7 +115,7 @@ def metrics_from_counts(summed: np.ndarray) -> dict[str, object]:
     intersection, gt = summed[0].astype(np.float64), summed[1].astype(np.float64)
     total = gt.sum()
     if total == 0:
-        raise ValueError("no labelled pixel was scored: every ground-truth pixel is ignore (255)")
+        raise DataError("no labelled pixel was scored: every ground-truth pixel is ignore (255)")
     iou = iou_from_counts(summed)
     with np.errstate(divide="ignore", invalid="ignore"):
         class_acc = intersection / gt
@@ -199,7 +200,7 @@ def evaluate(model: nn.Module, split: VOCSplit, dist_info: Distributed,
                 probs = refine(image, probs)
             prediction = probs.argmax(0)
             if prediction.shape != label.shape:
-                raise ValueError(f"the prediction of image {image_id} is {tuple(prediction.shape)} but its label is "
+                raise MethodError(f"the prediction of image {image_id} is {tuple(prediction.shape)} but its label is "
                                  f"{tuple(label.shape)}: predictions must be at full label resolution")
             if on_prediction is not None:
                 on_prediction(image_id, prediction)

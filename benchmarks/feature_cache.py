@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from benchmarks.data.voc import IGNORE_INDEX
 from benchmarks.progress import bar
+from methods.errors import SegreproError
 
 __all__ = ["CACHE_VERSION", "LABEL_STRIDE", "TILE_UNITS", "CacheTooLarge", "ImageFeatures", "TileFeatures",
            "cache_bytes", "image_feature_cache", "tile_feature_cache", "tile_labels"]
@@ -42,7 +43,7 @@ TILE_UNITS = 66  # fyu/dilation docs/training.md: --label_shape 66 66 (900 x 900
 LABEL_STRIDE = 8
 
 
-class CacheTooLarge(OSError):
+class CacheTooLarge(SegreproError, OSError):
     """The disk under the cache cannot hold the features; the message gives sizes and the fix."""
 
 

@@ -14,15 +14,18 @@ from typing import BinaryIO
 
 import torch
 
+from benchmarks.errors import UsageError, WeightsError
+from methods.errors import SegreproError
+
 __all__ = ["DamagedFile", "OutsideRoot", "check_finite", "check_output", "file_sha256", "load_torch", "process_alive",
            "save_torch", "under", "write_atomic", "write_bytes_atomic"]
 
 
-class DamagedFile(ValueError):
+class DamagedFile(SegreproError, ValueError):
     """A file the harness wrote that no longer reads (cut short, overwritten); the message says what to do."""
 
 
-class OutsideRoot(ValueError):
+class OutsideRoot(SegreproError, ValueError):
     """A name (record field, registered method, split id, option value) that would make a path leave its root."""
 
 
@@ -40,11 +43,11 @@ def check_output(out: Path, inputs: list[Path], option: str = "--out") -> None:
     """Refuse, before any work, an output that is one of the command's inputs or exists and is not a
     regular file: the atomic rename would replace it (a source file, a device node)."""
     if out.exists() and not out.is_file():
-        raise ValueError(f"{option} {out} exists and is not a regular file; name a new .pt file")
+        raise UsageError(f"{option} {out} exists and is not a regular file; name a new .pt file")
     target = out.resolve()
     for source in inputs:
         if target == Path(source).resolve():
-            raise ValueError(f"{option} {out} is the input {source}: writing it would replace the input; name "
+            raise UsageError(f"{option} {out} is the input {source}: writing it would replace the input; name "
                              "another file")
 
 
@@ -53,7 +56,7 @@ def check_finite(state: dict[str, object], source: object) -> None:
     for name, value in state.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
-            raise ValueError(f"weights {source}: tensor {name} holds {bad} NaN/inf values; these weights cannot be "
+            raise WeightsError(f"weights {source}: tensor {name} holds {bad} NaN/inf values; these weights cannot be "
                              "used (retrain, or convert the source again)")
 
 

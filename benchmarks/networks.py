@@ -18,14 +18,16 @@ from torch import nn
 
 import methods
 from benchmarks.data.voc import NUM_CLASSES
+from benchmarks.errors import RecipeError, WeightsError
 from benchmarks.files import check_finite, load_torch, process_alive, under
 from benchmarks.recipes import Recipe
+from methods.errors import SegreproError
 
 __all__ = ["RunLocked", "architecture_recipe", "build_model", "build_trained", "load_weights", "parameter_shapes",
            "run_folder", "run_lock", "staged_head_prefix"]
 
 
-class RunLocked(RuntimeError):
+class RunLocked(SegreproError, RuntimeError):
     """Another live process is running the same run (same folder)."""
 
 
@@ -89,11 +91,11 @@ def build_model(recipe: Recipe, dependency_weights: Path | None = None) -> nn.Mo
                            **dict(recipe.builder_options))
     if recipe.init_from is not None:
         if dependency_weights is None:
-            raise ValueError(f"recipe {recipe.method} starts from {recipe.init_from}: pass its trained weights")
+            raise RecipeError(f"recipe {recipe.method} starts from {recipe.init_from}: pass its trained weights")
         state, target = load_weights(dependency_weights), model.state_dict()
         taken = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
         if not taken:
-            raise ValueError(f"{dependency_weights} shares no tensor with {recipe.method}")
+            raise WeightsError(f"{dependency_weights} shares no tensor with {recipe.method}")
         model.load_state_dict(taken, strict=False)
         model.weights_source = f"{model.weights_source}; then {len(taken)} tensors from trained {recipe.init_from}"
     if recipe.dropout is not None:

@@ -18,14 +18,11 @@ from dataclasses import dataclass
 import methods
 from benchmarks.crf.dense_crf import NORMALISATIONS, CRFParams
 from benchmarks.distributed import PRECISIONS
+from benchmarks.errors import RecipeError
 from benchmarks.validate import is_finite_number, is_whole_number
 
 __all__ = ["CRF_STAGE_METHODS", "MAIN_COMMAND_CRFRNN", "MAIN_COMMAND_METHODS", "PROFILES", "Recipe", "RecipeError",
            "apply_overrides", "get_recipe", "paper_weights", "recipe_from_record", "recipe_methods"]
-
-
-class RecipeError(ValueError):
-    """An unknown method, profile or override key, a value of the wrong type or out of range."""
 
 
 def _positive(value: object) -> bool:

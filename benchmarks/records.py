@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import methods
 from benchmarks.files import under, write_atomic, write_bytes_atomic
 from benchmarks.record_schema import record_problem
+from methods.errors import SegreproError
 
 __all__ = ["PROTOCOL_VERSION", "RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records",
            "read_record", "record_path", "scan_records", "software_summary", "weights_summary", "write_record"]
@@ -27,11 +29,11 @@ LOCK_FILE = REPOSITORY / "uv.lock"
 RECORDED_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "pydensecrf2")
 
 
-class RecordExists(FileExistsError):
+class RecordExists(SegreproError, FileExistsError):
     pass
 
 
-class RecordError(ValueError):
+class RecordError(SegreproError, ValueError):
     """A file under ``results/records`` that does not read as a record."""
 
 
@@ -130,6 +132,20 @@ def hardware(device: torch.device, world_size: int) -> dict[str, object]:
             "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "torch": torch.__version__,
             "python": platform.python_version(), "host": platform.node()}
+
+
+def new_record(*, target: str, base_method: str, architecture: str, fields: dict[str, object], seed: int,
+               device: torch.device, world_size: int, wall_time: dict[str, float], metrics: dict[str, object],
+               comparable: bool, reason: str) -> dict[str, object]:
+    """A record: what every record states (schema and protocol version, the target, its method and
+    paper, the code, software and hardware, time, metrics and comparability) around ``fields``,
+    what this kind of run states (``run``'s training, ``score``'s released weights)."""
+    entry = methods.get_entry(architecture)
+    return {"schema": 2, "protocol_version": PROTOCOL_VERSION, "method": target, "base_method": base_method,
+            "paper": entry.paper, **({"method_details": entry.details} if entry.details else {}), **fields,
+            "seed": seed, "git": git_commit(), "environment": environment(), "hardware": hardware(device, world_size),
+            "wall_time_s": wall_time, "metrics": metrics, "comparable_to_paper": comparable,
+            "comparable_reason": reason}
 
 
 def write_record(path: Path, record: dict[str, object], counts: np.ndarray, image_ids: list[str],
@@ -241,7 +257,7 @@ def _read_counts(record: Path) -> tuple[list[str], np.ndarray]:
         with np.load(counts) as data:
             return data["image_ids"].tolist(), data["counts"]
     except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"its counts {counts.name} do not read ({type(error).__name__})") from None
+        raise RecordError(f"its counts {counts.name} do not read ({type(error).__name__})") from None
 
 
 def load_counts(record: Path) -> tuple[list[str], np.ndarray]:

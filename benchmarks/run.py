@@ -37,16 +37,7 @@ from benchmarks.recipes import (
     apply_overrides,
     get_recipe,
 )
-from benchmarks.records import (
-    PROTOCOL_VERSION,
-    TORCHVISION_WEIGHTS,
-    environment,
-    git_commit,
-    hardware,
-    read_record,
-    record_path,
-    write_record,
-)
+from benchmarks.records import TORCHVISION_WEIGHTS, new_record, read_record, record_path, write_record
 from benchmarks.train import train
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
@@ -372,14 +363,7 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
             wall_time: dict[str, float]) -> dict[str, object]:
     comparable, reason = _comparable(source, recipe, plan.overrides, overlap)
     identity = run_identity(plan, source, recipe.method, seed)
-    entry = methods.get_entry(recipe.architecture)
-    return {
-        "schema": 2,
-        "protocol_version": PROTOCOL_VERSION,
-        "method": target,
-        "base_method": recipe.method,
-        "paper": entry.paper,
-        **({"method_details": entry.details} if entry.details else {}),
+    fields = {
         "profile": recipe.profile,
         "dataset": source.facts(recipe.eval_split),
         "train_dataset": source.facts(recipe.train_split),
@@ -397,12 +381,7 @@ def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan
         "overrides": list(plan.overrides),
         "crf": asdict(crf) if crf else None,
         "precision": effective_precision(dist_info.device, recipe.precision),
-        "seed": seed,
-        "git": git_commit(),
-        "environment": environment(),
-        "hardware": hardware(dist_info.device, dist_info.world_size),
-        "wall_time_s": wall_time,
-        "metrics": result.metrics,
-        "comparable_to_paper": comparable,
-        "comparable_reason": reason,
     }
+    return new_record(target=target, base_method=recipe.method, architecture=recipe.architecture, fields=fields,
+                      seed=seed, device=dist_info.device, world_size=dist_info.world_size, wall_time=wall_time,
+                      metrics=result.metrics, comparable=comparable, reason=reason)

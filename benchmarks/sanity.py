@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from methods.errors import SegreproError
+
 __all__ = ["SanityGate", "SuspiciousLoss"]
 
 FIRST_LOSS_TOLERANCE = 0.5
@@ -25,7 +27,7 @@ FLAT_AFTER = 100
 """The flat-loss check waits for the first checkpoint at least this many iterations in."""
 
 
-class SuspiciousLoss(RuntimeError):
+class SuspiciousLoss(SegreproError, RuntimeError):
     """The loss says the run is not what its recipe meant; the message names the likely cause."""
 
 

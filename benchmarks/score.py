@@ -12,16 +12,19 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from torch import nn
+
 import methods
 from benchmarks.convert_caffe import create_with_options
 from benchmarks.crf.dense_crf import CRFParams, dense_crf
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.distributed import Distributed
+from benchmarks.errors import UsageError, WeightsError
 from benchmarks.evaluation import evaluate
 from benchmarks.files import check_finite, file_sha256, load_torch
 from benchmarks.predictions import PredictionWriter
 from benchmarks.recipes import RecipeError, get_recipe
-from benchmarks.records import PROTOCOL_VERSION, environment, git_commit, hardware, record_path, write_record
+from benchmarks.records import new_record, record_path, write_record
 from benchmarks.run import CRF_SUFFIX
 from methods.common import TORCHVISION_VGG
 
@@ -38,7 +41,7 @@ def architecture(name: str) -> str:
     try:
         return get_recipe(name, "paper").architecture
     except RecipeError:
-        raise ValueError(f"{name!r} is neither a registered method ({', '.join(methods.list_methods())}) nor a "
+        raise UsageError(f"{name!r} is neither a registered method ({', '.join(methods.list_methods())}) nor a "
                          "recipe (`list`)") from None
 
 
@@ -54,7 +57,7 @@ def _model(method: str, weights: Path, options: dict[str, object], convention: s
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
-        raise ValueError(f"weights {weights} do not fit {method} built with {options or 'its defaults'}: missing "
+        raise WeightsError(f"weights {weights} do not fit {method} built with {options or 'its defaults'}: missing "
                          f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]} (convert a caffemodel "
                          f"with `convert-caffe FILE --method {method}`, or pass the builder's --option KEY=VALUE)")
     model.load_state_dict(state)
@@ -85,7 +88,7 @@ def score_weights(method: str, weights: Path, source: DatasetSource, *, split: s
     predicted, and no record is written (``None`` is returned)."""
     voc_split = source.split(split)
     if not voc_split.labelled and save_predictions is None:
-        raise ValueError(f"split {split!r} has no labels, so it cannot be scored: pass --save-predictions OUT to write "
+        raise UsageError(f"split {split!r} has no labels, so it cannot be scored: pass --save-predictions OUT to write "
                          "its predictions for the VOC evaluation server")
     model = _model(method, weights, dict(options or {}), convention).to(dist_info.device)
     sha = file_sha256(weights)
@@ -100,13 +103,22 @@ def score_weights(method: str, weights: Path, source: DatasetSource, *, split: s
     if not dist_info.is_main or result.metrics is None:
         return None
     target = f"{method}{CRF_SUFFIX}" if crf else method
+    record = _released_record(target, method, weights, sha, source, split=split, model=model, options=options,
+                              conditions=conditions, crf=params, crf_backend=crf_backend, dist_info=dist_info,
+                              seconds=seconds, metrics=result.metrics)
+    path = record_path(results, RELEASED_PROFILE, source.name, target, 0, key=sha[:12])
+    write_record(path, record, result.counts, result.image_ids, overwrite=True)
+    progress(f"{target} ({weights.name}): mIoU {100 * result.metrics['miou']:.2f} on {split} -> {path}")
+    return path
+
+
+def _released_record(target: str, method: str, weights: Path, sha: str, source: DatasetSource, *, split: str,
+                     model: nn.Module, options: dict[str, object] | None, conditions: dict[str, bool] | None,
+                     crf: CRFParams | None, crf_backend: str, dist_info: Distributed, seconds: float,
+                     metrics: dict[str, object]) -> dict[str, object]:
+    """The record of released weights scored with the published test procedure (profile ``released``)."""
     comparable = source.comparable_to_paper
-    record = {
-        "schema": 2,
-        "protocol_version": PROTOCOL_VERSION,
-        "method": target,
-        "base_method": method,
-        "paper": methods.get_entry(architecture(method)).paper,
+    fields = {
         "profile": RELEASED_PROFILE,
         "dataset": source.facts(split),
         "train_dataset": None,
@@ -120,19 +132,11 @@ def score_weights(method: str, weights: Path, source: DatasetSource, *, split: s
         "train_eval_overlap": None,
         "recipe": None,
         "overrides": [],
-        "crf": asdict(params) if params else None,
-        "crf_backend": crf_backend if params else None,
-        "seed": 0,
-        "git": git_commit(),
-        "environment": environment(),
-        "hardware": hardware(dist_info.device, dist_info.world_size),
-        "wall_time_s": {"train": 0.0, "evaluate": round(seconds, 1)},
-        "metrics": result.metrics,
-        "comparable_to_paper": comparable,
-        "comparable_reason": "released weights, published test procedure, real VOC 2012" if comparable else
-                             "embedded generated dataset, not PASCAL VOC",
+        "crf": asdict(crf) if crf else None,
+        "crf_backend": crf_backend if crf else None,
     }
-    path = record_path(results, RELEASED_PROFILE, source.name, target, 0, key=sha[:12])
-    write_record(path, record, result.counts, result.image_ids, overwrite=True)
-    progress(f"{target} ({weights.name}): mIoU {100 * result.metrics['miou']:.2f} on {split} -> {path}")
-    return path
+    return new_record(target=target, base_method=method, architecture=architecture(method), fields=fields, seed=0,
+                      device=dist_info.device, world_size=dist_info.world_size,
+                      wall_time={"train": 0.0, "evaluate": round(seconds, 1)}, metrics=metrics, comparable=comparable,
+                      reason="released weights, published test procedure, real VOC 2012" if comparable else
+                      "embedded generated dataset, not PASCAL VOC")

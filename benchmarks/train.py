@@ -32,12 +32,13 @@ from benchmarks.networks import build_model
 from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe, RecipeError
 from benchmarks.sanity import SanityGate
+from methods.errors import SegreproError
 
 __all__ = ["TrainedPart", "TrainingError", "build_optimizer", "set_learning_rate", "train", "training_step",
            "training_transform"]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SegreproError, RuntimeError):
     """A run that cannot go on (NaN loss, exploding gradients); the message says what to change."""
 
 
@@ -64,7 +65,7 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
     if recipe.optimizer == "adam":
         return torch.optim.Adam(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999))
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; use sgd or adam")
+    raise RecipeError(f"unknown optimizer {recipe.optimizer!r}; use sgd or adam")
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, recipe: Recipe, iteration: int) -> None:
@@ -90,7 +91,7 @@ def learning_rate(recipe: Recipe, iteration: int) -> float:
         return recipe.lr * recipe.gamma ** (iteration // recipe.step_size)
     if recipe.schedule == "poly":
         return recipe.lr * (1 - iteration / recipe.iterations) ** recipe.poly_power
-    raise ValueError(f"unknown schedule {recipe.schedule!r}; use fixed, step or poly")
+    raise RecipeError(f"unknown schedule {recipe.schedule!r}; use fixed, step or poly")
 
 
 class _PlannedBatches(Sampler[list[tuple[int, int]]]):
@@ -134,7 +135,7 @@ class _SeededAugmentation(Dataset):
 def _stack(batch: list[tuple[torch.Tensor, torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor]:
     shapes = {tuple(image.shape) for image, _, _ in batch}
     if len(shapes) > 1:
-        raise ValueError(f"images of one batch differ in size ({sorted(shapes)[:3]}); set a crop in the recipe "
+        raise RecipeError(f"images of one batch differ in size ({sorted(shapes)[:3]}); set a crop in the recipe "
                          "(--set crop=N) or use batch_size=1")
     return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
 
@@ -242,7 +243,7 @@ class TrainedPart(nn.Module):
         if self.tiles:
             scores = getattr(self.network, "training_form", self.network)(inputs)
             if scores.shape[-2:] != labels.shape[-2:]:
-                raise ValueError(f"the head maps {tuple(inputs.shape[-2:])} tile features to "
+                raise RecipeError(f"the head maps {tuple(inputs.shape[-2:])} tile features to "
                                  f"{tuple(scores.shape[-2:])} scores, not the {tuple(labels.shape[-2:])} labels; "
                                  "set tile_features=false")
             return scores
@@ -256,7 +257,7 @@ class TrainedPart(nn.Module):
         if self.padded_crops:
             scores = self.network.score_map_of_padded(images)
             if scores.shape[-2:] != labels.shape[-2:]:
-                raise ValueError(f"score map {tuple(scores.shape[-2:])} of a {tuple(images.shape[-2:])} padded crop "
+                raise RecipeError(f"score map {tuple(scores.shape[-2:])} of a {tuple(images.shape[-2:])} padded crop "
                                  f"does not match the {tuple(labels.shape[-2:])} labels")
             return scores
         return self.network(images)

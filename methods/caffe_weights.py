@@ -107,8 +107,8 @@ def _fit(array: np.ndarray, shape: torch.Size, layer: SourceLayer, what: str) ->
     inner_product = (layer.type == "InnerProduct" and len(target) == 4 and len(squeezed) == 2
                      and squeezed[0] == target[0] and squeezed[1] == int(np.prod(target[1:])))
     if squeezed != target_squeezed and not inner_product:
-        raise ValueError(f"Caffe layer {layer.name} ({layer.type}) {what} has shape {stored}; the model's is {target} "
-                         "(is the model built with the source's width and number of classes?)")
+        raise CaffeModelError(f"Caffe layer {layer.name} ({layer.type}) {what} has shape {stored}; the model's is "
+                              f"{target} (is the model built with the source's width and number of classes?)")
     return torch.from_numpy(np.array(array, dtype=np.float32)).reshape(target)
 
 
@@ -121,18 +121,18 @@ def _fixed_layer_reason(layer: SourceLayer, module: nn.Module) -> str:
         expected[np.arange(channels), np.arange(channels)] = bilinear_kernel(kernel).numpy()
         blob = layer.arrays[0] if len(layer.arrays) == 1 else None
         if blob is None or blob.size != expected.size:
-            raise ValueError(f"Caffe layer {layer.name} has blobs {[a.shape for a in layer.arrays]}; the fixed "
+            raise CaffeModelError(f"Caffe layer {layer.name} has blobs {[a.shape for a in layer.arrays]}; the fixed "
                              f"bilinear upsampling takes one {(channels, channels, kernel, kernel)} kernel")
         deviation = float(np.abs(blob.reshape(expected.shape) - expected).max())
         if deviation > 1e-6:
-            raise ValueError(f"Caffe layer {layer.name} is not the fixed per-class bilinear kernel (max deviation "
+            raise CaffeModelError(f"Caffe layer {layer.name} is not the fixed per-class bilinear kernel (max deviation "
                              f"{deviation:.3g}): its upsampling was learned, which this model's fixed bilinear "
                              "deconvolution (FCN Sec 3.3) cannot hold")
         return "fixed bilinear deconvolution (FCN Sec 3.3): the blob equals the kernel the model computes"
     factor = module.factor
     values = np.unique(np.concatenate([a.ravel() for a in layer.arrays]))
     if len(values) != 1 or not np.isclose(values[0], factor, rtol=1e-6, atol=0):
-        raise ValueError(f"Caffe layer {layer.name} scales by {values[:4].tolist()}; this model's {layer.name} by "
+        raise CaffeModelError(f"Caffe layer {layer.name} scales by {values[:4].tolist()}; this model's {layer.name} by "
                          f"{factor:g} (voc-fcn8s-atonce's fixed scales need fcn8s built with at_once=True)")
     return f"fixed scale x{factor:g} (voc-fcn8s-atonce), a constant of the model"
 
@@ -170,7 +170,7 @@ def caffe_state_dict(model: nn.Module, layers: list[SourceLayer], source: str) -
             continue
         expected = ["weight"] + (["bias"] if module.bias is not None else [])
         if len(layer.arrays) != len(expected):
-            raise ValueError(f"Caffe layer {layer.name} has {len(layer.arrays)} blobs; {path} takes {expected}")
+            raise CaffeModelError(f"Caffe layer {layer.name} has {len(layer.arrays)} blobs; {path} takes {expected}")
         for kind, array in zip(expected, layer.arrays, strict=True):
             key = f"{path}.{kind}"
             state[key] = _fit(array, state[key].shape, layer, kind)
@@ -216,11 +216,11 @@ def load_caffe_init(model: nn.Module, init: CaffeInit, weights_path: str | os.Pa
                                 f"'Caffe weights') and give its path as weights_path= or in ${init.env_var}")
     state, report = caffe_state_dict(model, read_caffe_source(path), str(path))
     if report.unmapped:
-        raise ValueError(f"layers of {path} that no layer of {type(model).__name__} takes: {report.unmapped}; is it "
-                         f"{init.file_name}?")
+        raise CaffeModelError(f"layers of {path} that no layer of {type(model).__name__} takes: {report.unmapped}; "
+                              f"is it {init.file_name}?")
     missing = [name for name in trunk if f"{name}.weight" not in report.mapped]
     if missing:
-        raise ValueError(f"{path} lacks {missing}; is it {init.file_name}?")
+        raise CaffeModelError(f"{path} lacks {missing}; is it {init.file_name}?")
     model.load_state_dict(state)
     model.load_report = report
     model.input_convention = model.paper_input_convention

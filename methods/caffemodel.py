@@ -28,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SegreproError
+
 __all__ = ["V1_LAYER_TYPES", "CaffeBlob", "CaffeLayer", "CaffeModelError", "read_caffemodel"]
 
 
-class CaffeModelError(ValueError):
+class CaffeModelError(SegreproError, ValueError):
     """A file that does not decode as a Caffe ``NetParameter`` (truncated, corrupt, another format)."""
 
 

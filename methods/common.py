@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import MethodError
+
 __all__ = [
     "CAFFE_VGG",
     "TORCHVISION_VGG",
@@ -116,7 +118,7 @@ class SegmentationModel(nn.Module):
 def scaled_channels(channels: int, width: float) -> int:
     """``channels`` scaled by ``width`` (at least 1): the reduced-width option of the CPU profile."""
     if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
+        raise MethodError(f"width must be positive, got {width}")
     return max(1, round(channels * width))
 
 
@@ -161,7 +163,7 @@ class Crop(nn.Module):
         h, w = reference.shape[-2], reference.shape[-1]
         o = self.offset
         if x.shape[-2] < o + h or x.shape[-1] < o + w:
-            raise ValueError(
+            raise MethodError(
                 f"cannot crop {h}x{w} at offset {o} from a {x.shape[-2]}x{x.shape[-1]} map; "
                 "the input is too small for this network"
             )
@@ -223,7 +225,7 @@ class CaffeZoom(CaffeInterp):
         height, width = reference.shape[-2], reference.shape[-1]
         rows, columns = x.shape[-2], x.shape[-1]
         if (height - 1) > self.zoom * rows or (width - 1) > self.zoom * columns:
-            raise ValueError(f"a {rows}x{columns} score map zoomed x{self.zoom} cannot cover {height}x{width}")
+            raise MethodError(f"a {rows}x{columns} score map zoomed x{self.zoom} cannot cover {height}x{width}")
         x = F.pad(x, (0, 1, 0, 1), mode="replicate")
         size = (self.zoom * rows + 1, self.zoom * columns + 1)
         return F.interpolate(x, size=size, mode="bilinear", align_corners=True)[..., :height, :width]
@@ -240,7 +242,7 @@ def reflect_pad_101(x: torch.Tensor, top: int, bottom: int, left: int, right: in
     while any(pads):
         h, w = x.shape[-2], x.shape[-1]
         if min(h, w) < 2:
-            raise ValueError(f"cannot reflect-pad a {h}x{w} map")
+            raise MethodError(f"cannot reflect-pad a {h}x{w} map")
         step = [min(p, w - 1) for p in pads[:2]] + [min(p, h - 1) for p in pads[2:]]
         x = F.pad(x, step, mode="reflect")
         pads = [p - s for p, s in zip(pads, step, strict=True)]

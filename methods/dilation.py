@@ -33,6 +33,7 @@ from torch import nn
 
 from .caffe_weights import VGG_CONV
 from .common import CaffeZoom, InputConvention, ReflectPad101, SegmentationModel, reflect_pad_101, scaled_channels
+from .errors import MethodError
 from .pretrained import apply_pretrained
 from .registry import register
 from .vgg import TrunkLayout, add_vgg16_trunk, fc_as_convolutions, run_layers
@@ -133,7 +134,7 @@ class ContextModule(nn.Module):
         buffers = {"zeros": nn.ZeroPad2d(CONTEXT_BUFFER), "reflect": nn.ReflectionPad2d(CONTEXT_BUFFER),
                    "none": nn.Identity()}
         if buffer not in buffers:
-            raise ValueError(f"buffer must be one of {sorted(buffers)}, got {buffer!r}")
+            raise MethodError(f"buffer must be one of {sorted(buffers)}, got {buffer!r}")
         self.buffer = buffers[buffer]
         generator = torch.Generator().manual_seed(seed)
         in_channels = num_classes

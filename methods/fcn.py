@@ -29,6 +29,7 @@ from torch import nn
 
 from .caffe_weights import CAFFE_VGG16
 from .common import BilinearUpsample, Crop, Scale, SegmentationModel, UpsampleCrop, scaled_channels
+from .errors import MethodError
 from .pretrained import apply_pretrained
 from .registry import register
 from .vgg import TrunkLayout, add_vgg16_trunk, fc_as_convolutions, run_layers
@@ -58,7 +59,7 @@ class FCN(SegmentationModel):
     def __init__(self, num_classes: int, score_stride: int, at_once: bool = False, width: float = 1.0) -> None:
         super().__init__()
         if score_stride not in _FINAL_UPSAMPLING:
-            raise ValueError(f"FCN score stride must be 32, 16 or 8, got {score_stride}")
+            raise MethodError(f"FCN score stride must be 32, 16 or 8, got {score_stride}")
         self.score_stride = score_stride
         self.at_once = at_once
         self.blocks = add_vgg16_trunk(self, FCN_LAYOUT, width)

@@ -35,6 +35,7 @@ from torch import nn
 
 from .common import SegmentationModel, UpsampleCrop, scaled_channels
 from .dilation import FrontEnd
+from .errors import MethodError
 from .pretrained import apply_pretrained
 from .registry import register
 from .vgg import fc_as_convolutions
@@ -184,7 +185,7 @@ class MMSegHeadNetwork(SegmentationModel):
                  width: float = 1.0) -> None:
         super().__init__()
         if feature not in FEATURES:
-            raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+            raise MethodError(f"feature must be one of {FEATURES}, got {feature!r}")
         self.feature = feature
         self.frontend = FrontEnd(width, fc=feature == "fc7")
         self.head_config = {"norm_cfg": {"type": "BN", "requires_grad": True}, "align_corners": False,
@@ -210,7 +211,7 @@ class MMSegHeadNetwork(SegmentationModel):
         decode_head.train(training)
         main = output[0] if isinstance(output, tuple | list) else output
         if tuple(main.shape) != (2, num_classes, 13, 11):
-            raise ValueError(f"mmseg head {self.head_config['type']} maps a 13x11 stride-8 feature map to "
+            raise MethodError(f"mmseg head {self.head_config['type']} maps a 13x11 stride-8 feature map to "
                              f"{tuple(main.shape[1:])}, not {num_classes}x13x11: its output stride is not 8; "
                              "this adapter takes heads that keep their input's grid")
         return isinstance(output, tuple | list)
@@ -239,11 +240,11 @@ def register_mmseg_head(name: str, head_cfg: dict[str, object], feature: str = "
     are set here, ``norm_cfg`` defaults to BN). mmsegmentation is imported, and the head's output
     stride checked, when the method is built."""
     if not _SAFE_NAME.fullmatch(name):
-        raise ValueError(f"method name {name!r} must be a plain folder name (letters, digits, _ . -)")
+        raise MethodError(f"method name {name!r} must be a plain folder name (letters, digits, _ . -)")
     if feature not in FEATURES:
-        raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+        raise MethodError(f"feature must be one of {FEATURES}, got {feature!r}")
     if "type" not in head_cfg:
-        raise ValueError(f"head_cfg of {name!r} needs a 'type' (an mmsegmentation decode head, e.g. 'ASPPHead')")
+        raise MethodError(f"head_cfg of {name!r} needs a 'type' (an mmsegmentation decode head, e.g. 'ASPPHead')")
     frozen = copy.deepcopy(head_cfg)
 
     def builder(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,

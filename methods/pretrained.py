@@ -8,6 +8,7 @@ import os
 from torch import nn
 
 from .caffe_weights import CaffeInit, load_caffe_init
+from .errors import MethodError
 from .vgg import CONV_NAMES, FcSurgery, load_vgg16_imagenet, resolve_vgg16_state_dict
 
 __all__ = ["apply_pretrained"]
@@ -34,10 +35,10 @@ def apply_pretrained(
     trunk = [prefix + name for name in CONV_NAMES] + [prefix + target.rsplit(".", 1)[0]
                                                      for target, _ in fc_surgery.values()]
     if pretrained not in (True, False, "caffe", "torchvision"):
-        raise ValueError(f"pretrained must be 'caffe', 'torchvision' (True) or False, got {pretrained!r}")
+        raise MethodError(f"pretrained must be 'caffe', 'torchvision' (True) or False, got {pretrained!r}")
     if pretrained == "caffe":  # the file's shapes are asserted layer by layer (a reduced-width file fits too)
         if caffe_init is None:
-            raise ValueError(f"{type(model).__name__} names no Caffe init model; use pretrained='torchvision'")
+            raise MethodError(f"{type(model).__name__} names no Caffe init model; use pretrained='torchvision'")
         load_caffe_init(model, caffe_init, weights_path, list(dict.fromkeys(trunk)))
         return
     if not pretrained:
@@ -48,10 +49,10 @@ def apply_pretrained(
         model.weights_source = "random initialisation (He normal trunk; no ImageNet weights)"
         return
     if width != 1.0:
-        raise ValueError(f"pretrained={pretrained!r} needs width=1 (got width={width}): ImageNet VGG-16 has full "
+        raise MethodError(f"pretrained={pretrained!r} needs width=1 (got width={width}): ImageNet VGG-16 has full "
                          "widths")
     state, source = resolve_vgg16_state_dict(weights_path)
     model.load_report = load_vgg16_imagenet(model, state, fc_surgery, source, prefix, dropped)
     if model.load_report.unmapped:
-        raise ValueError(f"tensors of {source} that no layer takes: {model.load_report.unmapped}")
+        raise MethodError(f"tensors of {source} that no layer takes: {model.load_report.unmapped}")
     model.weights_source = f"ImageNet VGG-16 ({source})"

@@ -15,6 +15,7 @@ from torch import nn
 
 from .caffe_weights import CaffeInit
 from .common import SegmentationModel
+from .errors import MethodError
 
 __all__ = ["MethodEntry", "create", "get_entry", "list_methods", "register"]
 
@@ -47,14 +48,14 @@ def register(name: str, *, paper: str, caffe_init: CaffeInit | None = None,
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
-            raise ValueError(
+            raise MethodError(
                 f"method {name!r} is already registered (by {_REGISTRY[name].builder.__module__}."
                 f"{_REGISTRY[name].builder.__qualname__}); pick another name"
             )
         if "+" in name:
-            raise ValueError(f"method name {name!r} may not contain '+': '+crf' marks a post-processing variant")
+            raise MethodError(f"method name {name!r} may not contain '+': '+crf' marks a post-processing variant")
         if not _PLAIN_NAME.fullmatch(name) or ".." in name:
-            raise ValueError(f"method name {name!r} is not a plain name: it names folders of runs and records, so use "
+            raise MethodError(f"method name {name!r} is not a plain name: it names folders of runs and records, so use "
                              "letters, digits, '_', '-' and '.' only (no '/', no '..', not starting with '.' or '-')")
         _REGISTRY[name] = MethodEntry(name=name, builder=builder, paper=paper, caffe_init=caffe_init,
                                       details=dict(details or {}))
@@ -78,7 +79,7 @@ def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
     entry = get_entry(name)
     model = entry.builder(num_classes=num_classes, **options)
     if not isinstance(model, SegmentationModel):
-        raise ValueError(f"the builder of method {name!r} ({entry.builder.__module__}.{entry.builder.__qualname__}) "
+        raise MethodError(f"the builder of method {name!r} ({entry.builder.__module__}.{entry.builder.__qualname__}) "
                          f"returned {type(model).__name__}, not a methods.SegmentationModel; subclass it (see the "
                          "README's 'Adding your own method')")
     return model

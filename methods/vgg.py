@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .common import scaled_channels
+from .errors import MethodError, SegreproError
 
 __all__ = [
     "TORCHVISION_VGG16_URL",
@@ -123,7 +124,7 @@ def fc_as_convolutions(fc6_kernel: int = 7) -> FcSurgery:
     }
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(SegreproError, RuntimeError):
     """ImageNet VGG-16 weights were asked for but cannot be found or downloaded."""
 
 
@@ -195,7 +196,7 @@ def load_vgg16_imagenet(
             raise KeyError(f"weight map targets {target_name!r}, which {type(model).__name__} does not have")
         value = transform(tensor)
         if value.shape != target[target_name].shape:
-            raise ValueError(
+            raise MethodError(
                 f"{source_name} {tuple(tensor.shape)} -> {target_name}: expected {tuple(target[target_name].shape)}, "
                 f"got {tuple(value.shape)} (is the model built with width=1?)"
             )

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.crf.permutohedral import LatticeStack, PermutohedralLattice
+from benchmarks.errors import CRFParameterError
 from benchmarks.validate import is_finite_number, is_whole_number
 
 __all__ = ["BACKENDS", "NORMALISATIONS", "CRFKernels", "CRFParams", "TorchDenseCRF", "check_inputs", "dense_crf",
@@ -61,14 +62,15 @@ class CRFParams:
             problems.append(("normalisation", " or ".join(NORMALISATIONS)))
         if problems:
             name, allowed = problems[0]
-            raise ValueError(f"CRF parameter {name}={getattr(self, name)!r} is out of range: it must be {allowed}")
+            raise CRFParameterError(f"CRF parameter {name}={getattr(self, name)!r} is out of range: it must be "
+                                    f"{allowed}")
 
     @classmethod
     def from_pairs(cls, pairs: tuple[tuple[str, float | str], ...]) -> CRFParams:
         values = dict(pairs)
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown CRF parameters {sorted(unknown)}")
+            raise CRFParameterError(f"unknown CRF parameters {sorted(unknown)}")
         if "iterations" in values and float(values["iterations"]).is_integer():  # recipes hold floats: 10.0
             values["iterations"] = int(values["iterations"])
         return cls(**values)

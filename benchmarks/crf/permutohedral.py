@@ -26,6 +26,8 @@ from collections.abc import Iterator
 
 import torch
 
+from benchmarks.errors import CRFParameterError
+
 __all__ = ["LatticeStack", "PermutohedralLattice"]
 
 _MAX_CODE = 2**62
@@ -135,7 +137,8 @@ class PermutohedralLattice:
         keys = [(corner[i] + remainder - (d + 1) * (rank[i] > d - remainder)).reshape(-1) for i in range(d)]
         radix = _radix(keys + segment, d + 1)
         if radix is None:
-            raise ValueError("features span too large a lattice (kernel widths far smaller than the feature range)")
+            raise CRFParameterError("features span too large a lattice (kernel widths far smaller than the feature "
+                                    "range)")
         codes, vertex = torch.unique(_code(keys + segment, radix), sorted=False, return_inverse=True)
         self.num_vertices = vertices = int(codes.numel())
 

@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from benchmarks.data.voc import IGNORE_INDEX
+from benchmarks.errors import RecipeError
 from methods.common import ReflectPad101
 
 __all__ = ["RandomScale", "ReflectPad", "SubsampleLabel", "to_tv_tensors", "train_transform"]
@@ -37,7 +38,7 @@ class RandomScale(v2.Transform):
     def __init__(self, low: float, high: float) -> None:
         super().__init__()
         if not 0 < low <= high:
-            raise ValueError(f"RandomScale needs 0 < low <= high, got {low}, {high}")
+            raise RecipeError(f"RandomScale needs 0 < low <= high, got {low}, {high}")
         self.low, self.high = low, high
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def train_transform(crop: int | None, scale: tuple[float, float] | None = None, 
         steps.append(RandomScale(*scale))
     if margin:
         if crop is None or crop <= 2 * margin or (crop - 2 * margin) % label_factor:
-            raise ValueError(f"a crop of the image padded by {margin} needs crop - {2 * margin} to be a positive "
+            raise RecipeError(f"a crop of the image padded by {margin} needs crop - {2 * margin} to be a positive "
                              f"multiple of {label_factor}, got crop={crop}")
         steps.append(ReflectPad(margin))
     if crop is not None:

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from benchmarks.files import OutsideRoot, under
+from methods.errors import SegreproError
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -70,7 +71,7 @@ IMAGE_FOLDERS = {"coco": "JPEGImagesCOCO"}
 """The image folder of a split whose images are not in ``JPEGImages``."""
 
 
-class DataError(ValueError):
+class DataError(SegreproError, ValueError):
     """A problem with the dataset on disk; the message names the file and the fix."""
 
 
