@@ -136,8 +136,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
               f"written {done.fcn_written}, already there {done.fcn_kept}")
     if args.coco:
         coco = prepare_coco(resolve_voc_root(args.data), args.coco)
-        print(f"{coco.annotation_file}: coco split {coco.kept} images with a VOC category ({coco.skipped} without, "
-              f"skipped); SegmentationClassCOCO written {coco.written}, already there {coco.already_there}")
+        print(coco.summary())
     return 0
 
 
