@@ -123,12 +123,14 @@ class PreparedCOCO:
     skipped: int  # images without one
     crowd_only: int  # of the skipped: images whose VOC objects are all crowd regions
     dropped_polygons: int  # polygons of an odd count or fewer than three points, dropped as detectron2 drops them
+    dropped_instances: int  # instances left without a polygon, dropped with them
     written: int
     already_there: int
 
     def summary(self) -> str:
         dropped = (f"; {self.dropped_polygons} polygons of fewer than three points or an odd count dropped, as "
-                   "detectron2 drops them" if self.dropped_polygons else "")
+                   f"detectron2 drops them, and {self.dropped_instances} instances left without one"
+                   if self.dropped_polygons or self.dropped_instances else "")
         return (f"{self.annotation_file}: coco split {self.kept} images with a VOC category ({self.skipped} without, "
                 f"skipped, {self.crowd_only} of them with VOC crowd regions only{dropped}); SegmentationClassCOCO "
                 f"written {self.written}, already there {self.already_there}")
@@ -161,4 +163,4 @@ def prepare_coco(voc: Path, coco_root: str | os.PathLike[str]) -> PreparedCOCO:
     split_list = voc / "ImageSets" / "Segmentation" / f"{COCO_SPLIT}.txt"
     write_bytes_atomic(split_list, "".join(f"{image.image_id}\n" for image in kept).encode())
     return PreparedCOCO(annotation_file, len(kept), len(found.images) - len(kept), len(with_voc) - len(kept),
-                        found.dropped_polygons, written, already)
+                        found.dropped_polygons, found.dropped_instances, written, already)

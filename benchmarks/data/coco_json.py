@@ -65,7 +65,7 @@ class COCOInstances:
     images: list[COCOImage]  # by id
     instances: dict[int, list[COCOInstance]]  # image id -> its instances of VOC classes, in file order
     dropped_polygons: int  # odd count or fewer than three points (detectron2's rule)
-    dropped_instances: int  # left without a polygon
+    dropped_instances: int  # left without a polygon (or listing none)
 
 
 def _integer(value: object) -> bool:
@@ -184,9 +184,9 @@ def read_coco_instances(path: Path) -> COCOInstances:
         raise DataError(f"{path} holds a JSON {type(content).__name__}, not an object with 'images', 'annotations' "
                         "and 'categories'; pass the folder of instances_train2014.json (or 2017)")
     records = {key: check.records(content, key) for key in ("images", "annotations", "categories")}
-    for key in records:
+    for key, one in (("images", "image"), ("annotations", "annotation"), ("categories", "category")):
         if (twice := _duplicates((r["id"], r["id"]) for r in records[key])) is not None:
-            raise check.fail(f"{key} {twice[0]}", "its id is listed twice")
+            raise check.fail(f"{one} {twice[0]}", "its id is listed twice")
     images = sorted((check.image(r) for r in records["images"]), key=lambda image: image.id)
     if (twice := _duplicates((image.image_id, image.id) for image in images)) is not None:
         raise check.fail(f"images {twice[0]} and {twice[1]}", f"both are the file {twice[2]}.jpg (one label each "
