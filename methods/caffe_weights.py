@@ -97,7 +97,8 @@ def read_caffe_source(path: str | os.PathLike[str]) -> list[SourceLayer]:
     path = Path(path)
     if path.suffix == ".pth":
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist")
+            state = "is not a regular file" if path.exists() else "does not exist"
+            raise FileNotFoundError(f"weights file {path} {state}; give the path of pytorch-fcn's vgg16_from_caffe.pth")
         return _torchvision_layers(path)
     return [SourceLayer(layer.name, layer.type, tuple(blob.array() for blob in layer.blobs))
             for layer in read_caffemodel(path)]

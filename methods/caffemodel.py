@@ -260,7 +260,8 @@ def read_caffemodel(path: str | os.PathLike[str]) -> list[CaffeLayer]:
     views into a read-only memory map of the file (kept open while any view is alive)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"caffemodel {path} does not exist; give the path of a .caffemodel file")
+        state = "is not a regular file" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"caffemodel {path} {state}; give the path of a .caffemodel file")
     with path.open("rb") as file:
         if os.fstat(file.fileno()).st_size == 0:
             raise CaffeModelError(f"{path} is empty; download the caffemodel again")
