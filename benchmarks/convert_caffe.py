@@ -57,6 +57,9 @@ def convert_caffe(source: str | os.PathLike[str], method: str, out: Path,
     if report.unmapped:
         raise CaffeModelError(f"{source}: layers that no tensor of {method} takes: {report.unmapped} (is it a model of "
                          f"{method}? the README's 'Caffe weights' lists which file fits which method)")
+    if not report.mapped:
+        raise CaffeModelError(f"{source} holds no weights for any tensor of {method} (layers with blobs: none that it "
+                              "takes); pass the .caffemodel of a trained network or of its ImageNet init")
     check_finite(state, source)
     save_torch(state, out)
     return report

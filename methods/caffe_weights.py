@@ -39,6 +39,7 @@ __all__ = ["CAFFE_VGG16", "DEEPLAB_INIT", "VGG_CONV", "CaffeInit", "SourceLayer"
            "read_caffe_source"]
 
 IMAGENET_CLASSES = 1000
+_PARAMS = ("weight", "bias")
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,29 @@ def _torchvision_layers(path: Path) -> list[SourceLayer]:
     if not isinstance(state, dict):
         raise CaffeModelError(f"{path} holds a {type(state).__name__}, not a state dict; pass pytorch-fcn's "
                               "vgg16_from_caffe.pth or a .caffemodel")
-    unknown = sorted(k for k in state if k.rsplit(".", 1)[0] not in names)
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CaffeModelError(f"{path} has a key {key!r} of type {type(key).__name__}; a state dict's keys are "
+                                  "tensor names (strings): pass pytorch-fcn's vgg16_from_caffe.pth or a .caffemodel")
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.layout == torch.strided):
+            what = f"{value.dtype} values" if isinstance(value, torch.Tensor) else f"a {type(value).__name__} value"
+            raise CaffeModelError(f"{path}: {key} holds {what}, not a dense floating-point tensor; pass pytorch-fcn's "
+                                  "vgg16_from_caffe.pth (float32 weights) or a .caffemodel")
+    if not state:
+        raise CaffeModelError(f"{path} holds no tensors; pass pytorch-fcn's vgg16_from_caffe.pth or a .caffemodel")
+    unknown = sorted(k for k in state if k.rsplit(".", 1)[0] not in names or k.rsplit(".", 1)[-1] not in _PARAMS)
     if unknown:
         raise CaffeModelError(f"{path} is not in torchvision's vgg16 layout (unknown tensors {unknown[:4]}); "
                               "pass pytorch-fcn's vgg16_from_caffe.pth or a .caffemodel")
     layers = []
     for module, name in names.items():
-        if f"{module}.weight" in state:
+        found = [k for k in _PARAMS if f"{module}.{k}" in state]
+        if found == ["bias"]:
+            raise CaffeModelError(f"{path} has {module}.bias without {module}.weight; pass pytorch-fcn's "
+                                  "vgg16_from_caffe.pth or a .caffemodel")
+        if found:
             kind = "InnerProduct" if module.startswith("classifier") else "Convolution"
-            arrays = tuple(state[f"{module}.{k}"].numpy() for k in ("weight", "bias") if f"{module}.{k}" in state)
+            arrays = tuple(state[f"{module}.{k}"].detach().float().numpy() for k in found)
             layers.append(SourceLayer(name, kind, arrays))
     return layers
 
@@ -82,7 +97,8 @@ def read_caffe_source(path: str | os.PathLike[str]) -> list[SourceLayer]:
     path = Path(path)
     if path.suffix == ".pth":
         if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} does not exist")
+            state = "is not a regular file" if path.exists() else "does not exist"
+            raise FileNotFoundError(f"weights file {path} {state}; give the path of pytorch-fcn's vgg16_from_caffe.pth")
         return _torchvision_layers(path)
     return [SourceLayer(layer.name, layer.type, tuple(blob.array() for blob in layer.blobs))
             for layer in read_caffemodel(path)]
@@ -97,7 +113,7 @@ def _target_module(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
     return found[0] if len(found) == 1 else None
 
 
-def _fit(array: np.ndarray, shape: torch.Size, layer: SourceLayer, what: str) -> torch.Tensor:
+def _fit(array: np.ndarray, shape: torch.Size, layer: SourceLayer, what: str, source: str) -> torch.Tensor:
     """``array`` as a tensor of ``shape``: the same shape up to Caffe's leading 1s (legacy 4-D
     blobs), or an InnerProduct weight made convolutional (FCN Sec 3.1)."""
     stored = tuple(array.shape)
@@ -107,12 +123,13 @@ def _fit(array: np.ndarray, shape: torch.Size, layer: SourceLayer, what: str) ->
     inner_product = (layer.type == "InnerProduct" and len(target) == 4 and len(squeezed) == 2
                      and squeezed[0] == target[0] and squeezed[1] == int(np.prod(target[1:])))
     if squeezed != target_squeezed and not inner_product:
-        raise CaffeModelError(f"Caffe layer {layer.name} ({layer.type}) {what} has shape {stored}; the model's is "
-                              f"{target} (is the model built with the source's width and number of classes?)")
+        raise CaffeModelError(f"{source}: Caffe layer {layer.name} ({layer.type}) {what} has shape {stored}; the "
+                              f"model's is {target} (is the model built with the source's width and number of "
+                              "classes?)")
     return torch.from_numpy(np.array(array, dtype=np.float32)).reshape(target)
 
 
-def _fixed_layer_reason(layer: SourceLayer, module: nn.Module) -> str:
+def _fixed_layer_reason(layer: SourceLayer, module: nn.Module, source: str) -> str:
     """Why a source layer for a parameter-free module (fixed bilinear upsampling, fixed scale) is
     dropped; an error when its blob is not what the module computes."""
     if isinstance(module, BilinearUpsample):
@@ -121,25 +138,29 @@ def _fixed_layer_reason(layer: SourceLayer, module: nn.Module) -> str:
         expected[np.arange(channels), np.arange(channels)] = bilinear_kernel(kernel).numpy()
         blob = layer.arrays[0] if len(layer.arrays) == 1 else None
         if blob is None or blob.size != expected.size:
-            raise CaffeModelError(f"Caffe layer {layer.name} has blobs {[a.shape for a in layer.arrays]}; the fixed "
-                             f"bilinear upsampling takes one {(channels, channels, kernel, kernel)} kernel")
+            raise CaffeModelError(f"{source}: Caffe layer {layer.name} has blobs {[a.shape for a in layer.arrays]}; "
+                                  f"the fixed bilinear upsampling takes one {(channels, channels, kernel, kernel)} "
+                                  "kernel")
         deviation = float(np.abs(blob.reshape(expected.shape) - expected).max())
         if deviation > 1e-6:
-            raise CaffeModelError(f"Caffe layer {layer.name} is not the fixed per-class bilinear kernel (max deviation "
-                             f"{deviation:.3g}): its upsampling was learned, which this model's fixed bilinear "
-                             "deconvolution (FCN Sec 3.3) cannot hold")
+            raise CaffeModelError(f"{source}: Caffe layer {layer.name} is not the fixed per-class bilinear kernel (max "
+                                  f"deviation {deviation:.3g}): its upsampling was learned, which this model's fixed "
+                                  "bilinear deconvolution (FCN Sec 3.3) cannot hold")
         return "fixed bilinear deconvolution (FCN Sec 3.3): the blob equals the kernel the model computes"
     factor = module.factor
     values = np.unique(np.concatenate([a.ravel() for a in layer.arrays]))
     if len(values) != 1 or not np.isclose(values[0], factor, rtol=1e-6, atol=0):
-        raise CaffeModelError(f"Caffe layer {layer.name} scales by {values[:4].tolist()}; this model's {layer.name} by "
-                         f"{factor:g} (voc-fcn8s-atonce's fixed scales need fcn8s built with at_once=True)")
+        raise CaffeModelError(f"{source}: Caffe layer {layer.name} scales by {values[:4].tolist()}; this model's "
+                              f"{layer.name} by {factor:g} (voc-fcn8s-atonce's fixed scales need fcn8s built with "
+                              "at_once=True)")
     return f"fixed scale x{factor:g} (voc-fcn8s-atonce), a constant of the model"
 
 
 def _imagenet_classifier(layer: SourceLayer) -> bool:
     """``fc8`` with 1000 outputs: InnerProduct (1000, in) or legacy (1, 1, 1000, in), or a convolution."""
     weight = layer.arrays[0]
+    if weight.ndim < 2:
+        return False
     outputs = weight.shape[weight.ndim - 2] if layer.type == "InnerProduct" else weight.shape[0]
     return layer.name == "fc8" and outputs == IMAGENET_CLASSES
 
@@ -163,17 +184,18 @@ def caffe_state_dict(model: nn.Module, layers: list[SourceLayer], source: str) -
             continue
         path, module = target
         if isinstance(module, BilinearUpsample | Scale):
-            report.dropped[layer.name] = _fixed_layer_reason(layer, module)
+            report.dropped[layer.name] = _fixed_layer_reason(layer, module, source)
             continue
         if not isinstance(module, nn.Conv2d):
             report.unmapped.append(layer.name)
             continue
         expected = ["weight"] + (["bias"] if module.bias is not None else [])
         if len(layer.arrays) != len(expected):
-            raise CaffeModelError(f"Caffe layer {layer.name} has {len(layer.arrays)} blobs; {path} takes {expected}")
+            raise CaffeModelError(f"{source}: Caffe layer {layer.name} has {len(layer.arrays)} blobs; {path} takes "
+                                  f"{expected}")
         for kind, array in zip(expected, layer.arrays, strict=True):
             key = f"{path}.{kind}"
-            state[key] = _fit(array, state[key].shape, layer, kind)
+            state[key] = _fit(array, state[key].shape, layer, kind, source)
             report.mapped[key] = f"{layer.name}[{expected.index(kind)}]"
     report.initialised = sorted(name for name in state if name not in report.mapped)
     return state, report

@@ -105,7 +105,7 @@ def test_labels_match_an_independent_rasterisation(voc, tmp_path):
     assert (COUCH.sum(), TV.sum(), polygon(BAR).sum()) == (32, 21, 18) and (COUCH & polygon(BAR)).any()
     write_coco(tmp_path / "coco")
     done = prepare_coco(voc, tmp_path / "coco")
-    assert (done.kept, done.skipped, done.written, done.already_there) == (2, 2, 2, 0)
+    assert (done.kept, done.skipped, done.crowd_only, done.written, done.already_there) == (2, 2, 1, 2, 0)
     expected = expected_labels()
     split = VOCSplit(tmp_path, "coco")
     assert split.ids == sorted(expected)
@@ -119,7 +119,8 @@ def test_labels_match_an_independent_rasterisation(voc, tmp_path):
 def test_2014_layout_and_the_cli(voc, tmp_path, capsys):
     write_coco(tmp_path / "coco", layout="2014")
     assert main(["prepare-data", "--data", str(tmp_path), "--coco", str(tmp_path / "coco")]) == 0
-    assert "coco split 2 images with a VOC category (2 without, skipped)" in capsys.readouterr().out
+    assert "coco split 2 images with a VOC category (2 without, skipped, 1 of them with VOC crowd regions only)" \
+        in capsys.readouterr().out
     np.testing.assert_array_equal(read_label(voc / "SegmentationClassCOCO" / "000000000001.png"),
                                   expected_labels()["000000000001"])
 

@@ -22,8 +22,7 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        blobs = "  ".join(
-            f"{'x'.join(map(str, b['shape']))} mean {b['mean']:.6g} std {b['std']:.6g}" for b in row["blobs"]
-        )
+        blobs = "  ".join(f"{'x'.join(map(str, b['shape'])) or 'scalar'} mean {b['mean']:.6g} std {b['std']:.6g}"
+                          for b in row["blobs"])
         print(f"{row['layer']:<20} {row['type']:<16} {blobs}")
     return 0

@@ -49,8 +49,5 @@ def main(args: argparse.Namespace) -> int:
         )
     if args.coco:
         coco = prepare_coco(resolve_voc_root(args.data), args.coco)
-        print(
-            f"{coco.annotation_file}: coco split {coco.kept} images with a VOC category ({coco.skipped} without, "
-            f"skipped); SegmentationClassCOCO written {coco.written}, already there {coco.already_there}"
-        )
+        print(coco.summary())
     return 0

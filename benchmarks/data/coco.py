@@ -14,32 +14,36 @@ Input: the COCO training set in the 2014 layout (``annotations/instances_train20
 
 Rules: the COCO categories are mapped by :data:`COCO_TO_VOC` (the rest by name; every other
 category is background and not drawn). An image is kept when it has at least one non-crowd
-instance of a VOC category. Crowd regions (``iscrowd``) of a VOC category are 255 (ignore);
-instances are drawn over them, largest mask first, so a smaller instance stays on top of a larger
-one it overlaps (ties: annotation id). Files are written to a temporary name and renamed, so an
-interrupted run resumes where it stopped (existing label PNGs are kept).
+instance of a VOC category: an image whose VOC objects are all crowd regions is skipped (its label
+would hold no object to learn, only ignore) and counted. Crowd regions (``iscrowd``) of a VOC
+category are 255 (ignore); instances are drawn over them, largest mask first, so a smaller
+instance stays on top of a larger one it overlaps (ties: annotation id). Masks are
+``pycocotools``' (``frPyObjects``, ``merge``, ``decode``: what ``COCO.annToMask`` does).
+
+The annotation file is checked as data first (:mod:`benchmarks.data.coco_json`: what is refused,
+and the invalid polygons dropped as detectron2 drops them), then every kept image must be in the
+image folder at the size its entry declares; only then is anything written. Files are written to
+a temporary name and renamed, so an interrupted run resumes where it stopped (existing label PNGs
+are kept). An empty split is an error, never a silent exit 0.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from benchmarks.data.coco_json import COCO_TO_VOC, COCOImage, COCOInstance, read_coco_instances
 from benchmarks.data.prepare_data import palette_png
-from benchmarks.data.voc import IGNORE_INDEX, IMAGE_FOLDERS, SPLITS, VOC_CLASSES, DataError, check_image_id, id_path
+from benchmarks.data.voc import IGNORE_INDEX, IMAGE_FOLDERS, SPLITS, DataError, id_path
 from benchmarks.files import write_bytes_atomic
 
 __all__ = ["COCO_LABELS", "COCO_SPLIT", "COCO_TO_VOC", "PreparedCOCO", "coco_annotations", "coco_label",
            "prepare_coco"]
 
-COCO_TO_VOC = {"airplane": "aeroplane", "motorcycle": "motorbike", "dining table": "diningtable",
-               "potted plant": "pottedplant", "couch": "sofa", "tv": "tvmonitor"}
-"""COCO category names that differ from VOC's; the other VOC classes have the same name in COCO."""
 COCO_SPLIT = "coco"
 COCO_LABELS, COCO_IMAGES = SPLITS[COCO_SPLIT][1], IMAGE_FOLDERS[COCO_SPLIT]
 LAYOUTS = (("annotations/instances_train2014.json", "train2014"), ("annotations/instances_train2017.json", "train2017"))
@@ -55,50 +59,53 @@ def coco_annotations(root: Path) -> tuple[Path, Path]:
                     "extract annotations_trainval2014.zip (or 2017) there and pass that folder with --coco")
 
 
-def _load(annotation_file: Path) -> object:
-    from pycocotools.coco import COCO
+def _mask(instance: COCOInstance, image: COCOImage) -> np.ndarray:
+    from pycocotools import mask as coco_mask
 
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-            return COCO(str(annotation_file))
-    except (ValueError, KeyError, TypeError, AssertionError) as error:
-        raise DataError(f"COCO annotation file {annotation_file} does not read as COCO instances "
-                        f"({type(error).__name__}: {error}); re-extract the annotations archive") from None
-
-
-def _voc_categories(coco: object, annotation_file: Path) -> dict[int, int]:
-    """COCO category id -> VOC class index, for the categories that are VOC classes."""
-    classes = {name: index for index, name in enumerate(VOC_CLASSES) if index}
-    mapping = {c["id"]: classes[COCO_TO_VOC.get(c["name"], c["name"])] for c in coco.loadCats(coco.getCatIds())
-               if COCO_TO_VOC.get(c["name"], c["name"]) in classes}
-    if not mapping:
-        raise DataError(f"no category of {annotation_file} is one of the 20 VOC classes (by COCO name, e.g. 'person', "
-                        "'airplane', 'tv'); is it an instances_*.json file (not captions or keypoints)?")
-    return mapping
+    segmentation = instance.segmentation
+    if isinstance(segmentation, list):
+        rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, image.height, image.width))
+    elif isinstance(segmentation["counts"], list):
+        rle = coco_mask.frPyObjects(segmentation, image.height, image.width)
+    else:
+        rle = segmentation
+    return coco_mask.decode(rle).astype(bool)
 
 
-def _voc_annotations(coco: object, image: dict[str, object], categories: dict[int, int]) -> list[dict[str, object]]:
-    found = coco.loadAnns(coco.getAnnIds(imgIds=image["id"], iscrowd=None))
-    return [a for a in found if a["category_id"] in categories]
-
-
-def _has_instance(annotations: list[dict[str, object]]) -> bool:
-    return any(not a.get("iscrowd", 0) for a in annotations)
-
-
-def coco_label(coco: object, image: dict[str, object], annotations: list[dict[str, object]],
-               categories: dict[int, int]) -> np.ndarray:
-    """The VOC label map of one COCO image from its ``annotations`` of VOC categories (the rules of
-    the module docstring: crowd regions 255, instances over them, largest first)."""
-    label = np.zeros((image["height"], image["width"]), np.uint8)
-    masks = [(a, coco.annToMask(a).astype(bool)) for a in annotations]
-    for annotation, mask in masks:
-        if annotation.get("iscrowd", 0):
+def coco_label(image: COCOImage, instances: list[COCOInstance]) -> np.ndarray:
+    """The VOC label map of one COCO image from its checked ``instances`` of VOC classes (the rules
+    of the module docstring: crowd regions 255, instances over them, largest first)."""
+    label = np.zeros((image.height, image.width), np.uint8)
+    masks = [(instance, _mask(instance, image)) for instance in instances]
+    for instance, mask in masks:
+        if instance.crowd:
             label[mask] = IGNORE_INDEX
-    instances = [(a, m) for a, m in masks if not a.get("iscrowd", 0)]
-    for annotation, mask in sorted(instances, key=lambda item: (-int(item[1].sum()), item[0]["id"])):
-        label[mask] = categories[annotation["category_id"]]
+    drawn = sorted(((i, m) for i, m in masks if not i.crowd), key=lambda item: (-int(item[1].sum()), item[0].id))
+    for instance, mask in drawn:
+        label[mask] = instance.voc_class
     return label
+
+
+def _check_image_files(images: list[COCOImage], folder: Path, annotation_file: Path) -> None:
+    """Every image is a readable JPEG in ``folder`` of the size its entry in ``annotation_file``
+    declares (the label is drawn at that size), before anything is written."""
+    missing = [image for image in images if not id_path(folder, image.image_id, ".jpg").is_file()]
+    if missing:
+        named = ", ".join(f"image {i.id} ({i.file_name})" for i in missing[:3])
+        raise DataError(f"{annotation_file}: {len(missing)} COCO images with VOC categories are missing from {folder}, "
+                        f"e.g. {named}; extract the COCO training images ({folder.name}.zip) there")
+    for image in images:
+        path = id_path(folder, image.image_id, ".jpg")
+        try:
+            with Image.open(path) as opened:
+                size = opened.size
+        except OSError as error:
+            raise DataError(f"{path} does not read as an image ({type(error).__name__}); extract {folder.name}.zip "
+                            "again") from None
+        if size != (image.width, image.height):
+            raise DataError(f"{annotation_file}: image {image.id} ({image.file_name}) is {size[0]}x{size[1]} in "
+                            f"{folder}, its entry says {image.width}x{image.height} (width x height); correct that "
+                            "entry or extract the annotations archive again")
 
 
 def _symlink_atomic(target: Path, source: Path) -> None:
@@ -112,39 +119,48 @@ def _symlink_atomic(target: Path, source: Path) -> None:
 @dataclass(frozen=True)
 class PreparedCOCO:
     annotation_file: Path
-    kept: int  # images with a VOC instance: the coco split
+    kept: int  # images with a non-crowd VOC instance: the coco split
     skipped: int  # images without one
+    crowd_only: int  # of the skipped: images whose VOC objects are all crowd regions
+    dropped_polygons: int  # polygons of an odd count or fewer than three points, dropped as detectron2 drops them
+    dropped_instances: int  # instances left without a polygon, dropped with them
     written: int
     already_there: int
+
+    def summary(self) -> str:
+        dropped = (f"; {self.dropped_polygons} polygons of fewer than three points or an odd count dropped, as "
+                   f"detectron2 drops them, and {self.dropped_instances} instances left without one"
+                   if self.dropped_polygons or self.dropped_instances else "")
+        return (f"{self.annotation_file}: coco split {self.kept} images with a VOC category ({self.skipped} without, "
+                f"skipped, {self.crowd_only} of them with VOC crowd regions only{dropped}); SegmentationClassCOCO "
+                f"written {self.written}, already there {self.already_there}")
 
 
 def prepare_coco(voc: Path, coco_root: str | os.PathLike[str]) -> PreparedCOCO:
     """Write the ``coco`` split into the ``VOC2012`` folder ``voc`` from the COCO set at ``coco_root``."""
     annotation_file, image_folder = coco_annotations(Path(coco_root).expanduser())
-    coco = _load(annotation_file)
-    categories = _voc_categories(coco, annotation_file)
-    images = sorted(coco.loadImgs(coco.getImgIds()), key=lambda image: image["id"])
-    candidates = [(i, found) for i in images if _has_instance(found := _voc_annotations(coco, i, categories))]
-    missing = [i["file_name"] for i, _ in candidates if not id_path(image_folder, Path(i["file_name"]).stem, ".jpg")
-               .is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} COCO images with VOC categories are missing from {image_folder}, e.g. "
-                        f"{missing[:3]}; extract the COCO training images ({image_folder.name}.zip) there")
+    found = read_coco_instances(annotation_file)
+    with_voc = [image for image in found.images if image.id in found.instances]
+    kept = [image for image in with_voc if any(not i.crowd for i in found.instances[image.id])]
+    if not kept:
+        raise DataError(f"{annotation_file}: no image has a non-crowd instance of a VOC class (of "
+                        f"{len(found.images)} images), so the coco split would be empty; pass the COCO training set's "
+                        "instances file")
+    _check_image_files(kept, image_folder, annotation_file)
     labels, links = voc / COCO_LABELS, voc / COCO_IMAGES
     labels.mkdir(exist_ok=True)
     links.mkdir(exist_ok=True)
-    ids, written, already = [], 0, 0
-    for image, found in candidates:
-        image_id = check_image_id(Path(image["file_name"]).stem, f"{annotation_file} file_name")
-        ids.append(image_id)
-        target = id_path(labels, image_id, ".png")
-        if not id_path(links, image_id, ".jpg").is_file():
-            _symlink_atomic(id_path(links, image_id, ".jpg"), id_path(image_folder, image_id, ".jpg"))
+    written = already = 0
+    for image in kept:
+        target = id_path(labels, image.image_id, ".png")
+        if not id_path(links, image.image_id, ".jpg").is_file():
+            _symlink_atomic(id_path(links, image.image_id, ".jpg"), id_path(image_folder, image.image_id, ".jpg"))
         if target.is_file():
             already += 1
             continue
-        write_bytes_atomic(target, palette_png(coco_label(coco, image, found, categories)))
+        write_bytes_atomic(target, palette_png(coco_label(image, found.instances[image.id])))
         written += 1
     split_list = voc / "ImageSets" / "Segmentation" / f"{COCO_SPLIT}.txt"
-    write_bytes_atomic(split_list, "".join(f"{i}\n" for i in ids).encode())
-    return PreparedCOCO(annotation_file, len(ids), len(images) - len(ids), written, already)
+    write_bytes_atomic(split_list, "".join(f"{image.image_id}\n" for image in kept).encode())
+    return PreparedCOCO(annotation_file, len(kept), len(found.images) - len(kept), len(with_voc) - len(kept),
+                        found.dropped_polygons, found.dropped_instances, written, already)
