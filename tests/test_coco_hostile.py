@@ -89,6 +89,8 @@ FAULTS = {
                     "(image 1): a polygon holds NaN or infinite coordinates; " + FIX),
     "unknown image": (set_annotation(100, "image_id", 99), "{json}: annotation 100: image_id 99 is not the id of a "
                       "listed image; " + FIX),
+    "object image_id": (set_annotation(100, "image_id", {"id": 1}), "{json}: annotation 100: image_id {{'id': 1}} is "
+                        "not the id of a listed image; " + FIX),
     "crowd only": (all_crowd, "{json}: no image has a non-crowd instance of a VOC class (of 4 images), so the coco "
                    "split would be empty; pass the COCO training set's instances file"),
 }

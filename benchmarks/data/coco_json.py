@@ -205,10 +205,10 @@ def read_coco_instances(path: Path) -> COCOInstances:
     dropped_polygons = dropped_instances = 0
     for record in records["annotations"]:
         where = f"annotation {record['id']}"
-        image = by_id.get(record.get("image_id"))
+        image = by_id.get(record["image_id"]) if _integer(record.get("image_id")) else None
         if image is None:
             raise check.fail(where, f"image_id {record.get('image_id')!r} is not the id of a listed image")
-        if record.get("category_id") not in categories:
+        if not _integer(record.get("category_id")) or record["category_id"] not in categories:
             raise check.fail(where, f"category_id {record.get('category_id')!r} is not the id of a listed category")
         if not categories[record["category_id"]]:
             continue
