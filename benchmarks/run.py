@@ -25,7 +25,7 @@ from benchmarks.data.datasets import DatasetSource
 from benchmarks.data.voc import DataError
 from benchmarks.distributed import Distributed, effective_precision
 from benchmarks.evaluation import Evaluation, evaluate
-from benchmarks.files import file_sha256
+from benchmarks.files import file_sha256, write_bytes_atomic
 from benchmarks.networks import build_trained, run_folder, run_lock
 from benchmarks.plan import Stage, check_plan, plan_stages
 from benchmarks.recipes import (
@@ -189,6 +189,29 @@ def run_identity(plan: RunPlan, source: DatasetSource, method: str, seed: int) -
     return {**identity, "key": key}
 
 
+def resolved_run(plan: RunPlan, source: DatasetSource, method: str, seed: int) -> dict[str, object]:
+    """One run resolved once: its identity (:func:`run_identity`: the recipe fields that make the
+    weights, the training data, seed, initial weights and the ``key`` of its folder), the data it
+    trains on and where its starting weights come from. ``run.json`` beside the weights states it
+    with their sha256, and every record of the run states the same facts."""
+    recipe = plan.recipe(method)
+    return {**run_identity(plan, source, method, seed), "profile": recipe.profile, "dataset": source.name,
+            "train_dataset": source.facts(recipe.train_split),
+            "extra_train_dataset": source.facts(recipe.extra_train_split) if recipe.extra_train_split else None,
+            "weights_source": _weights_source(recipe), "init_from": recipe.init_from}
+
+
+def _run_facts(plan: RunPlan, source: DatasetSource, method: str, seed: int, weights: Path) -> dict[str, object]:
+    """:func:`resolved_run` with the sha256 of ``weights``, as ``run.json`` beside them states it;
+    written (atomically) when missing or when it no longer says so (new weights, older code)."""
+    facts = {**resolved_run(plan, source, method, seed), "weights_sha256": file_sha256(weights)}
+    path = weights.parent / "run.json"
+    text = json.dumps(facts, indent=1, sort_keys=True)
+    if not path.is_file() or path.read_text() != text:
+        write_bytes_atomic(path, text.encode())
+    return facts
+
+
 def weights_path(plan: RunPlan, source: DatasetSource, method: str, seed: int) -> Path:
     """``runs/<profile>-<dataset>/<method>/seed<k>-<identity key>/weights.pt``."""
     key = run_identity(plan, source, method, seed)["key"]
@@ -302,9 +325,10 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
         train(recipe, source, weights.parent, seed, dist_info, dependency, plan.workers, progress,
               sanity_gate=plan.sanity_gate)
         train_seconds = time.perf_counter() - started
+    facts = _run_facts(plan, source, base, seed, weights)
     if not scored:
         return None  # a dependency only: trained, not scored
-    weights_sha = file_sha256(weights)
+    weights_sha = facts["weights_sha256"]
     crf, crf_source = searched_crf(target_record_path(plan, source, base, seed), weights_sha, recipe) \
         if target != base else (None, None)
     crfrnn = crfrnn_training(recipe, crf, weights_sha, seed) if target.endswith(CRFRNN_SUFFIX) else None
@@ -331,8 +355,8 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
                       published=recipe.published_test, precision=recipe.precision)
     eval_seconds = time.perf_counter() - started
     if dist_info.is_main:
-        record = _record(target, recipe, source=source, plan=plan, seed=seed, result=result, crf=crf,
-                         dist_info=dist_info, weights=weights, overlap=overlap,
+        record = _record(target, recipe, facts, source=source, plan=plan, seed=seed, result=result, crf=crf,
+                         dist_info=dist_info, overlap=overlap,
                          wall_time={"train": round(train_seconds, 1), "evaluate": round(eval_seconds, 1)})
         if crf is not None:
             record.update(crf_source=crf_source, crf_backend="torch (CRF-RNN)" if crfrnn else plan.crf_backend)
@@ -358,26 +382,26 @@ def searched_crf(base_record: Path, weights_sha256: str | None, recipe: Recipe) 
     return wanted, "recipe"
 
 
-def _record(target: str, recipe: Recipe, *, source: DatasetSource, plan: RunPlan, seed: int, result: Evaluation,
-            crf: CRFParams | None, dist_info: Distributed, weights: Path, overlap: int,
+def _record(target: str, recipe: Recipe, facts: dict[str, object], *, source: DatasetSource, plan: RunPlan,
+            seed: int, result: Evaluation, crf: CRFParams | None, dist_info: Distributed, overlap: int,
             wall_time: dict[str, float]) -> dict[str, object]:
+    """The record of ``target``: the run's ``facts`` (its ``run.json``) and how it was scored."""
     comparable, reason = _comparable(source, recipe, plan.overrides, overlap)
-    identity = run_identity(plan, source, recipe.method, seed)
     fields = {
-        "profile": recipe.profile,
+        "profile": facts["profile"],
         "dataset": source.facts(recipe.eval_split),
-        "train_dataset": source.facts(recipe.train_split),
-        "extra_train_dataset": source.facts(recipe.extra_train_split) if recipe.extra_train_split else None,
+        "train_dataset": facts["train_dataset"],
+        "extra_train_dataset": facts["extra_train_dataset"],
         "conditions": conditions(plan, recipe.method),
-        "weights_source": _weights_source(recipe),
-        "init_from": recipe.init_from,
-        "trained_weights_sha256": file_sha256(weights),
-        "run_key": identity["key"],
-        "initial_weights": identity["initial_weights"],
+        "weights_source": facts["weights_source"],
+        "init_from": facts["init_from"],
+        "trained_weights_sha256": facts["weights_sha256"],
+        "run_key": facts["key"],
+        "initial_weights": facts["initial_weights"],
         "train_eval_overlap": overlap,
         "test_protocol": f"published ({recipe.architecture}'s published_probabilities)" if recipe.published_test
                          else "whole image (softmax of forward)",
-        "recipe": recipe.as_dict(),
+        "recipe": recipe.as_dict(),  # all of it: fields that do not change the weights (CRF, test) too
         "overrides": list(plan.overrides),
         "crf": asdict(crf) if crf else None,
         "precision": effective_precision(dist_info.device, recipe.precision),

@@ -38,9 +38,16 @@ def test_each_recipe_gets_its_own_run_and_record(tmp_path, small_voc):
     assert len({r["run_key"] for r in records}) == 3 and len({r["trained_weights_sha256"] for r in records}) == 3
     folders = sorted(p.name for p in (tmp_path / "runs" / "quick-voc2012" / "deeplab_v1").iterdir())
     assert folders == sorted(f"seed0-{r['run_key']}" for r in records)
-    for record in records:  # each log holds exactly its own run's iterations
-        log = tmp_path / "runs" / "quick-voc2012" / "deeplab_v1" / f"seed0-{record['run_key']}" / "log.csv"
-        assert log.read_text().splitlines()[-1].split(",")[0] == str(record["recipe"]["iterations"])
+    for record in records:  # each log holds exactly its own run's iterations; run.json states the record's facts
+        folder = tmp_path / "runs" / "quick-voc2012" / "deeplab_v1" / f"seed0-{record['run_key']}"
+        assert (folder / "log.csv").read_text().splitlines()[-1].split(",")[0] == str(record["recipe"]["iterations"])
+        run = json.loads((folder / "run.json").read_text())
+        assert (run["key"], run["weights_sha256"], run["recipe"]["iterations"]) == \
+            (record["run_key"], record["trained_weights_sha256"], record["recipe"]["iterations"])
+        assert {key: run[key] for key in ("initial_weights", "train_dataset", "weights_source", "init_from",
+                                          "profile")} == \
+            {key: record[key] for key in ("initial_weights", "train_dataset", "weights_source", "init_from",
+                                          "profile")}
     table = summary_table(records)
     assert sorted(table["method"]) == ["deeplab_v1 [batch_size=1, iterations=1, iterations=2]",
                                        "deeplab_v1 [batch_size=1, iterations=1]",
