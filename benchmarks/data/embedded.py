@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from benchmarks.data.coco import COCO_LABELS, COCO_SPLIT, COCO_TO_VOC, prepare_coco
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, DataError, voc_palette
-from benchmarks.files import process_alive, under
+from benchmarks.files import process_alive, space_checked, under
 
 __all__ = ["CACHE_ENV_VAR", "CONTEXT_PAIRS", "MARKER", "EmbeddedConfig", "embedded_root", "generate",
            "is_embedded_tree", "render_sample", "verify_embedded"]
@@ -430,7 +430,8 @@ def embedded_root(config: EmbeddedConfig | None = None, cache_dir: Path | None =
     staging = cache / f".embedded-staging-{os.getpid()}-{secrets.token_hex(4)}@{socket.gethostname()}"
     staging.mkdir()
     try:
-        generate(config, staging)
+        with space_checked(cache):
+            generate(config, staging)
         try:
             os.replace(staging, root)
         except OSError:  # another process finished first
