@@ -20,7 +20,6 @@ import os
 import torch
 
 from benchmarks.bench.methods import VOC_HEIGHT, VOC_WIDTH
-from benchmarks.crf.dense_crf import CRFParams
 from benchmarks.data.voc import NUM_CLASSES
 from benchmarks.errors import RecipeError
 
@@ -70,14 +69,12 @@ def training_time_problem(method: str, flops: float, iterations: int, device: to
             f"{MAX_DAYS:g} days); lower iterations (--set iterations=N) or the crop, width or batch_size")
 
 
-def check_crf_cost(params: CRFParams, source: str, images: int, device: torch.device) -> None:
-    """Refuse (:class:`RecipeError`) dense-CRF parameters whose mean-field iterations over ``images``
-    (VOC's largest size, 500 x 375, 21 classes) take more than :data:`MAX_DAYS` at the optimistic
-    rate; ``source`` says where the parameters come from."""
-    pixels = images * VOC_HEIGHT * VOC_WIDTH
-    flops = float(params.iterations) * pixels * NUM_CLASSES * CRF_FLOPS_PER_PIXEL_CLASS
+def check_crf_cost(iterations: int, images: int, what: str, device: torch.device) -> None:
+    """Refuse (:class:`RecipeError`) ``iterations`` dense-CRF mean-field iterations on each of
+    ``images`` (VOC's largest size, 500 x 375, 21 classes) that take more than :data:`MAX_DAYS` at
+    the optimistic rate; ``what`` says where the number comes from."""
+    flops = float(iterations) * images * VOC_HEIGHT * VOC_WIDTH * NUM_CLASSES * CRF_FLOPS_PER_PIXEL_CLASS
     days = days_at_best(flops, device)
     if days > MAX_DAYS:
-        raise RecipeError(f"CRF iterations={params.iterations} (from {source}) on {images} images would take at "
-                          f"least {days:.3g} days on {device} (limit {MAX_DAYS:g}); the papers use 10 mean-field "
-                          "iterations")
+        raise RecipeError(f"{what}: {iterations} mean-field iterations on {images} images would take at least "
+                          f"{days:.3g} days on {device} (limit {MAX_DAYS:g}); the papers use 10")

@@ -308,9 +308,12 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
     weights_sha = file_sha256(weights)
     crf, crf_source = searched_crf(target_record_path(plan, source, base, seed), weights_sha, recipe) \
         if target != base else (None, None)
-    if crf is not None:
-        check_crf_cost(crf, crf_source, len(source.split(recipe.eval_split)), dist_info.device)
     crfrnn = crfrnn_training(recipe, crf, weights_sha, seed) if target.endswith(CRFRNN_SUFFIX) else None
+    if crf is not None:
+        check_crf_cost(crf.iterations, len(source.split(recipe.eval_split)), f"CRF of {crf_source}", dist_info.device)
+    if crfrnn is not None:
+        check_crf_cost(crfrnn["mean_field_iterations"]["train"], crfrnn["iterations"],
+                       f"CRF-RNN training (crfrnn_iterations={crfrnn['iterations']})", dist_info.device)
     if path.exists() and not plan.rerun:
         recorded = json.loads(path.read_text())
         if recorded.get("trained_weights_sha256") == weights_sha and recorded.get("crf") == (asdict(crf) if crf

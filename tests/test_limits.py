@@ -79,7 +79,29 @@ def test_crf_iterations_past_the_limit_are_refused(tmp_path):
     params, source = searched_crf(path, "d" * 64, get_recipe("deeplab_v1", "quick"))
     assert params.iterations == 1_000_000_000
     days = re.escape(f"{1e9 * 1449 * 500 * 375 * 21 * 100 / 1e12 / 86400:.3g}")  # 100 FLOPs a pixel, class; 1 TFLOP/s
-    with pytest.raises(RecipeError, match=rf"^CRF iterations=1000000000 \(from crf-search on 4 crfholdout images "
-                                          rf".*\) on 1449 images would take at least {days} days on cpu"):
-        check_crf_cost(params, source, 1449, torch.device("cpu"))
-    check_crf_cost(CRFParams(iterations=10), "recipe", 1449, torch.device("cpu"))  # DeepLab's 10: 0.066 days
+    with pytest.raises(RecipeError, match=rf"^CRF of crf-search on 4 crfholdout images .*: 1000000000 mean-field "
+                                          rf"iterations on 1449 images would take at least {days} days on cpu"):
+        check_crf_cost(params.iterations, 1449, f"CRF of {source}", torch.device("cpu"))
+    check_crf_cost(10, 1449, "recipe", torch.device("cpu"))  # DeepLab's 10 on VOC val: 0.066 days
+
+
+def test_crf_search_and_crfrnn_iterations_past_the_limit_are_refused(capsys, tmp_path, small_voc):
+    """crf-search runs the recipe's mean-field iterations at every grid point (checked before the
+    network trains); the CRF-RNN stage runs 5 a step (checked once the network it refines is there,
+    before the stage starts)."""
+    data = small_voc(tmp_path / "voc")
+    common = ["--data", str(data), "--profile", "quick", "--results", str(tmp_path / "results"), "--runs",
+              str(tmp_path / "runs"), "--device", "cpu"]
+    status = main(["crf-search", "deeplab_v1", *common, "--split", "val", "--set", "crf=iterations:1000000000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and re.fullmatch(
+        r"error: crf-search \(\d+ coarse and up to 27 fine points on \d+ images\): 1000000000 mean-field iterations "
+        r"on \d+ images would take at least \S+ days on cpu \(limit 30\); the papers use 10", err[0]), err
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    status = main(["run", "deeplab_v1+crfrnn", *common, "--no-report", "--set", "iterations=2", "--set",
+                   "batch_size=1", "--set", "crfrnn_iterations=100000000000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    days = f"{5 * 1e11 * 500 * 375 * 21 * 100 / 1e12 / 86400:.3g}"  # the mean-field iterations alone
+    assert status == 2 and err[-1] == "error: CRF-RNN training (crfrnn_iterations=100000000000): 5 mean-field " \
+        f"iterations on 100000000000 images would take at least {days} days on cpu (limit 30); the papers use 10", err
+    assert not list((tmp_path / "runs").rglob("crfrnn*"))
