@@ -5,6 +5,7 @@ the parser and holds the one error boundary."""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +28,11 @@ def error_message(error: Exception) -> str:
     if isinstance(error, WeightsUnavailable):
         return (f"{error} From the command line: --set pretrained=false (the run is then marked not comparable to "
                 "the papers).")
+    if isinstance(error, SegreproError):
+        return str(error)
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) and error.filename is None:
+        return (f"{error}: a disk being written is full (the system names no file); free space under --runs, "
+                "--results, the data folder or SEGREPRO_CACHE and run again")
     if isinstance(error, OSError) and error.filename is not None:  # from the OS: says which file, not what to do
         return f"{error} (check that the path is right and that you may read and write there)"
     return str(error)

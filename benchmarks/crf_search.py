@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from benchmarks.distributed import Distributed
 from benchmarks.errors import UsageError
 from benchmarks.evaluation import ConfusionMatrix, class_probabilities
 from benchmarks.files import file_sha256
+from benchmarks.limits import check_crf_cost
 from benchmarks.networks import build_trained
 from benchmarks.progress import bar
 from benchmarks.records import update_record
@@ -132,6 +134,10 @@ def search_method(method: str, source: DatasetSource, plan: RunPlan, dist_info: 
     if len(ids) < images:
         progress(f"warning: split {split_name!r} has only {len(ids)} images (asked for {images})")
     in_training = len(set(ids) & set(source.split(recipe.train_split).ids))
+    coarse = math.prod(len(values) for values in grid.values())
+    check_crf_cost(recipe.crf_params().iterations, len(ids) * (coarse + 3 ** len(grid)),
+                   f"crf-search ({coarse} coarse and up to {3 ** len(grid)} fine points on {len(ids)} images)",
+                   dist_info.device)
     run([method], source, plan, dist_info, progress)
     found = []
     for seed in plan.seeds:

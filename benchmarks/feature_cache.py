@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from benchmarks.data.voc import IGNORE_INDEX
+from benchmarks.files import space_checked
 from benchmarks.progress import bar
 from methods.errors import SegreproError
 
@@ -171,7 +172,8 @@ def _written_once(folder: Path, *, main: bool) -> Iterator[Path]:
     staging = folder.with_name(f".staging-{os.getpid()}-{secrets.token_hex(4)}")
     staging.mkdir(parents=True)
     try:
-        yield staging
+        with space_checked(folder.parent):
+            yield staging
         try:
             os.replace(staging, folder)
         except OSError:  # another process completed the same cache first

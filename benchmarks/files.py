@@ -4,11 +4,13 @@ staging folder is still alive."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,8 +19,8 @@ import torch
 from benchmarks.errors import UsageError, WeightsError
 from methods.errors import SegreproError
 
-__all__ = ["DamagedFile", "OutsideRoot", "check_finite", "check_output", "file_sha256", "load_torch", "process_alive",
-           "save_torch", "under", "write_atomic", "write_bytes_atomic"]
+__all__ = ["DamagedFile", "NoSpace", "OutsideRoot", "check_finite", "check_output", "file_sha256", "load_torch",
+           "process_alive", "save_torch", "space_checked", "under", "write_atomic", "write_bytes_atomic"]
 
 
 class DamagedFile(SegreproError, ValueError):
@@ -60,15 +62,63 @@ def check_finite(state: dict[str, object], source: object) -> None:
                              "used (retrain, or convert the source again)")
 
 
+class NoSpace(SegreproError, OSError):
+    """The disk (or the quota, or the process's file-size limit) is full under a folder the harness writes."""
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # EFBIG: RLIMIT_FSIZE or the filesystem's limit
+
+
+@contextmanager
+def space_checked(folder: Path) -> Iterator[None]:
+    """Turn a full disk while the block writes under ``folder`` into one :class:`NoSpace` line
+    naming the folder (the OS error names no file when ``write`` fails); other errors pass."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _NO_SPACE or isinstance(error, NoSpace):
+            raise
+        full = NoSpace(f"no space left to write under {folder} ({error.strerror}); nothing half-written was left: "
+                       "free space there, or point --runs, --results or SEGREPRO_CACHE at a larger disk, and run again")
+        full.errno = error.errno
+        raise full from None
+
+
+class _WriteErrors:
+    """A file whose failed ``write`` is remembered: ``torch.save`` turns it into a ``RuntimeError``
+    that no longer says the disk was full."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.file, name)
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """``write(file)`` into a new temporary file beside ``path`` (mode 0666 less the umask, as
-    ``open`` gives; ``mkstemp`` would give 0600), then renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ``open`` gives; ``mkstemp`` would give 0600), then renamed over ``path``; a full disk is a
+    :class:`NoSpace` naming the folder, with the temporary file removed."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
-            write(file)
-        os.replace(temporary, path)
+        with space_checked(path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as raw:
+                file = _WriteErrors(raw)
+                try:
+                    write(file)  # type: ignore[arg-type]
+                except RuntimeError:
+                    if file.error is None:
+                        raise
+                    raise file.error from None
+            os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 

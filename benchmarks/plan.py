@@ -2,7 +2,8 @@
 before any training: method, recipe source, iterations, batch, crop, initial weights (file and
 sha256, or the download), data splits with image counts, training FLOPs (``bench``'s arithmetic,
 on the ``meta`` device), checkpoint and cache disk, and what is missing. ``run`` checks the same
-list before the first training step and stops with one line per missing input."""
+list before the first training step, with each training stage's memory and time estimate
+(:mod:`benchmarks.limits`), and stops with one line per missing input or exceeded limit."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench.methods import VOC_HEIGHT, VOC_WIDTH, recipe_step_flops
+from benchmarks.bench.methods import VOC_HEIGHT, VOC_WIDTH, recipe_step_bytes, recipe_step_flops
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.data.embedded import default_cache_dir
 from benchmarks.data.voc import NUM_CLASSES, DataError
 from benchmarks.feature_cache import cache_bytes
+from benchmarks.limits import step_memory_problem, training_time_problem
 from benchmarks.networks import build_model
 from benchmarks.recipes import Recipe
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
@@ -47,6 +49,7 @@ class Stage:
     pflop_total: float | None
     disk_bytes: dict[str, int]
     missing: list[str] = field(default_factory=list)
+    step_memory_bytes: dict[str, int] = field(default_factory=dict)  # of a stage that trains (benchmarks.limits)
 
 
 def _init(recipe: Recipe, caffe_init_sha256) -> tuple[str, str | None]:
@@ -136,14 +139,21 @@ def plan_stages(ordered: list[str], targets: list[str], source: DatasetSource, r
             action = f"score {target[len(method):]}" + (" (trains a CRF-RNN)" if target.endswith("+crfrnn") else "")
         stages.append(Stage(target, method, action, recipe.source, recipe.iterations, recipe.batch_size, recipe.crop,
                             init, splits, step / 1e12 if step is not None else None,
-                            step * recipe.iterations / 1e15 if step is not None and trains else None, disk, missing))
+                            step * recipe.iterations / 1e15 if step is not None and trains else None, disk, missing,
+                            recipe_step_bytes(recipe) if step is not None and trains else {}))
     return stages
 
 
-def check_plan(stages: list[Stage], runs: Path) -> None:
-    """Stop (:class:`PlanIncomplete`, one line per missing input) when a stage lacks an input or
-    the disk cannot hold the checkpoints and caches."""
+def check_plan(stages: list[Stage], runs: Path, device: torch.device) -> None:
+    """Stop (:class:`PlanIncomplete`, one line per missing input) when a stage lacks an input, the
+    disk cannot hold the checkpoints and caches, or a stage that trains needs more memory or time
+    on ``device`` than it can have (:mod:`benchmarks.limits`)."""
     lines = list(dict.fromkeys(line for stage in stages for line in stage.missing))
+    for stage in stages:
+        if stage.pflop_total is not None:
+            lines += [problem for problem in (step_memory_problem(stage.method, stage.step_memory_bytes, device),
+                                              training_time_problem(stage.method, stage.pflop_total * 1e15,
+                                                                    stage.iterations, device)) if problem]
     needed = {"runs": sum(s.disk_bytes.get("weights_and_checkpoint", 0) for s in stages if s.pflop_total is not None),
               "cache": sum(s.disk_bytes.get(k, 0) for s in stages if s.pflop_total is not None
                            for k in ("tile_feature_cache", "image_feature_cache"))}

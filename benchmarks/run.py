@@ -26,6 +26,7 @@ from benchmarks.data.voc import DataError
 from benchmarks.distributed import Distributed, effective_precision
 from benchmarks.evaluation import Evaluation, evaluate
 from benchmarks.files import file_sha256, write_bytes_atomic
+from benchmarks.limits import check_crf_cost
 from benchmarks.networks import build_trained, run_folder, run_lock
 from benchmarks.plan import Stage, check_plan, plan_stages
 from benchmarks.recipes import (
@@ -287,7 +288,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
     ``plan.rerun``; a replaced record is kept as ``.superseded``). Before anything trains, every
     stage's inputs are checked (``benchmarks.plan``): a missing one stops the command."""
     ordered = expand_targets(targets, plan)
-    check_plan(command_plan(targets, source, plan, dist_info.world_size), plan.runs)
+    check_plan(command_plan(targets, source, plan, dist_info.world_size), plan.runs, dist_info.device)
     overlaps = _check_splits(source, plan, ordered)
     for method in dict.fromkeys(base_method(target) for target in ordered):
         recipe = plan.recipe(method)
@@ -332,6 +333,11 @@ def _run_one(target: str, seed: int, *, source: DatasetSource, plan: RunPlan, di
     crf, crf_source = searched_crf(target_record_path(plan, source, base, seed), weights_sha, recipe) \
         if target != base else (None, None)
     crfrnn = crfrnn_training(recipe, crf, weights_sha, seed) if target.endswith(CRFRNN_SUFFIX) else None
+    if crf is not None:
+        check_crf_cost(crf.iterations, len(source.split(recipe.eval_split)), f"CRF of {crf_source}", dist_info.device)
+    if crfrnn is not None:
+        check_crf_cost(crfrnn["mean_field_iterations"]["train"], crfrnn["iterations"],
+                       f"CRF-RNN training (crfrnn_iterations={crfrnn['iterations']})", dist_info.device)
     if path.exists() and not plan.rerun:
         recorded = json.loads(path.read_text())
         if recorded.get("trained_weights_sha256") == weights_sha and recorded.get("crf") == (asdict(crf) if crf

@@ -114,6 +114,16 @@ def test_labels_match_an_independent_rasterisation(voc, tmp_path):
         assert sample.image.shape == (H, W, 3)  # the image, read through its symlink
     again = prepare_coco(voc, tmp_path / "coco")
     assert (again.written, again.already_there) == (0, 2)
+    annotation_file = tmp_path / "coco" / "annotations" / "instances_train2017.json"
+    content = json.loads(annotation_file.read_text())
+    content["annotations"] = [a for a in content["annotations"] if a["category_id"] != 5]  # image 2 loses its airplane
+    annotation_file.write_text(json.dumps(content))
+    third = prepare_coco(voc, tmp_path / "coco")  # issue 26: a changed annotation rewrites that label only
+    assert (third.written, third.already_there) == (1, 1)
+    without = expected["000000000002"].copy()
+    without[without == 1] = 0
+    without[COUCH] = 18  # the sofa under the airplane shows again
+    np.testing.assert_array_equal(read_label(voc / "SegmentationClassCOCO" / "000000000002.png"), without)
 
 
 def test_2014_layout_and_the_cli(voc, tmp_path, capsys):

@@ -2,9 +2,12 @@
 properties the benchmark relies on (context pairs, band distance, boundary bands)."""
 
 import hashlib
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from benchmarks.data.embedded import (
@@ -17,7 +20,7 @@ from benchmarks.data.embedded import (
     render_coco_sample,
     render_sample,
 )
-from benchmarks.data.voc import NUM_CLASSES, VOCSplit, read_image, read_label
+from benchmarks.data.voc import NUM_CLASSES, DataError, VOCSplit, read_image, read_label
 
 SMALL = EmbeddedConfig(seed=3, train_images=12, val_images=6, crf_holdout_images=4, coco_images=10, height=64,
                        width=80)
@@ -97,3 +100,19 @@ def test_context_pairs_look_alike_and_the_scene_decides():
             if pair[scene] in present:
                 seen.add((pair[scene], scene))
     assert len(seen) == 2 * len(CONTEXT_PAIRS)
+
+
+def test_a_tampered_cache_is_refused_naming_the_file(tmp_path):
+    """Labels changed after generation trained and scored under the untampered fingerprint
+    (issue 26): the cache is checked against its manifest's sha256 before use."""
+    root = embedded_root(SMALL, cache_dir=tmp_path / "first")
+    label = root / "VOCdevkit" / "VOC2012" / "SegmentationClassAug" / "embedded_000003.png"
+    tampered = np.zeros_like(read_label(label))
+    Image.fromarray(tampered, mode="P").save(label)
+    copy = tmp_path / "second" / root.name  # a fresh path: the check runs once per process and folder
+    shutil.copytree(root, copy)
+    with pytest.raises(DataError, match=rf"^embedded dataset file {re.escape(str(copy))}/VOCdevkit/VOC2012/"
+                                        r"SegmentationClassAug/embedded_000003\.png changed after generation .*remove"):
+        embedded_root(SMALL, cache_dir=tmp_path / "second")
+    shutil.rmtree(copy)
+    assert embedded_root(SMALL, cache_dir=tmp_path / "second") == copy  # regenerated, and it verifies

@@ -183,10 +183,10 @@ def test_prepare_data_files_honour_the_umask(trees, umask, mask, mode):
     base, voc, _ = trees
     umask(mask)
     prepare_data(base, base)
-    written = [*(voc / "SegmentationClassAug").iterdir(),  # a, b, e, f
+    written = [*(voc / "SegmentationClassAug").iterdir(),  # a, b, e, f and .sources.json
                *(voc / "ImageSets/Segmentation" / name for name in ("trainaug.txt", "sbdtrain.txt", "sbdval.txt"))]
-    assert len(written) == 7 and {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}
-    assert not list(voc.rglob(".*"))  # no temporary file left
+    assert len(written) == 8 and {oct(p.stat().st_mode & 0o777) for p in written} == {oct(mode)}
+    assert not list(voc.rglob("*.tmp"))  # no temporary file left
 
 
 def test_embedded_cache_honours_the_umask(tmp_path, umask):

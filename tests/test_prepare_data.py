@@ -108,3 +108,32 @@ def test_a_label_of_another_size_than_its_image_is_refused(trees):
     with pytest.raises(DataError, match=r"e\.mat: the label is 9 x 7 but its image .*e\.jpg is 8 x 6"):
         prepare_data(root, root)
     assert not (voc / "SegmentationClassAug" / "e.png").exists()
+
+
+def test_a_label_follows_its_changed_source(trees):
+    """A second prepare-data after an SBD .mat (or a VOC annotation) is fixed rewrote nothing: the
+    stale PNG existed (issue 26). The source's sha256 is recorded beside the outputs; a changed
+    source is converted again, an unchanged one is kept."""
+    root, voc, sbd = trees
+    prepare_data(root, root)
+    fixed = np.arange(48, dtype=np.uint8).reshape(6, 8) % 21
+    savemat(sbd / "cls" / "e.mat", {"GTcls": {"Segmentation": fixed}})
+    relabelled = np.full((6, 8), 7, np.uint8)
+    _write_png(voc / "SegmentationClass" / "a.png", relabelled)
+    again = prepare_data(root, root)
+    assert (again.from_voc, again.from_sbd, again.kept, again.fcn_written, again.fcn_kept) == (1, 1, 3, 1, 2)
+    for folder in ("SegmentationClassAug", "SegmentationClassSBD"):
+        assert np.array_equal(read_label(voc / folder / "e.png"), read_sbd_mat(sbd / "cls" / "e.mat"))
+    assert np.array_equal(read_label(voc / "SegmentationClassAug" / "a.png"), relabelled)
+    third = prepare_data(root, root)
+    assert (third.from_voc, third.from_sbd, third.kept, third.fcn_written) == (0, 0, 5, 0)
+
+
+def test_a_png_from_before_the_source_record_is_rewritten(trees):
+    """A label PNG with no recorded source hash (a tree prepared before the record, or a PNG put
+    there by hand) is converted again from its source."""
+    root, voc, _ = trees
+    (voc / "SegmentationClassAug").mkdir()
+    _write_png(voc / "SegmentationClassAug" / "f.png", np.zeros((6, 8), np.uint8))
+    done = prepare_data(root, root)
+    assert done.kept == 0 and (read_label(voc / "SegmentationClassAug" / "f.png") == 5).all()

@@ -32,7 +32,7 @@ from benchmarks.train import TrainedPart, build_optimizer, training_step
 from methods.common import BilinearUpsample
 
 __all__ = ["SIZES", "BenchSize", "bench_method", "forward_flops", "matmul_peak", "paper_profile_flops",
-           "recipe_step_flops", "run_bench", "training_flops"]
+           "recipe_step_bytes", "recipe_step_flops", "run_bench", "trained_forward", "training_flops"]
 
 VOC_HEIGHT, VOC_WIDTH, VOC_VAL_IMAGES = 375, 500, 1449
 
@@ -136,14 +136,21 @@ def _training_inputs(model: nn.Module, recipe: Recipe, size: BenchSize, device: 
     return images.to(device), labels.to(device)
 
 
-def training_flops(model: nn.Module, recipe: Recipe, inputs: torch.Tensor) -> int:
-    """FLOPs of one training step: 3 x the forward FLOPs of what is trained (backward ~ 2 x forward)."""
+def trained_forward(model: nn.Module, recipe: Recipe, inputs: torch.Tensor
+                    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """(the forward a training step of ``recipe`` runs, its input) for a batch of ``inputs``
+    (``_training_inputs``): the head on cached maps, else the network on normalised images."""
     if recipe.cached_features:
         head = model.staged_split()[1]
-        return 3 * forward_flops(model, inputs, getattr(head, "training_form", head) if recipe.tile_features else head)
-    images = model.input_convention.normalize(inputs)
+        return (getattr(head, "training_form", head) if recipe.tile_features else head), inputs
     call = model.score_map if recipe.loss_on_score_map else model.score_map_of_padded if recipe.padded_crops else model
-    return 3 * forward_flops(model, images, call)
+    return call, model.input_convention.normalize(inputs)
+
+
+def training_flops(model: nn.Module, recipe: Recipe, inputs: torch.Tensor) -> int:
+    """FLOPs of one training step: 3 x the forward FLOPs of what is trained (backward ~ 2 x forward)."""
+    call, first = trained_forward(model, recipe, inputs)
+    return 3 * forward_flops(model, first, call)
 
 
 def recipe_step_flops(recipe: Recipe) -> int:
@@ -154,6 +161,38 @@ def recipe_step_flops(recipe: Recipe) -> int:
         model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
     inputs, _ = _training_inputs(model, recipe, SIZES["paper"], meta)
     return training_flops(model, recipe, inputs)
+
+
+def recipe_step_bytes(recipe: Recipe) -> dict[str, int]:
+    """Memory of one training step of ``recipe`` as it is, counted on the ``meta`` device: the
+    float32 ``state`` (parameters, their gradients and the optimiser's moments), the
+    ``activations`` the forward keeps for the backward (every leaf module's output: an upper
+    bound, in-place ReLUs count again) and the ``images`` of a batch before cropping (VOC-size
+    images at the largest ``scale``: uint8 RGB and int64 labels)."""
+    meta = torch.device("meta")
+    with meta:
+        model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
+    inputs, _ = _training_inputs(model, recipe, SIZES["paper"], meta)
+    call, first = trained_forward(model, recipe, inputs)
+    kept = 0
+
+    def count(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal kept
+        if isinstance(output, torch.Tensor):
+            kept += output.numel() * output.element_size()
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if not any(m.children())]
+    try:
+        call(first)
+    finally:
+        for handle in handles:
+            handle.remove()
+    parameters = sum(p.numel() for p in model.parameters())
+    moments = 2 if recipe.optimizer == "adam" else 1
+    factor = max(recipe.scale) if recipe.scale else 1.0
+    pixels = round(VOC_HEIGHT * factor) * round(VOC_WIDTH * factor)
+    return {"state": 4 * parameters * (2 + moments), "activations": kept,
+            "images": recipe.batch_size * pixels * (3 + 8)}
 
 
 def paper_profile_flops(name: str) -> dict[str, float]:

@@ -83,13 +83,15 @@ def main(args: argparse.Namespace) -> int:
 
 def _print_plan(targets: list[str], args: argparse.Namespace) -> int:
     """``run --plan [--json]``: the stages, in order; exit 2 (one ``error:`` line each) when inputs are missing."""
+    import torch
+
     from benchmarks.plan import PlanIncomplete, check_plan
     from benchmarks.run import command_plan
 
     plan = run_plan(args, profile_of(args))
     stages = command_plan(targets, data_source(args.data), plan, int(os.environ.get("WORLD_SIZE", "1")))
     try:
-        check_plan(stages, plan.runs)
+        check_plan(stages, plan.runs, torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
         problems = []
     except PlanIncomplete as error:
         problems = str(error).splitlines()

@@ -23,12 +23,15 @@ instance stays on top of a larger one it overlaps (ties: annotation id). Masks a
 The annotation file is checked as data first (:mod:`benchmarks.data.coco_json`: what is refused,
 and the invalid polygons dropped as detectron2 drops them), then every kept image must be in the
 image folder at the size its entry declares; only then is anything written. Files are written to
-a temporary name and renamed, so an interrupted run resumes where it stopped (existing label PNGs
-are kept). An empty split is an error, never a silent exit 0.
+a temporary name and renamed, so an interrupted run resumes where it stopped (a label PNG is kept
+while its image's annotation entries hash as when it was written: :mod:`benchmarks.data.sources`).
+An empty split is an error, never a silent exit 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ from PIL import Image
 
 from benchmarks.data.coco_json import COCO_TO_VOC, COCOImage, COCOInstance, read_coco_instances
 from benchmarks.data.prepare_data import palette_png
+from benchmarks.data.sources import SourceManifest, bytes_sha256
 from benchmarks.data.voc import IGNORE_INDEX, IMAGE_FOLDERS, SPLITS, DataError, id_path
 from benchmarks.files import write_bytes_atomic
 
@@ -151,15 +155,23 @@ def prepare_coco(voc: Path, coco_root: str | os.PathLike[str]) -> PreparedCOCO:
     labels.mkdir(exist_ok=True)
     links.mkdir(exist_ok=True)
     written = already = 0
-    for image in kept:
-        target = id_path(labels, image.image_id, ".png")
-        if not id_path(links, image.image_id, ".jpg").is_file():
-            _symlink_atomic(id_path(links, image.image_id, ".jpg"), id_path(image_folder, image.image_id, ".jpg"))
-        if target.is_file():
-            already += 1
-            continue
-        write_bytes_atomic(target, palette_png(coco_label(image, found.instances[image.id])))
-        written += 1
+    manifest = SourceManifest(labels)
+    try:
+        for image in kept:
+            target = id_path(labels, image.image_id, ".png")
+            if not id_path(links, image.image_id, ".jpg").is_file():
+                _symlink_atomic(id_path(links, image.image_id, ".jpg"), id_path(image_folder, image.image_id, ".jpg"))
+            source = json.dumps([dataclasses.asdict(image), [dataclasses.asdict(i) for i in found.instances[image.id]]],
+                                sort_keys=True)
+            digest = bytes_sha256(source.encode())
+            if manifest.is_current(target, image.image_id, digest):
+                already += 1
+                continue
+            write_bytes_atomic(target, palette_png(coco_label(image, found.instances[image.id])))
+            manifest.record(image.image_id, digest)
+            written += 1
+    finally:
+        manifest.save()
     split_list = voc / "ImageSets" / "Segmentation" / f"{COCO_SPLIT}.txt"
     write_bytes_atomic(split_list, "".join(f"{image.image_id}\n" for image in kept).encode())
     return PreparedCOCO(annotation_file, len(kept), len(found.images) - len(kept), len(with_voc) - len(kept),

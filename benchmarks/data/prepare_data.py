@@ -16,7 +16,9 @@ val.txt}``). Output, inside ``VOC2012``:
   ``sbdval.txt``.
 
 Every file is written to a temporary name and renamed, so an interrupted run can be repeated and
-resumes where it stopped (existing PNGs are kept); files get the usual mode (0666 less the umask),
+resumes where it stopped: an existing PNG is kept while its source's sha256 is the one recorded in
+the folder's ``.sources.json`` when it was written, and rewritten once the source changed
+(:mod:`benchmarks.data.sources`); files get the usual mode (0666 less the umask),
 so a shared data tree stays readable by others. Ids are plain file stems
 (:func:`benchmarks.data.voc.check_image_id`), so nothing is read or written outside the two trees.
 """
@@ -25,12 +27,14 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from benchmarks.data.sources import SourceManifest
 from benchmarks.data.voc import (
     IGNORE_INDEX,
     NUM_CLASSES,
@@ -41,7 +45,7 @@ from benchmarks.data.voc import (
     resolve_voc_root,
     voc_palette,
 )
-from benchmarks.files import write_bytes_atomic
+from benchmarks.files import file_sha256, write_bytes_atomic
 
 __all__ = ["PreparedData", "palette_png", "prepare_data", "read_sbd_mat", "resolve_sbd_root", "trainaug_ids"]
 
@@ -116,6 +120,31 @@ def _sized_like_image(label: np.ndarray, image: Path, source: Path) -> np.ndarra
     return label
 
 
+def _write_labels(voc: Path, folder: str, ids: list[str], source_of: Callable[[str], Path]) -> dict[str, int]:
+    """Convert each id's source (a VOC ``.png`` or an SBD ``.mat``) into ``voc/folder/<id>.png``
+    unless that PNG was written from a source of the same sha256 (:mod:`benchmarks.data.sources`);
+    returns the counts written per source suffix and ``kept``."""
+    out = voc / folder
+    out.mkdir(exist_ok=True)
+    manifest = SourceManifest(out)
+    counts = {".png": 0, ".mat": 0, "kept": 0}
+    try:
+        for image_id in ids:
+            target, source = id_path(out, image_id, ".png"), source_of(image_id)
+            digest = file_sha256(source) if source.is_file() else ""  # a missing source: the reader names it
+            if digest and manifest.is_current(target, image_id, digest):
+                counts["kept"] += 1
+                continue
+            label = read_sbd_mat(source) if source.suffix == ".mat" else read_label(source)
+            write_bytes_atomic(target, palette_png(_sized_like_image(label, id_path(voc / "JPEGImages", image_id,
+                                                                                    ".jpg"), source)))
+            manifest.record(image_id, digest)
+            counts[source.suffix] += 1
+    finally:
+        manifest.save()
+    return counts
+
+
 def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str]) -> PreparedData:
     """Build ``SegmentationClassAug``, ``SegmentationClassSBD`` and the ``trainaug`` / ``sbdtrain`` /
     ``sbdval`` lists."""
@@ -130,31 +159,11 @@ def prepare_data(data: str | os.PathLike[str] | None, sbd: str | os.PathLike[str
     if missing_images:
         raise DataError(f"{len(missing_images)} trainaug/sbdtrain ids have no image in {voc / 'JPEGImages'}, e.g. "
                         f"{missing_images[:5]}; is the VOC 2012 trainval archive fully extracted?")
-    out = voc / "SegmentationClassAug"
-    out.mkdir(exist_ok=True)
     in_voc = set(voc_train)
-    counts = {"voc": 0, "sbd": 0, "kept": 0}
-    for image_id in labelled:
-        target = id_path(out, image_id, ".png")
-        if target.is_file():
-            counts["kept"] += 1
-            continue
-        source = (id_path(voc / "SegmentationClass", image_id, ".png") if image_id in in_voc
-                  else id_path(sbd_root / "cls", image_id, ".mat"))
-        label = read_label(source) if image_id in in_voc else read_sbd_mat(source)
-        counts["voc" if image_id in in_voc else "sbd"] += 1
-        write_bytes_atomic(target, palette_png(_sized_like_image(label, id_path(voc / "JPEGImages", image_id, ".jpg"),
-                                                                 source)))
-    fcn = {"written": 0, "kept": 0}
-    for image_id in sbd_train:
-        target = id_path(voc / "SegmentationClassSBD", image_id, ".png")
-        if target.is_file():
-            fcn["kept"] += 1
-            continue
-        source = id_path(sbd_root / "cls", image_id, ".mat")
-        label = _sized_like_image(read_sbd_mat(source), id_path(voc / "JPEGImages", image_id, ".jpg"), source)
-        write_bytes_atomic(target, palette_png(label))
-        fcn["written"] += 1
+    aug = _write_labels(voc, "SegmentationClassAug", labelled,
+                        lambda i: id_path(voc / "SegmentationClass", i, ".png") if i in in_voc
+                        else id_path(sbd_root / "cls", i, ".mat"))
+    fcn = _write_labels(voc, "SegmentationClassSBD", sbd_train, lambda i: id_path(sbd_root / "cls", i, ".mat"))
     for name, content in (("trainaug.txt", ids), ("sbdtrain.txt", sbd_train), ("sbdval.txt", sbd_val)):
         write_bytes_atomic(lists / name, "".join(f"{i}\n" for i in content).encode())
-    return PreparedData(voc, len(ids), counts["voc"], counts["sbd"], counts["kept"], fcn["written"], fcn["kept"])
+    return PreparedData(voc, len(ids), aug[".png"], aug[".mat"], aug["kept"], fcn[".mat"], fcn["kept"])

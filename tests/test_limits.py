@@ -1,0 +1,107 @@
+"""Limits before work (issue 26 item 4): recipe and CRF values whose cost can be computed are
+refused before anything runs, with the estimate in one line. The lower bounds here are counted by
+hand from the network's first layer and the batch's bytes, not by the code under test."""
+
+import dataclasses
+import re
+
+import pytest
+import torch
+from record_files import make_record, write_record_files
+
+from benchmarks.cli import main
+from benchmarks.crf.dense_crf import CRFParams
+from benchmarks.errors import RecipeError
+from benchmarks.limits import MAX_DAYS, check_crf_cost
+from benchmarks.recipes import get_recipe
+from benchmarks.run import searched_crf
+
+QUICK_WIDTH, QUICK_BATCH = 1 / 16, 8  # deeplab_v1's quick recipe (benchmarks/recipes.py: _quick)
+
+
+def _run(capsys, tmp_path, data, *sets: str) -> tuple[int, list[str]]:
+    args = ["run", "deeplab_v1", "--data", str(data), "--profile", "quick", "--results", str(tmp_path / "results"),
+            "--runs", str(tmp_path / "runs"), "--no-report", "--device", "cpu"]
+    status = main([*args, *(item for value in sets for item in ("--set", value))])
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(("setting", "lower_bound_gb"), [
+    # conv1_1's output alone: batch x 64 * width channels x crop^2 float32
+    ("crop=1000000", QUICK_BATCH * 64 * QUICK_WIDTH * 1e12 * 4 / 1e9),
+    # VGG-16's convolutions after the first alone (3x3 weights between 64, 64, 128, 128, 256 x3, 512 x6
+    # channels, each scaled by the width), with their gradient and Adam's two moments, float32
+    ("width=10000", sum(9 * a * b for a, b in zip([64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512],
+                                                  [64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512],
+                                                  strict=True)) * 1e8 * 4 * 4 / 1e9),
+    # the batch of VOC-size images scaled 1000x before cropping: uint8 RGB
+    ("scale=1000,1000", QUICK_BATCH * 375_000 * 500_000 * 3 / 1e9),
+])
+def test_a_step_that_cannot_fit_in_memory_is_refused_before_any_work(capsys, tmp_path, small_voc, setting,
+                                                                     lower_bound_gb):
+    data = small_voc(tmp_path / "voc")
+    status, lines = _run(capsys, tmp_path, data, setting)
+    assert status == 2
+    (line,) = [line for line in lines if "one training step" in line]
+    found = re.fullmatch(r"error: deeplab_v1: one training step needs an estimated (\S+) GB \(state \S+, activations "
+                         r"\S+, images \S+\) but (\S+) GB are available on cpu; lower crop, scale, width or batch_size "
+                         r"\(--set\)", line)
+    assert found, line
+    estimate, available = float(found[1]), float(found[2])
+    assert lower_bound_gb <= estimate <= 100 * lower_bound_gb
+    meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines())
+    assert 0.5 < available / (int(meminfo["MemAvailable"].split()[0]) * 1024 / 1e9) < 2
+    assert not [p for folder in ("runs", "results") for p in (tmp_path / folder).rglob("*") if p.is_file()]
+
+
+def test_a_schedule_longer_than_the_limit_is_refused(capsys, tmp_path, small_voc):
+    data = small_voc(tmp_path / "voc")
+    status, lines = _run(capsys, tmp_path, data, "iterations=1000000000000")
+    assert status == 2 and len(lines) == 1, lines
+    found = re.fullmatch(r"error: deeplab_v1: 1000000000000 iterations are (\S+) PFLOP, at least (\S+) days on cpu "
+                         r"even at 1 TFLOP/s \(the limit is 30 days\); lower iterations \(--set iterations=N\) or the "
+                         r"crop, width or batch_size", lines[0])
+    assert found, lines[0]
+    pflop, days = float(found[1]), float(found[2])
+    assert days == pytest.approx(pflop * 1e15 / 1e12 / 86400, rel=1e-2) and days > MAX_DAYS
+    # conv1_1 on VOC-size images, forward and backward (3x): a lower bound of the step's FLOPs
+    assert pflop * 1e15 >= 1e12 * 3 * QUICK_BATCH * 2 * 3 * 9 * 64 * QUICK_WIDTH * 375 * 500
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+
+
+def test_crf_iterations_past_the_limit_are_refused(tmp_path):
+    """A stored crf-search whose best setting says iterations 10^9 ran ``run NAME+crf`` until killed;
+    run checks the setting it takes (searched_crf) with check_crf_cost before the CRF runs."""
+    best = {**dataclasses.asdict(CRFParams()), "iterations": 1_000_000_000}
+    search = {"best": best, "images": 4, "split": "crfholdout", "trained_weights_sha256": "d" * 64}
+    record, counts = make_record("deeplab_v1", 62.25, crf_search=search)
+    path = write_record_files(tmp_path / "deeplab_v1.json", record, counts)
+    params, source = searched_crf(path, "d" * 64, get_recipe("deeplab_v1", "quick"))
+    assert params.iterations == 1_000_000_000
+    days = re.escape(f"{1e9 * 1449 * 500 * 375 * 21 * 100 / 1e12 / 86400:.3g}")  # 100 FLOPs a pixel, class; 1 TFLOP/s
+    with pytest.raises(RecipeError, match=rf"^CRF of crf-search on 4 crfholdout images .*: 1000000000 mean-field "
+                                          rf"iterations on 1449 images would take at least {days} days on cpu"):
+        check_crf_cost(params.iterations, 1449, f"CRF of {source}", torch.device("cpu"))
+    check_crf_cost(10, 1449, "recipe", torch.device("cpu"))  # DeepLab's 10 on VOC val: 0.066 days
+
+
+def test_crf_search_and_crfrnn_iterations_past_the_limit_are_refused(capsys, tmp_path, small_voc):
+    """crf-search runs the recipe's mean-field iterations at every grid point (checked before the
+    network trains); the CRF-RNN stage runs 5 a step (checked once the network it refines is there,
+    before the stage starts)."""
+    data = small_voc(tmp_path / "voc")
+    common = ["--data", str(data), "--profile", "quick", "--results", str(tmp_path / "results"), "--runs",
+              str(tmp_path / "runs"), "--device", "cpu"]
+    status = main(["crf-search", "deeplab_v1", *common, "--split", "val", "--set", "crf=iterations:1000000000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and re.fullmatch(
+        r"error: crf-search \(\d+ coarse and up to 27 fine points on \d+ images\): 1000000000 mean-field iterations "
+        r"on \d+ images would take at least \S+ days on cpu \(limit 30\); the papers use 10", err[0]), err
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    status = main(["run", "deeplab_v1+crfrnn", *common, "--no-report", "--set", "iterations=2", "--set",
+                   "batch_size=1", "--set", "crfrnn_iterations=100000000000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    days = f"{5 * 1e11 * 500 * 375 * 21 * 100 / 1e12 / 86400:.3g}"  # the mean-field iterations alone
+    assert status == 2 and err[-1] == "error: CRF-RNN training (crfrnn_iterations=100000000000): 5 mean-field " \
+        f"iterations on 100000000000 images would take at least {days} days on cpu (limit 30); the papers use 10", err
+    assert not list((tmp_path / "runs").rglob("crfrnn*"))
