@@ -217,6 +217,7 @@ def _dataset(data: str | None) -> DatasetSource:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks import preemption
     from benchmarks.distributed import Distributed
     from benchmarks.run import main_command_targets, run
 
@@ -233,12 +234,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_plan(targets, args)
     _check_outputs(args, reports=not args.no_report)
     dist_info = Distributed.from_environment(args.device)
-    source = _dataset(args.data)
-    if not source.comparable_to_paper and dist_info.is_main:
-        print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
-              f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
-    run(targets, source, _plan(args, _profile(args)), dist_info,
-        progress=print if dist_info.is_main else (lambda _: None))
+    with preemption.handled():
+        source = _dataset(args.data)
+        if not source.comparable_to_paper and dist_info.is_main:
+            print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
+                  f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
+        run(targets, source, _plan(args, _profile(args)), dist_info,
+            progress=print if dist_info.is_main else (lambda _: None))
     if dist_info.is_main and not args.no_report:
         _write_report(args)
     return 0
@@ -691,6 +693,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "checkpoint", file=sys.stderr)
         return 130
     except Exception as error:
+        from benchmarks.preemption import REQUEUE_STATUS, Preempted
+
+        if isinstance(error, Preempted):
+            print(f"preempted: {error}; run the same command again (requeue) to resume from there "
+                  f"(exit {REQUEUE_STATUS})", file=sys.stderr)
+            return REQUEUE_STATUS
         if not isinstance(error, expected_errors()):
             raise
         for line in error_message(error).splitlines():  # a plan's missing inputs: one line each
