@@ -32,6 +32,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
     inputs (``--set`` values, label maps); imported lazily to keep ``list`` and ``rf`` quick."""
     from benchmarks.data.voc import DataError
     from benchmarks.files import DamagedFile
+    from benchmarks.launch import LaunchError
     from benchmarks.networks import RunLocked
     from benchmarks.recipes import RecipeError
     from benchmarks.records import RecordError, RecordExists
@@ -40,7 +41,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
     from methods.vgg import WeightsUnavailable
 
     return (UsageError, DataError, RecipeError, RecordError, TrainingError, WeightsUnavailable, RecordExists, RunLocked,
-            DamagedFile, SuspiciousLoss, OSError, ValueError)
+            DamagedFile, SuspiciousLoss, LaunchError, OSError, ValueError)
 
 
 def error_message(error: Exception) -> str:
@@ -230,9 +231,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         targets = args.methods
     else:
         raise UsageError("name methods to run, or pass --all")
+    if args.gpus and torch.cuda.device_count() < args.gpus:
+        raise UsageError(f"--gpus {args.gpus}: this machine has {torch.cuda.device_count()} CUDA device(s); pass "
+                         "--gpus N with N at most that, or run on the CPU with --launcher local --jobs K")
     if args.plan:
         return _print_plan(targets, args)
     _check_outputs(args, reports=not args.no_report)
+    if args.launcher or args.gpus:
+        from benchmarks.launch import launch
+
+        launch(targets, args, _plan(args, _profile(args)), _dataset(args.data))
+        if args.launcher != "slurm" and not args.no_report:
+            _write_report(args)
+        return 0
     dist_info = Distributed.from_environment(args.device)
     with preemption.handled():
         source = _dataset(args.data)
@@ -240,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("NOTE: no VOC data given (--data / $SEGREPRO_DATA): using the embedded generated dataset at "
                   f"{source.root}. Its numbers are NOT comparable to the papers.", file=sys.stderr)
         run(targets, source, _plan(args, _profile(args)), dist_info,
-            progress=print if dist_info.is_main else (lambda _: None))
+            progress=print if dist_info.is_main else (lambda _: None), stage=args.stage)
     if dist_info.is_main and not args.no_report:
         _write_report(args)
     return 0
@@ -248,11 +259,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_plan(targets: list[str], args: argparse.Namespace) -> int:
     """``run --plan [--json]``: the stages, in order; exit 2 (one ``error:`` line each) when inputs are missing."""
+    from benchmarks.launch import stage_dependencies
     from benchmarks.plan import PlanIncomplete, check_plan
-    from benchmarks.run import command_plan
+    from benchmarks.run import command_plan, expand_targets
 
     plan = _plan(args, _profile(args))
     stages = command_plan(targets, _dataset(args.data), plan, int(os.environ.get("WORLD_SIZE", "1")))
+    after = stage_dependencies(expand_targets(targets, plan), plan)  # of each seed (benchmarks.launch)
     try:
         check_plan(stages, plan.runs)
         problems = []
@@ -260,7 +273,8 @@ def _print_plan(targets: list[str], args: argparse.Namespace) -> int:
         problems = str(error).splitlines()
     if args.json:
         print(json.dumps({"profile": plan.profile, "seeds": list(plan.seeds),
-                          "stages": [dataclasses.asdict(stage) for stage in stages], "missing": problems}, indent=1))
+                          "stages": [{**dataclasses.asdict(stage), "after": after[stage.target]} for stage in stages],
+                          "missing": problems}, indent=1))
     else:
         print(f"profile {plan.profile}, seeds {','.join(map(str, plan.seeds))}; {len(stages)} stages:")
         for number, stage in enumerate(stages, 1):
@@ -270,7 +284,8 @@ def _print_plan(targets: list[str], args: argparse.Namespace) -> int:
                                for name, count in stage.splits.items())
             disk = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in stage.disk_bytes.items())
             print(f"{number:2d}. {stage.target}: {stage.action}; {stage.iterations} it x batch {stage.batch}, crop "
-                  f"{stage.crop or 'none'}{flops}\n    init: {stage.init}\n    data: {splits}"
+                  f"{stage.crop or 'none'}{flops}\n    after: {', '.join(after[stage.target]) or 'nothing'}"
+                  f"\n    init: {stage.init}\n    data: {splits}"
                   + (f"\n    disk: {disk}" if disk else "") + f"\n    recipe: {stage.recipe_source}")
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
@@ -482,6 +497,19 @@ def _add_run_options(p: argparse.ArgumentParser, crf_backend: str = "pydensecrf"
                    help="train on even when the first loss is far from ln(21) or flat at the first checkpoint")
 
 
+def _add_launch_options(p: argparse.ArgumentParser) -> None:
+    """``run``'s scale-out options (``benchmarks.launch``)."""
+    p.add_argument("--stage", help="run only this stage of the command (one node of its graph; what each job runs)")
+    p.add_argument("--launcher", choices=["local", "slurm"],
+                   help="run the stages as a graph of jobs: on this machine (submitit LocalExecutor) or on SLURM")
+    p.add_argument("--jobs", type=_positive_int, default=1, help="with --launcher local: stages run at the same time")
+    p.add_argument("--gpus", type=_positive_int, help="CUDA devices to use, one stage each (--per-run K: K each)")
+    p.add_argument("--per-run", type=_positive_int, default=1, help="GPUs per stage (torchrun); with --gpus or slurm")
+    p.add_argument("--partition", help="--launcher slurm: the partition")
+    p.add_argument("--time", type=_positive_int, default=24 * 60, help="--launcher slurm: minutes per job")
+    p.add_argument("--nodes", type=_positive_int, default=1, help="--launcher slurm: nodes per run (torchrun)")
+
+
 def _crf_values(name: str) -> Callable[[str], tuple[float, ...]]:
     """The parser of ``--NAME v1,v2,...``: each value a valid CRF parameter ``name`` (finite, in range)."""
     from benchmarks.crf.dense_crf import CRFParams
@@ -605,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true", help="print every stage in order with what it needs (weights, "
                                                        "splits, FLOPs, disk) and what is missing; train nothing")
     p.add_argument("--json", action="store_true", help="with --plan: the plan as JSON")
+    _add_launch_options(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("score", help="evaluate given weights (e.g. a converted released model) with the method's "
                                      "published test procedure; writes a record under the `released` profile")
