@@ -196,10 +196,12 @@ def run_local(nodes: list[Node], make_job: Callable[[Node], StageCommand], folde
 
 
 def _last_line(path: Path) -> str:
+    """The run's latest line in a job's log (submitit's own lines skipped)."""
     try:
-        lines = path.read_text(errors="replace").strip().splitlines()
+        lines = [line for line in path.read_text(errors="replace").splitlines()
+                 if line.strip() and not line.startswith("submitit ")]
     except OSError:
-        return "starting"
+        lines = []
     return lines[-1][:200] if lines else "starting"
 
 
