@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -248,6 +249,9 @@ def launch(targets: list[str], args: argparse.Namespace, plan: RunPlan, source: 
            progress: Callable[[str], None] = print) -> None:
     """``run ... --launcher local|slurm`` or ``--gpus N``: check every stage's inputs (as ``run``
     does), build the graph and run it here or submit it to SLURM."""
+    if args.launcher == "slurm" and shutil.which("sbatch") is None:
+        raise LaunchError("--launcher slurm: sbatch is not on PATH (not a SLURM login node); run the command where "
+                          "SLURM is, or use --launcher local")
     check_plan(command_plan(targets, source, plan), plan.runs)
     nodes = sweep_graph(targets, plan)
     parser = _run_parser()

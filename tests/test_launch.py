@@ -115,3 +115,13 @@ def test_local_launcher_runs_the_graph_to_the_sequential_records(tmp_path):
         assert second[name]["hardware"]["torch_threads"] == record["hardware"]["torch_threads"], name
     logs = list((tmp_path / "launched" / "runs").rglob("launch/*_log.out"))
     assert len(logs) == 4 and any("deeplab_v1 it 3/3" in log.read_text() for log in logs)
+
+
+def test_slurm_launcher_without_slurm_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it, whatever this machine has
+    status = main(["run", "fcn8s", "--launcher", "slurm", "--results", str(tmp_path / "results"),
+                   "--runs", str(tmp_path / "runs"), "--no-report"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err == ["error: --launcher slurm: sbatch is not on PATH (not a SLURM login node); run the "
+                                   "command where SLURM is, or use --launcher local"]
+    assert not list((tmp_path / "runs").iterdir())
