@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -136,9 +137,10 @@ class StageCommand:
     def checkpoint(self) -> object:
         import submitit
 
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait()
+        if self._process is not None and self._process.returncode is None:
+            # the handler runs inside __call__'s Popen.wait, which holds Popen's wait lock: reap directly
+            os.kill(self._process.pid, signal.SIGTERM)
+            os.waitpid(self._process.pid, 0)
         return submitit.helpers.DelayedSubmission(StageCommand(self.argv, cwd=self.cwd, threads=self.threads,
                                                                gpus=self.gpus, nodes=self.nodes))
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -86,3 +87,35 @@ def test_sigusr1_stops_the_command_with_the_requeue_status(tmp_path):
     assert process.returncode == REQUEUE_STATUS and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("preempted: SIGUSR1 ")
     assert not list(out.rglob("weights.pt")) and not list(out.rglob("*.json"))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_submitit_requeues_a_preempted_stage_and_it_resumes_exactly(tmp_path):
+    """The launcher's job (``benchmarks.launch.StageCommand``) under submitit's LocalExecutor: the
+    preemption signal submitit handles (USR2, its SLURM ``--signal``) makes it stop the run with
+    SIGTERM (checkpoint) and requeue the same command, which resumes to the uninterrupted weights."""
+    import submitit
+
+    from benchmarks.launch import StageCommand
+
+    data = embedded_root(SMALL, cache_dir=tmp_path / "cache")
+    whole = subprocess.run(_command(data, tmp_path / "whole"), cwd=ROOT, capture_output=True, text=True,
+                           env=_environment(), timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "job"
+    executor = submitit.LocalExecutor(folder=out / "launch")
+    executor.update_parameters(timeout_min=60)
+    job = executor.submit(StageCommand(_command(data, out)[4:], cwd=ROOT, threads=torch.get_num_threads()))
+    while f"deeplab_v1 it 5/{ITERATIONS}" not in (job.paths.stdout.read_text() if job.paths.stdout.exists() else ""):
+        assert not job.done(), job.paths.stderr.read_text()[-2000:]
+        time.sleep(0.1)  # polling the log, not a timing assumption
+    (task,) = _children(job._process.pid)  # the process running the StageCommand under submitit
+    os.kill(task, signal.SIGUSR2)
+    assert job.result() == 0
+    log = job.paths.stdout.read_text() + job.paths.stderr.read_text()
+    assert "preempted: SIGTERM at iteration" in log and "deeplab_v1: resuming from iteration" in log, log[-3000:]
+    (record, weights), (whole_record, whole_weights) = _outputs(out), _outputs(tmp_path / "whole")
+    assert weights == whole_weights and record["metrics"] == whole_record["metrics"]
