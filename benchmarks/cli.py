@@ -59,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               "checkpoint", file=sys.stderr)
         return 130
     except Exception as error:
+        from benchmarks.preemption import REQUEUE_STATUS, Preempted
+
+        if isinstance(error, Preempted):
+            print(f"preempted: {error}; run the same command again (requeue) to resume from there "
+                  f"(exit {REQUEUE_STATUS})", file=sys.stderr)
+            return REQUEUE_STATUS
         if not isinstance(error, expected_errors()):
             raise
         for line in error_message(error).splitlines():  # a plan's missing inputs: one line each

@@ -49,7 +49,10 @@ def days_at_best(flops: float, device: torch.device) -> float:
 
 
 def step_memory_problem(method: str, step_bytes: dict[str, int], device: torch.device) -> str | None:
-    """The line refusing a training step of ``step_bytes`` that does not fit ``device`` now, or None."""
+    """The line refusing a training step of ``step_bytes`` that does not fit ``device`` now, or None
+    (also when ``device`` is a GPU this machine lacks: SLURM jobs run elsewhere)."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return None
     needed, free = sum(step_bytes.values()), available_memory(device)
     if needed <= free:
         return None

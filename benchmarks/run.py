@@ -282,14 +282,18 @@ def command_plan(targets: list[str], source: DatasetSource, plan: RunPlan, world
 
 
 def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Distributed,
-        progress: Callable[[str], None] = print) -> dict[tuple[str, int], Path]:
+        progress: Callable[[str], None] = print, stage: str | None = None) -> dict[tuple[str, int], Path]:
     """Train what is missing and write a record for every target and seed; returns the record of
     each (target, seed), written or reused (existing records are reused, not overwritten, unless
     ``plan.rerun``; a replaced record is kept as ``.superseded``). Before anything trains, every
-    stage's inputs are checked (``benchmarks.plan``): a missing one stops the command."""
+    stage's inputs are checked (``benchmarks.plan``): a missing one stops the command. ``stage``:
+    only that stage of the command (a node of ``benchmarks.launch``'s graph), its inputs checked."""
     ordered = expand_targets(targets, plan)
-    check_plan(command_plan(targets, source, plan, dist_info.world_size), plan.runs, dist_info.device)
-    overlaps = _check_splits(source, plan, ordered)
+    if stage is not None and stage not in ordered:
+        raise RecipeError(f"--stage {stage} is not a stage of this command; its stages: {', '.join(ordered)}")
+    check_plan(command_plan([stage] if stage else targets, source, plan, dist_info.world_size), plan.runs,
+               dist_info.device)
+    overlaps = _check_splits(source, plan, [stage] if stage else ordered)
     for method in dict.fromkeys(base_method(target) for target in ordered):
         recipe = plan.recipe(method)
         init = methods.get_entry(recipe.architecture).caffe_init
@@ -298,7 +302,7 @@ def run(targets: list[str], source: DatasetSource, plan: RunPlan, dist_info: Dis
                      f"(set ${init.env_var} to {init.file_name})")
     records: dict[tuple[str, int], Path] = {}
     for seed in plan.seeds:
-        for target in ordered:
+        for target in [stage] if stage else ordered:
             base = base_method(target)
             weights = weights_path(plan, source, base, seed)
             scored = target in targets or (target == base and any(f"{base}{suffix}" in targets

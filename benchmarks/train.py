@@ -29,6 +29,7 @@ from benchmarks.distributed import Distributed, precision_path
 from benchmarks.feature_cache import ImageFeatures, TileFeatures, image_feature_cache, tile_feature_cache
 from benchmarks.files import file_sha256, load_torch, save_torch
 from benchmarks.networks import build_model
+from benchmarks.preemption import Preempted, deferred, requested
 from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe, RecipeError
 from benchmarks.sanity import SanityGate
@@ -320,6 +321,8 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         start = int(state["iteration"])
         progress(f"{recipe.method}: resuming from iteration {start} ({checkpoint_path})")
     splits = [source.split(name) for name in recipe.training_splits]
@@ -348,45 +351,72 @@ def train(recipe: Recipe, source: DatasetSource, run_dir: Path, seed: int, dist_
                       enabled=sanity_gate and start == 0 and recipe.init_from is None)
     started, seen = time.perf_counter(), 0
     live = bar(recipe.method, recipe.iterations, "it", main=dist_info.is_main, initial=start)
-    try:
-        for iteration, (inputs, labels) in zip(range(start, recipe.iterations), batches, strict=False):
-            set_learning_rate(optimizer, recipe, iteration)
-            loss, grad_norm = training_step(wrapped, optimizer, inputs, labels, recipe=recipe, dist_info=dist_info)
-            seen += recipe.batch_size
-            if iteration == 0 and gate.enabled:
-                gate.check_first(_loss_per_pixel(float(loss.detach()), labels, recipe, dist_info))
-            last = iteration + 1 == recipe.iterations
-            checkpoint_due = (iteration + 1) % recipe.checkpoint_every == 0 and not last
-            if (iteration + 1) % recipe.log_every == 0 or last or checkpoint_due:  # no host sync in other steps
-                loss_value, norm_value = float(loss.detach()), float(grad_norm)
-                if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-                    raise TrainingError(
-                        f"{recipe.method}: loss {loss_value} / gradient norm {norm_value} at iteration {iteration} "
-                        f"(lr {learning_rate(recipe, iteration):.3g}); the run diverged. Lower the learning rate "
-                        f"(--set lr=...) or check the data; the last good checkpoint is {checkpoint_path}")
-                if gate.enabled:
-                    gate.check_logged(iteration + 1, _loss_per_pixel(loss_value, labels, recipe, dist_info))
-                rate = seen / (time.perf_counter() - started)
-                eta = (recipe.iterations - iteration - 1) * recipe.batch_size / max(rate, 1e-9)
-                progress(f"{recipe.method} it {iteration + 1}/{recipe.iterations} loss {loss_value:.4f} "
-                         f"|g| {norm_value:.3g} {rate:.1f} img/s eta {eta:.0f}s")
-                if log is not None:
-                    log.write({"iteration": iteration + 1, "loss": loss_value, "grad_norm": norm_value,
-                               "lr": learning_rate(recipe, iteration), "images_per_s": round(rate, 2),
-                               "elapsed_s": round(time.perf_counter() - started, 2)})
-            optimizer.step()
-            if dist_info.is_main and checkpoint_due:
-                save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "rng": torch.get_rng_state(), "iteration": iteration + 1}, checkpoint_path)
-            live.update()
-    finally:
-        live.close()
-        if log is not None:
-            log.close()
+    with deferred():  # a preemption signal is noted; the step in progress ends with a checkpoint
+        try:
+            for iteration, (inputs, labels) in zip(range(start, recipe.iterations), batches, strict=False):
+                set_learning_rate(optimizer, recipe, iteration)
+                loss, grad_norm = training_step(wrapped, optimizer, inputs, labels, recipe=recipe, dist_info=dist_info)
+                seen += recipe.batch_size
+                if iteration == 0 and gate.enabled:
+                    gate.check_first(_loss_per_pixel(float(loss.detach()), labels, recipe, dist_info))
+                last = iteration + 1 == recipe.iterations
+                checkpoint_due = (iteration + 1) % recipe.checkpoint_every == 0 and not last
+                if (iteration + 1) % recipe.log_every == 0 or last or checkpoint_due:  # no host sync in other steps
+                    loss_value, norm_value = float(loss.detach()), float(grad_norm)
+                    if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                        raise TrainingError(
+                            f"{recipe.method}: loss {loss_value} / gradient norm {norm_value} at iteration {iteration} "
+                            f"(lr {learning_rate(recipe, iteration):.3g}); the run diverged. Lower the learning rate "
+                            f"(--set lr=...) or check the data; the last good checkpoint is {checkpoint_path}")
+                    if gate.enabled:
+                        gate.check_logged(iteration + 1, _loss_per_pixel(loss_value, labels, recipe, dist_info))
+                    rate = seen / (time.perf_counter() - started)
+                    eta = (recipe.iterations - iteration - 1) * recipe.batch_size / max(rate, 1e-9)
+                    progress(f"{recipe.method} it {iteration + 1}/{recipe.iterations} loss {loss_value:.4f} "
+                             f"|g| {norm_value:.3g} {rate:.1f} img/s eta {eta:.0f}s")
+                    if log is not None:
+                        log.write({"iteration": iteration + 1, "loss": loss_value, "grad_norm": norm_value,
+                                   "lr": learning_rate(recipe, iteration), "images_per_s": round(rate, 2),
+                                   "elapsed_s": round(time.perf_counter() - started, 2)})
+                optimizer.step()
+                stop = _preemption_requested(dist_info)
+                if dist_info.is_main and (checkpoint_due or stop):
+                    save_torch(_checkpoint(model, optimizer, iteration + 1, device), checkpoint_path)
+                live.update()
+                if stop:
+                    dist_info.barrier()
+                    raise Preempted(f"{stop} at iteration {iteration + 1}/{recipe.iterations} of {recipe.method}; "
+                                    f"checkpoint {checkpoint_path} written")
+        finally:
+            live.close()
+            if log is not None:
+                log.close()
     if dist_info.is_main:
         save_torch(model.state_dict(), run_dir / "weights.pt")
     dist_info.barrier()
     return model
+
+
+def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
+                device: torch.device) -> dict[str, object]:
+    """What a resumed run needs to continue exactly: the model, the optimiser, the CPU random
+    state (dropout on the CPU) and, on CUDA, every device's random state (dropout there)."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+             "iteration": iteration}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _preemption_requested(dist_info: Distributed) -> str | None:
+    """The preemption signal this process (or, under DDP, any process) received, so that every
+    process stops after the same step; an all-reduce of one number per step under DDP."""
+    signal_name = requested()
+    if dist_info.world_size == 1:
+        return signal_name
+    flag = torch.tensor([1.0 if signal_name else 0.0], device=dist_info.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return (signal_name or "a preemption signal (another process)") if float(flag) else None
 
 
 def training_transform(model: nn.Module, recipe: Recipe) -> Callable:
