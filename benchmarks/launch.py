@@ -32,6 +32,7 @@ import torch
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.errors import SegreproError
 from benchmarks.plan import check_plan
+from benchmarks.records import LAUNCHER_ENV_VAR
 from benchmarks.run import RunPlan, base_method, command_plan, expand_targets, weights_path
 
 __all__ = ["LaunchError", "Node", "SlurmOptions", "StageCommand", "launch", "node_argv", "run_local",
@@ -109,8 +110,10 @@ class StageCommand:
     :meth:`checkpoint`: the run is stopped with SIGTERM (it writes its checkpoint,
     ``benchmarks.preemption``) and the same command is requeued, to resume there."""
 
-    def __init__(self, argv: list[str], *, cwd: Path, threads: int, gpus: int = 1, nodes: int = 1) -> None:
+    def __init__(self, argv: list[str], *, cwd: Path, threads: int, gpus: int = 1, nodes: int = 1,
+                 launcher: str = "submitit-local") -> None:
         self.argv, self.cwd, self.threads, self.gpus, self.nodes = argv, cwd, threads, gpus, nodes
+        self.launcher = launcher
         self._process: subprocess.Popen | None = None
 
     def command(self, rendezvous_host: str | None = None) -> list[str]:
@@ -128,7 +131,8 @@ class StageCommand:
             import submitit
 
             host = submitit.JobEnvironment().hostnames[0]
-        environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
+        environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1",
+                       LAUNCHER_ENV_VAR: self.launcher}
         self._process = subprocess.Popen(self.command(host), cwd=self.cwd, env=environment)
         status = self._process.wait()
         if status != 0:
@@ -266,7 +270,8 @@ def launch(targets: list[str], args: argparse.Namespace, plan: RunPlan, source: 
     def make_job(node: Node) -> StageCommand:
         gpus = args.per_run if (args.gpus or args.launcher == "slurm") else 1
         return StageCommand(node_argv(args, parser, targets, node), cwd=Path.cwd(), threads=threads, gpus=gpus,
-                            nodes=args.nodes if args.launcher == "slurm" else 1)
+                            nodes=args.nodes if args.launcher == "slurm" else 1,
+                            launcher=f"submitit-{args.launcher or 'local'}")
 
     if args.launcher == "slurm":
         options = SlurmOptions(partition=args.partition, time_min=args.time, gpus_per_run=args.per_run,

@@ -92,6 +92,17 @@ def software_summary(record: dict[str, object]) -> str:
     return f"{packages}; uv.lock {lock[:12] if lock else 'absent'}"
 
 
+def hardware_summary(record: dict[str, object]) -> str:
+    """One line naming what ran a record: device, its count and CUDA stack, precision, launcher."""
+    machine = record["hardware"]
+    gpus = f" x{machine['gpu_count']}, CUDA {machine.get('cuda')}, cuDNN {machine.get('cudnn')}, driver " \
+           f"{machine.get('driver')}" if machine.get("gpu_count") else ""
+    threads = f", {machine['torch_threads']} threads" if machine.get("device") == "cpu" and "torch_threads" in machine \
+        else ""
+    return (f"{machine['name']} ({machine['device']}{gpus}{threads}), precision {record.get('precision', 'fp32')}, "
+            f"{machine.get('world_size', 1)} process(es), launcher {machine.get('launcher', 'not recorded')}")
+
+
 TORCHVISION_WEIGHTS = "torchvision VGG-16; the papers used Caffe VGG-16"
 """The weights of a record whose recipe starts from torchvision's VGG-16 (``pretrained`` true)."""
 
@@ -119,6 +130,30 @@ def _cpu_model_and_simd() -> tuple[str | None, list[str]]:
     return fields.get("model name"), [flag for flag in _SIMD_FLAGS if flag in flags]
 
 
+LAUNCHER_ENV_VAR = "SEGREPRO_LAUNCHER"
+"""Set by ``benchmarks.launch`` in each job it starts (``submitit-local``, ``submitit-slurm``)."""
+
+
+def _launcher() -> str:
+    """How this process was started: the launcher's job, under torchrun, or neither."""
+    parts = [os.environ.get(LAUNCHER_ENV_VAR), "torchrun" if os.environ.get("TORCHELASTIC_RUN_ID") else None]
+    return " + ".join(part for part in parts if part) or "one process"
+
+
+def _cuda_facts(device: torch.device) -> dict[str, object]:
+    """CUDA, cuDNN and driver versions and the GPU count, on a CUDA device (the driver from
+    ``nvidia-smi`` when it is on PATH)."""
+    if device.type != "cuda":
+        return {}
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30).stdout.splitlines()[0].strip() or None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        driver = None
+    return {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "gpu_count": torch.cuda.device_count(), "driver": driver}
+
+
 def hardware(device: torch.device, world_size: int) -> dict[str, object]:
     """What ran a record. On the CPU the trained weights depend on the thread count and on the SIMD
     kernels oneDNN picks (measured on ``context_basic_coco``, quick, seed 0: mIoU 38.04 with 2
@@ -131,7 +166,8 @@ def hardware(device: torch.device, world_size: int) -> dict[str, object]:
             "torch_threads": torch.get_num_threads(), "cpu_model": cpu_model, "cpu_simd": simd,
             "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "torch": torch.__version__,
-            "python": platform.python_version(), "host": platform.node()}
+            "python": platform.python_version(), "host": platform.node(), "launcher": _launcher(),
+            **_cuda_facts(device)}
 
 
 def new_record(*, target: str, base_method: str, architecture: str, fields: dict[str, object], seed: int,

@@ -17,7 +17,7 @@ import torch
 from benchmarks.check import check_records, load_references
 from benchmarks.data.voc import VOC_CLASSES
 from benchmarks.groups import Group, group_records, recipe_rows, row_label
-from benchmarks.records import scan_records, software_summary, weights_summary
+from benchmarks.records import hardware_summary, scan_records, software_summary, weights_summary
 from benchmarks.stats import seed_interval
 
 __all__ = ["CLAIMS", "claims_table", "paper_tables", "write_report"]
@@ -362,7 +362,7 @@ def _group_section(each: Group, siblings: int, tables: Path, reports: Path, runs
     software = "; ".join(f"{count} records: {summary}"
                          for summary, count in Counter(software_summary(r) for r in group).items())
     lines += [f"Evaluated on split `{first['dataset']['split']}` ({first['dataset']['images']} images); "
-              f"hardware: {first['hardware']['name']} ({first['hardware']['device']}); weights: "
+              f"hardware: {'; '.join(dict.fromkeys(hardware_summary(r) for r in group))}; weights: "
               f"{'; '.join(dict.fromkeys(weights_summary(r) for r in group))}.", "", f"Software: {software}.", "",
               markdown, "",
               "### The papers' qualitative claims", ""]

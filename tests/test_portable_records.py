@@ -114,3 +114,24 @@ def _image_sizes(data: Path, split: str) -> set[tuple[int, int]]:
         with Image.open(voc / "JPEGImages" / f"{image_id}.jpg") as image:
             sizes.add(image.size)
     return sizes
+
+
+def test_records_name_what_ran_them_and_how_it_was_launched(monkeypatch):
+    """Issue 25 item 5 on the CPU: the launcher (one process, a launcher's job, torchrun) goes into
+    ``hardware`` and the report's line; the CUDA stack is recorded only on a CUDA device (not
+    tested here: no GPU)."""
+    import torch
+
+    from benchmarks.records import LAUNCHER_ENV_VAR, hardware, hardware_summary
+
+    monkeypatch.delenv(LAUNCHER_ENV_VAR, raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    alone = hardware(torch.device("cpu"), 1)
+    assert alone["launcher"] == "one process" and "cuda" not in alone and "gpu_count" not in alone
+    monkeypatch.setenv(LAUNCHER_ENV_VAR, "submitit-local")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    launched = hardware(torch.device("cpu"), 2)
+    assert launched["launcher"] == "submitit-local + torchrun"
+    line = hardware_summary({"hardware": launched, "precision": "fp32"})
+    assert line == (f"{launched['name']} (cpu, {launched['torch_threads']} threads), precision fp32, 2 process(es), "
+                    "launcher submitit-local + torchrun")
