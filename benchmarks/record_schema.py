@@ -168,6 +168,19 @@ def counts_problem(record: dict[str, object], image_ids: list[str], counts: np.n
     return None
 
 
+def _method_problem(record: dict[str, object]) -> str | None:
+    """``method`` must be the scored network (``base_method``) or it with a post-processing suffix,
+    and the recipe must be that network's: a record relabelled as another method would be pooled
+    and checked as that method."""
+    method, base = record["method"], record.get("base_method")
+    if base is not None and method not in (base, f"{base}+crf", f"{base}+crfrnn"):
+        return f"method {method!r} is not its base_method {base!r} (or it with +crf/+crfrnn)"
+    recipe = record.get("recipe")
+    if base is not None and isinstance(recipe, dict) and recipe.get("method") not in (None, base):
+        return f"recipe.method {recipe.get('method')!r} is not its base_method {base!r}"
+    return None
+
+
 def record_problem(record: object, counts: Callable[[], tuple[list[str], np.ndarray]]) -> str | None:
     """The first reason ``record`` (parsed JSON) is not a valid record, or ``None``. ``counts``
     reads its ``.npz`` (ids, counts) and raises ``ValueError`` with the reason if it cannot."""
@@ -180,6 +193,8 @@ def record_problem(record: object, counts: Callable[[], tuple[list[str], np.ndar
     if record["comparable_to_paper"] and (dataset["name"] == "embedded" or "generator" in dataset):
         return "comparable_to_paper is true for a record of the embedded generated dataset (never comparable)"
     if "crf_search" in record and (problem := crf_search_problem(record["crf_search"])):
+        return problem
+    if problem := _method_problem(record):
         return problem
     if isinstance(record.get("recipe"), dict):
         try:

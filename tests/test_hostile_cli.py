@@ -129,6 +129,7 @@ def test_a_truncated_checkpoint_or_weights_file_names_itself(capsys, tmp_path, s
     ({"profile": "/abs/where"}, "profile '/abs/where'"),
     ({"dataset": {"name": "../../z", "split": "val"}}, "dataset.name '../../z'"),
     ({"metrics": None}, "metrics None is not an object"),
+    ({"method": "fcn8s"}, "method 'fcn8s' is not its base_method 'deeplab_v1'"),
 ])
 @pytest.mark.parametrize("command", ["check", "report"])
 def test_a_record_with_impossible_fields_names_itself(capsys, tmp_path, change, words, command):

@@ -240,7 +240,9 @@ LR = "a number in (0, 1e12] (beyond, float32 updates overflow)"
     ("crf_grid=w1:5", "values > 0 for each of w1, theta_alpha and theta_beta (crf-search --w1 1,2 ... sets them; "
                       "--set cannot)"),
     ("momentum=1", "a number in [0, 1)"), ("weight_decay=-1e-4", "a finite number >= 0"),
-    ("dropout=1", "none or a number in [0, 1)"), ("width=0", "a finite number > 0"),
+    ("dropout=1", "none or a number in [0, 1)"),
+    *((f"width={bad}", "a number in (0, 1000] (wider, a layer's size overflows; far less is refused for its memory)")
+      for bad in ("0", "1e6")),
     ("scale=1.5,0.5", "none or low,high with 0 < low <= high"), ("scale=0,1", "none or low,high with 0 < low <= high"),
     ("init_from=deeplab_v1", "another method than deeplab_v1 (or none)"),
     ("cached_features=true", "false unless train_only names the part trained on them (the staged context_basic and "
