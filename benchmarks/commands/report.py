@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from benchmarks.commands.common import (
-    write_report_files,
-)
+from benchmarks.commands.common import writable_folder, write_report_files
 
 NAME = "report"
 HELP = "regenerate tables and reports/report.md from the records"
@@ -19,5 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    writable_folder(Path(args.reports), "--reports")
     write_report_files(args)
     return 0
