@@ -31,9 +31,9 @@ def _run(capsys, tmp_path, data, *sets: str) -> tuple[int, list[str]]:
     ("crop=1000000", QUICK_BATCH * 64 * QUICK_WIDTH * 1e12 * 4 / 1e9),
     # VGG-16's convolutions after the first alone (3x3 weights between 64, 64, 128, 128, 256 x3, 512 x6
     # channels, each scaled by the width), with their gradient and Adam's two moments, float32
-    ("width=10000", sum(9 * a * b for a, b in zip([64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512],
+    ("width=1000", sum(9 * a * b for a, b in zip([64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512],
                                                   [64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512],
-                                                  strict=True)) * 1e8 * 4 * 4 / 1e9),
+                                                  strict=True)) * 1e6 * 4 * 4 / 1e9),
     # the batch of VOC-size images scaled 1000x before cropping: uint8 RGB
     ("scale=1000,1000", QUICK_BATCH * 375_000 * 500_000 * 3 / 1e9),
 ])
