@@ -224,39 +224,3 @@ def tile_feature_cache(compute: Callable[[torch.Tensor], torch.Tensor], dataset:
         meta = {"images": len(dataset), "channels": channels, "units": units, "identity": identity}
         (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     return TileFeatures.open(folder)
-    if not main:
-        raise FileNotFoundError(f"{folder} is not complete; the main process writes it first")
-    staging = folder.with_name(f".staging-{os.getpid()}-{secrets.token_hex(4)}")
-    staging.mkdir(parents=True)
-    try:
-        with torch.inference_mode():
-            first = compute(dataset[0][0][None].to(device))[0]
-        channels, units = first.shape[0], first.shape[-1]
-        if first.shape[-2:] != (units, units):
-            raise ValueError(f"tile features {tuple(first.shape)} are not square")
-        needed, free = cache_bytes(len(dataset), channels, units), shutil.disk_usage(staging).free
-        if needed > free:
-            raise CacheTooLarge(f"the context module's cached features need {needed / 1e9:.2f} GB under "
-                                f"{cache_root}, {free / 1e9:.2f} GB are free; free some space or set $SEGREPRO_CACHE "
-                                "to a larger disk")
-        features = np.memmap(staging / "features.f16", np.float16, "w+", shape=(len(dataset), channels, units, units))
-        labels = np.memmap(staging / "labels.u8", np.uint8, "w+", shape=(len(dataset), units, units))
-        with torch.inference_mode():
-            for index in bar(description, len(dataset), "img", main=main, iterable=range(len(dataset))):
-                image, label, _ = dataset[index]
-                scores = first if index == 0 else compute(image[None].to(device))[0]
-                features[index] = scores.float().cpu().numpy().astype(np.float16)
-                labels[index] = tile_labels(label, units).numpy()
-        features.flush()
-        labels.flush()
-        del features, labels
-        meta = {"images": len(dataset), "channels": channels, "units": units, "identity": identity}
-        (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-        try:
-            os.replace(staging, folder)
-        except OSError:  # another process completed the same cache first
-            if not (folder / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return TileFeatures.open(folder)
