@@ -2,6 +2,7 @@
 properties the benchmark relies on (context pairs, band distance, boundary bands)."""
 
 import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -116,3 +117,23 @@ def test_a_tampered_cache_is_refused_naming_the_file(tmp_path):
         embedded_root(SMALL, cache_dir=tmp_path / "second")
     shutil.rmtree(copy)
     assert embedded_root(SMALL, cache_dir=tmp_path / "second") == copy  # regenerated, and it verifies
+
+
+
+@pytest.mark.parametrize("edit", ["entry_removed", "table_emptied"])
+def test_a_tampered_cache_whose_table_was_edited_too_is_refused(tmp_path, edit):
+    """The re-probe of issue 26 changed a label and also dropped its entry from (or emptied)
+    embedded.json's sha256 table: the run trained on it, exit 0. Every file of the tree must be
+    one the table vouches for."""
+    root = embedded_root(SMALL, cache_dir=tmp_path / "first")
+    name = "VOCdevkit/VOC2012/SegmentationClassAug/embedded_000003.png"
+    Image.fromarray(np.zeros_like(read_label(root / name)), mode="P").save(root / name)
+    manifest = json.loads((root / "embedded.json").read_text())
+    manifest["sha256"] = {} if edit == "table_emptied" else {k: v for k, v in manifest["sha256"].items() if k != name}
+    (root / "embedded.json").write_text(json.dumps(manifest))
+    copy = tmp_path / "second" / root.name  # a fresh path: the check runs once per process and folder
+    shutil.copytree(root, copy, symlinks=True)
+    named = re.escape(f"{copy}/{name}") if edit == "entry_removed" else re.escape(str(copy)) + "/.*"
+    with pytest.raises(DataError, match=rf"^embedded dataset file {named} is not in .*embedded\.json's sha256 "
+                                        r"table \(added, or the table edited\); remove"):
+        embedded_root(SMALL, cache_dir=tmp_path / "second")

@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from benchmarks.data.coco import COCO_LABELS, COCO_SPLIT, COCO_TO_VOC, prepare_coco
+from benchmarks.data.sources import MANIFEST as SOURCES_MANIFEST
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, DataError, voc_palette
 from benchmarks.files import process_alive, space_checked, under
 
@@ -410,6 +411,30 @@ def verify_embedded(root: Path) -> None:
         if actual != digest:
             what = "is missing" if actual == "missing" else "changed after generation (its sha256 differs)"
             raise DataError(f"embedded dataset file {path} {what}; remove {root} and run again to regenerate it")
+    if unlisted := _unlisted_file(root, recorded):
+        raise DataError(f"embedded dataset file {unlisted} is not in {root / 'embedded.json'}'s sha256 table (added, "
+                        f"or the table edited); remove {root} and run again to regenerate it")
+
+
+def _unlisted_file(root: Path, recorded: dict[str, str]) -> Path | None:
+    """The first file under ``root`` that the manifest's table does not vouch for, or ``None``: a
+    table emptied or missing an entry left a tampered file unchecked (re-probe of issue 26). A
+    symlink (``JPEGImagesCOCO``) counts when it resolves to a listed file of the tree; the manifest
+    itself, the marker and ``prepare_coco``'s source record are bookkeeping, not data."""
+    bookkeeping = {Path("embedded.json"), Path("VOCdevkit/VOC2012") / MARKER,
+                   Path("VOCdevkit/VOC2012") / COCO_LABELS / SOURCES_MANIFEST}
+    listed = {Path(name) for name in recorded}
+    real_root = root.resolve()
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        name = path.relative_to(root)
+        if path.is_symlink():
+            target = path.resolve()
+            name = target.relative_to(real_root) if target.is_relative_to(real_root) else None
+        if name not in listed and name not in bookkeeping:
+            return path
+    return None
 
 
 def embedded_root(config: EmbeddedConfig | None = None, cache_dir: Path | None = None) -> Path:
