@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from benchmarks.data.coco import COCO_LABELS, COCO_SPLIT, COCO_TO_VOC, prepare_coco
+from benchmarks.data.coco import COCO_IMAGES, COCO_LABELS, COCO_SPLIT, COCO_TO_VOC, prepare_coco
 from benchmarks.data.sources import MANIFEST as SOURCES_MANIFEST
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, DataError, voc_palette
 from benchmarks.files import process_alive, space_checked, under
@@ -418,21 +418,23 @@ def verify_embedded(root: Path) -> None:
 
 def _unlisted_file(root: Path, recorded: dict[str, str]) -> Path | None:
     """The first file under ``root`` that the manifest's table does not vouch for, or ``None``: a
-    table emptied or missing an entry left a tampered file unchecked (re-probe of issue 26). A
-    symlink (``JPEGImagesCOCO``) counts when it resolves to a listed file of the tree; the manifest
-    itself, the marker and ``prepare_coco``'s source record are bookkeeping, not data."""
-    bookkeeping = {Path("embedded.json"), Path("VOCdevkit/VOC2012") / MARKER,
-                   Path("VOCdevkit/VOC2012") / COCO_LABELS / SOURCES_MANIFEST}
-    listed = {Path(name) for name in recorded}
-    real_root = root.resolve()
+    table emptied or missing an entry left a tampered file unchecked (re-probe of issue 26).
+    ``JPEGImagesCOCO/<name>`` stands for the listed ``coco/train2017/<name>``: a symlink must
+    resolve to it, a copy (a tree copied without symlinks) must hold its bytes. The manifest, the
+    marker and ``prepare_coco``'s source record are bookkeeping, not data."""
+    voc = Path("VOCdevkit/VOC2012")
+    bookkeeping = {Path("embedded.json"), voc / MARKER, voc / COCO_LABELS / SOURCES_MANIFEST}
+    listed = {Path(name): digest for name, digest in recorded.items()}
     for path in sorted(root.rglob("*")):
-        if path.is_dir() and not path.is_symlink():
-            continue
         name = path.relative_to(root)
-        if path.is_symlink():
-            target = path.resolve()
-            name = target.relative_to(real_root) if target.is_relative_to(real_root) else None
-        if name not in listed and name not in bookkeeping:
+        if (path.is_dir() and not path.is_symlink()) or name in listed or name in bookkeeping:
+            continue
+        source = Path("coco/train2017") / path.name
+        if name.parent != voc / COCO_IMAGES or source not in listed:
+            return path
+        if path.is_symlink() and path.resolve() != (root / source).resolve():
+            return path
+        if not path.is_symlink() and hashlib.sha256(path.read_bytes()).hexdigest() != listed[source]:
             return path
     return None
 
