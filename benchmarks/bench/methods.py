@@ -27,8 +27,10 @@ from benchmarks.distributed import Distributed, precision_path
 from benchmarks.evaluation import ConfusionMatrix, class_probabilities
 from benchmarks.feature_cache import TILE_UNITS
 from benchmarks.networks import build_model
+from benchmarks.optimizer import build_optimizer
 from benchmarks.recipes import Recipe, get_recipe, recipe_methods
-from benchmarks.train import TrainedPart, build_optimizer, training_step
+from benchmarks.train import training_step
+from benchmarks.training_mode import TrainedPart
 from methods.common import BilinearUpsample
 
 __all__ = ["SIZES", "BenchSize", "bench_method", "forward_flops", "matmul_peak", "paper_profile_flops",
