@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.cli import build_parser, main
-from benchmarks.data.embedded import EmbeddedConfig, embedded_root
+from benchmarks.data.embedded import embedded_root
+from benchmarks.data.embedded_scenes import EmbeddedConfig
 from benchmarks.launch import Node, SlurmOptions, StageCommand, node_argv, slurm_submissions, sweep_graph
 from benchmarks.records import load_records
 from benchmarks.run import RunPlan, main_command_targets

@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.check import check_records, load_references
 from benchmarks.data.datasets import resolve_dataset
-from benchmarks.data.embedded import EmbeddedConfig
+from benchmarks.data.embedded_scenes import EmbeddedConfig
 from benchmarks.distributed import Distributed
 from benchmarks.recipes import get_recipe
 from benchmarks.report import paper_tables, write_report
