@@ -32,7 +32,7 @@ from benchmarks.data.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, 
 from benchmarks.distributed import Distributed
 from benchmarks.networks import build_model
 from benchmarks.recipes import PROFILES, RecipeError, apply_overrides, get_recipe
-from benchmarks.run import RunPlan, expand_targets
+from benchmarks.resolve import RunPlan, expand_targets
 from benchmarks.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
