@@ -163,10 +163,6 @@ class Recipe:
         if self.cached_features and self.train_only is None:
             problems.append(("cached_features", "false unless train_only names the part trained on them (the staged "
                                                 "context_basic and context_large recipes)"))
-        if self.cached_features and self.init_from is None:
-            problems.append(("cached_features", "false unless init_from names the method whose trained part the "
-                                                "features come from (the staged context_basic and context_large "
-                                                "recipes)"))
         if problems:
             key, allowed = problems[0]
             raise RecipeError(f"recipe {self.method} ({self.profile}): {key}={getattr(self, key)!r} is not allowed; "

@@ -1,8 +1,9 @@
 """How a recipe trains, as one object chosen once from its flags (:func:`training_mode`).
 
 ``Recipe.__post_init__`` checks that the flags go together (``padded_crops``, ``loss_on_score_map``,
-``cached_features``, ``tile_features``, ``train_only``, ``init_from``); the mode chosen here checks
-that the network offers what it needs and is the one place that acts on them:
+``cached_features``, ``tile_features``, ``train_only``); the mode chosen here checks that the
+network offers what it needs (and, before caching features, that they come from a trained part:
+``init_from``) and is the one place that acts on them:
 
 * :class:`WholeNetwork`: augmented images in, the loss on the full-resolution scores (FCN);
 * :class:`ScoreMapLoss`: the loss on the score map against the labels subsampled by the score
@@ -80,9 +81,16 @@ class TrainingMode:
             model.eval()
             part.train()
 
+    on_images = True
+    """Whether the batches are images (normalised on the device) rather than cached maps."""
+
     def trained_network(self, model: nn.Module) -> nn.Module:
-        """The module whose forward the loss sees."""
+        """The module the optimiser steps (all of the network, or the head on cached maps)."""
         return model
+
+    def forward(self, network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward of ``network`` (:meth:`trained_network`) that a training step runs."""
+        return network
 
     def scores(self, part: TrainedPart, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The scores the loss compares with ``labels``."""
@@ -122,7 +130,7 @@ class WholeNetwork(TrainingMode):
             raise self._error(f"{error} (--set crop=...)") from None
 
     def scores(self, part: TrainedPart, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return part.network(part.images(inputs))
+        return self.forward(part.network)(part.images(inputs))
 
     def batches(self, model: nn.Module, data: TrainingData, start: int) -> Batches:
         dataset = self._splits(data, self.transform(model))
@@ -138,8 +146,11 @@ class ScoreMapLoss(WholeNetwork):
     def label_factor(self, model: nn.Module) -> int:
         return model.score_stride
 
+    def forward(self, network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return network.score_map
+
     def scores(self, part: TrainedPart, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return part.network.score_map(part.images(inputs))[..., : labels.shape[-2], : labels.shape[-1]]
+        return self.forward(part.network)(part.images(inputs))[..., : labels.shape[-2], : labels.shape[-1]]
 
 
 class PaddedCrops(ScoreMapLoss):
@@ -155,9 +166,12 @@ class PaddedCrops(ScoreMapLoss):
     def margin(self, model: nn.Module) -> int:
         return model.input_margin
 
+    def forward(self, network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return network.score_map_of_padded
+
     def scores(self, part: TrainedPart, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = part.images(inputs)
-        scores = part.network.score_map_of_padded(images)
+        scores = self.forward(part.network)(images)
         if scores.shape[-2:] != labels.shape[-2:]:
             raise RecipeError(f"score map {tuple(scores.shape[-2:])} of a {tuple(images.shape[-2:])} padded crop "
                               f"does not match the {tuple(labels.shape[-2:])} labels")
@@ -173,15 +187,20 @@ class CachedImageFeatures(TrainingMode):
     def __init__(self, recipe: Recipe, model: nn.Module) -> None:
         super().__init__(recipe, model)
         if model.staged_split() is None:
-            raise self._error("cached_features=True trains a head on the cached output of a part trained before; it "
-                              "needs a method trained in stages (context_basic, context_large); set "
-                              "cached_features=false")
+            raise self._not_staged()
+
+    def _not_staged(self) -> RecipeError:
+        return self._error("cached_features=True trains a head on the cached output of a part trained before; it "
+                           "needs init_from and a method trained in stages (context_basic, context_large); set "
+                           "cached_features=false")
+
+    on_images = False
 
     def trained_network(self, model: nn.Module) -> nn.Module:
         return model.staged_split()[1]
 
     def scores(self, part: TrainedPart, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return part.final_upsample(part.network(inputs), labels[:, None])
+        return part.final_upsample(self.forward(part.network)(inputs), labels[:, None])
 
     def features(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
         """What is cached of one normalised image: the stem's output."""
@@ -193,6 +212,8 @@ class CachedImageFeatures(TrainingMode):
                                    description=f"{self.recipe.method}: caching features", main=main)
 
     def batches(self, model: nn.Module, data: TrainingData, start: int) -> Batches:
+        if self.recipe.init_from is None:  # the maps would come from an untrained stem
+            raise self._not_staged()
         dataset = self._splits(data)
         weights = {"weights_sha256": file_sha256(data.dependency_weights)} if data.dependency_weights is not None \
             else {"weights": "initial", "recipe": self.recipe.as_dict()}
@@ -230,8 +251,11 @@ class CachedTiles(CachedImageFeatures):
         return tile_feature_cache(compute, dataset, identity, default_cache_dir(), device=data.dist_info.device,
                                   description=f"{self.recipe.method}: caching features", main=main)
 
+    def forward(self, network: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return getattr(network, "training_form", network)
+
     def scores(self, part: TrainedPart, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        scores = getattr(part.network, "training_form", part.network)(inputs)
+        scores = self.forward(part.network)(inputs)
         if scores.shape[-2:] != labels.shape[-2:]:
             raise RecipeError(f"the head maps {tuple(inputs.shape[-2:])} tile features to "
                               f"{tuple(scores.shape[-2:])} scores, not the {tuple(labels.shape[-2:])} labels; "
