@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from benchmarks.groups import row_label
+from benchmarks.resolve import recorded_run_folder
 
 __all__ = ["effective_fields", "pictures", "receptive_field_figure"]
 
@@ -40,11 +41,8 @@ def _figures(records: list[dict[str, object]], per_class: pd.DataFrame, out: Pat
     axes.legend(fontsize=7, ncol=4)
     made.append(_save_figure(out / f"{stem}-per-class-iou.png"))
 
-    from benchmarks.networks import run_folder
-
-    logs = {(row_label(r), r["seed"]): log for r in records if r["method"] == r["base_method"] and r.get("run_key")
-            and (log := run_folder(runs, r["profile"], r["dataset"]["name"], r["method"], r["seed"],
-                                   key=r["run_key"]) / "log.csv").is_file()}
+    logs = {(row_label(r), r["seed"]): log for r in records if r["method"] == r["base_method"]
+            and (folder := recorded_run_folder(runs, r)) is not None and (log := folder / "log.csv").is_file()}
     if logs:
         _figure, axes = plt.subplots(figsize=(8, 4))
         for (label, seed), log in sorted(logs.items()):
@@ -89,15 +87,14 @@ def _trained_networks(group: list[dict[str, object]], runs: Path, images: int,
     from benchmarks.data.datasets import SegmentationDataset, source_from_facts
     from benchmarks.data.voc import DataError
     from benchmarks.files import file_sha256
-    from benchmarks.networks import build_trained, run_folder
+    from benchmarks.networks import build_trained
     from benchmarks.recipes import recipe_from_record
 
     records = {row_label(r): r for r in group if r["seed"] == 0 and r["method"] == r["base_method"]}
     for label, record in sorted(records.items()):
-        key = record.get("run_key")
-        weights = run_folder(runs, record["profile"], record["dataset"]["name"], record["method"], 0,
-                             key=key) / "weights.pt"
-        if key is None or not weights.is_file():
+        folder = recorded_run_folder(runs, record)
+        weights = folder / "weights.pt" if folder is not None else None
+        if weights is None or not weights.is_file():
             skipped.append((label, "no seed-0 weights under the runs folder (records produced elsewhere: `run` "
                                     "them here to draw them)"))
             continue

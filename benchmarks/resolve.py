@@ -33,7 +33,7 @@ from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
 __all__ = ["CRFRNN_SUFFIX", "CRF_SUFFIX", "HEAVY_MOMENTUM", "ResolvedRun", "RunPlan", "base_method",
            "caffe_init_file", "caffe_init_sha256", "conditions", "expand_targets", "main_command_targets",
-           "resolve_run", "run_identity"]
+           "recorded_run_folder", "resolve_run", "run_identity"]
 
 CRF_SUFFIX = "+crf"
 CRFRNN_SUFFIX = "+crfrnn"
@@ -232,3 +232,11 @@ def resolve_run(plan: RunPlan, source: DatasetSource, method: str, seed: int) ->
              "weights_source": _weights_source(recipe), "init_from": recipe.init_from,
              "conditions": conditions(plan, method)}
     return ResolvedRun(plan, source, recipe, seed, facts)
+
+
+def recorded_run_folder(runs: Path, record: dict[str, object]) -> Path | None:
+    """The folder under ``runs`` of the run a record scored (named by the ``run_key`` it states,
+    as :attr:`ResolvedRun.folder` names it); ``None`` for a record without one (``score``'s)."""
+    key = record.get("run_key")
+    return None if key is None else run_folder(runs, record["profile"], record["dataset"]["name"],
+                                               record["base_method"], record["seed"], key=key)
