@@ -58,6 +58,9 @@ class TrainingData:
 class TrainingMode:
     """What every mode shares: the recipe, and the frozen trunk (``train_only``)."""
 
+    on_images = True
+    """Whether the batches are images (normalised on the device) rather than cached maps."""
+
     def __init__(self, recipe: Recipe, model: nn.Module) -> None:
         self.recipe = recipe
 
@@ -80,9 +83,6 @@ class TrainingMode:
         if self.recipe.train_only is not None:
             model.eval()
             part.train()
-
-    on_images = True
-    """Whether the batches are images (normalised on the device) rather than cached maps."""
 
     def trained_network(self, model: nn.Module) -> nn.Module:
         """The module the optimiser steps (all of the network, or the head on cached maps)."""
