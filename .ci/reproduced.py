@@ -21,7 +21,7 @@ import torch
 from benchmarks.files import file_sha256
 from benchmarks.networks import run_folder
 from benchmarks.records import hardware
-from benchmarks.run import main_command_targets
+from benchmarks.resolve import main_command_targets
 
 RECORDS = Path("results/records/quick-embedded")
 MACHINE_KIND = ("torch_threads", "cpu_simd", "aten_cpu_capability", "onednn_max_cpu_isa", "torch")

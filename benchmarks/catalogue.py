@@ -56,7 +56,7 @@ def list_rows() -> list[dict[str, object]]:
     a registered network another way (``*_coco``, ``*_joint``, ``frontend_coco_stage1``), and the
     ``+crf`` and ``+crfrnn`` variants; recipes and variants carry their network's facts."""
     from benchmarks.recipes import get_recipe, recipe_methods
-    from benchmarks.run import CRF_SUFFIX, CRFRNN_SUFFIX, main_command_targets
+    from benchmarks.resolve import CRF_SUFFIX, CRFRNN_SUFFIX, main_command_targets
 
     recipes, main = recipe_methods(), set(main_command_targets())
     registered = methods.list_methods()

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from benchmarks.data.datasets import DatasetSource
     from benchmarks.distributed import Distributed
     from benchmarks.recipes import Recipe
-    from benchmarks.run import RunPlan
+    from benchmarks.resolve import RunPlan
 
 __all__ = ["compare_to_baselines", "fair_recipe", "paired_difference"]
 

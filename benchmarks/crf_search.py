@@ -25,7 +25,8 @@ from benchmarks.limits import check_crf_cost
 from benchmarks.networks import build_trained
 from benchmarks.progress import bar
 from benchmarks.records import update_record
-from benchmarks.run import RunPlan, run, target_record_path, weights_path
+from benchmarks.resolve import RunPlan, resolve_run
+from benchmarks.run import run
 
 __all__ = ["SEARCHED", "MethodSearch", "SearchResult", "candidates", "finer_grid", "search", "search_method"]
 
@@ -141,7 +142,8 @@ def search_method(method: str, source: DatasetSource, plan: RunPlan, dist_info: 
     run([method], source, plan, dist_info, progress)
     found = []
     for seed in plan.seeds:
-        weights = weights_path(plan, source, method, seed)
+        resolved = resolve_run(plan, source, method, seed)
+        weights = resolved.weights
         model = build_trained(recipe, weights).to(dist_info.device).eval()
         samples = [split[index] for index in range(len(ids))]
         images = [torch.from_numpy(s.image).permute(2, 0, 1) for s in samples]
@@ -150,7 +152,7 @@ def search_method(method: str, source: DatasetSource, plan: RunPlan, dist_info: 
                          for image in bar(f"{method} seed {seed}: probabilities", len(images), "img", iterable=images)]
         result = search(images, probabilities, [s.label for s in samples], grid, recipe.crf_params(),
                         backend, progress=progress)
-        path = target_record_path(plan, source, method, seed)
+        path = resolved.record_path(method)
         update_record(path, {"crf_search": {
             "best": dataclasses.asdict(result.best), "miou": result.best_miou, "split": split_name,
             "images": len(ids), "images_in_training_split": in_training, "grid": grid, "backend": backend,

@@ -33,7 +33,8 @@ from benchmarks.data.datasets import DatasetSource
 from benchmarks.errors import SegreproError
 from benchmarks.plan import check_plan
 from benchmarks.records import LAUNCHER_ENV_VAR
-from benchmarks.run import RunPlan, base_method, command_plan, expand_targets, weights_path
+from benchmarks.resolve import RunPlan, base_method, expand_targets, resolve_run
+from benchmarks.run import command_plan
 
 __all__ = ["LaunchError", "Node", "SlurmOptions", "StageCommand", "launch", "node_argv", "run_local",
            "slurm_submissions", "stage_dependencies", "submit_slurm", "sweep_graph"]
@@ -282,5 +283,5 @@ def launch(targets: list[str], args: argparse.Namespace, plan: RunPlan, source: 
     if jobs < 1:
         raise LaunchError(f"--gpus {args.gpus} cannot give {args.per_run} GPUs to a run; pass --per-run <= --gpus")
     progress(f"[launch] {len(nodes)} stages, at most {jobs} at a time, {threads} torch threads each")
-    run_local(nodes, make_job, lambda node: weights_path(plan, source, base_method(node.target), node.seed).parent,
+    run_local(nodes, make_job, lambda node: resolve_run(plan, source, base_method(node.target), node.seed).folder,
               jobs=jobs, gpus_per_run=args.per_run if args.gpus else 0, gpus=args.gpus or 0, progress=progress)

@@ -1,23 +1,22 @@
 """``python -m benchmarks report``: tables (CSV, Markdown) under ``results/`` and a Markdown report
 with figures under ``reports/``, regenerated from the records alone (plus training logs where
-the run folders are present)."""
+the run folders are present); the pictures are drawn by ``benchmarks.report_figures``."""
 
 from __future__ import annotations
 
-import csv
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from benchmarks.check import check_records, load_references
 from benchmarks.data.voc import VOC_CLASSES
 from benchmarks.groups import Group, group_records, recipe_rows, row_label
 from benchmarks.records import hardware_summary, scan_records, software_summary, weights_summary
+from benchmarks.report_figures import pictures, receptive_field_figure
 from benchmarks.stats import seed_interval
 
 __all__ = ["CLAIMS", "claims_table", "paper_tables", "write_report"]
@@ -155,159 +154,6 @@ def crf_settings(records: list[dict[str, object]]) -> pd.DataFrame:
                          for (m, p, src, b), seeds in sorted(rows.items())])
 
 
-def _save_figure(path: Path) -> str:
-    """Save and close the current matplotlib figure; its file name, for the Markdown link."""
-    import matplotlib.pyplot as plt
-
-    plt.tight_layout()
-    plt.savefig(path, dpi=80)
-    plt.close()
-    return path.name
-
-
-def _figures(records: list[dict[str, object]], out: Path, runs: Path, stem: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    table = per_class_table(records)
-    axes = table.plot.bar(figsize=(14, 4), width=0.85)
-    axes.set_ylabel("IoU (%)")
-    axes.set_title("Per-class IoU (mean over seeds)")
-    axes.legend(fontsize=7, ncol=4)
-    made.append(_save_figure(out / f"{stem}-per-class-iou.png"))
-
-    from benchmarks.networks import run_folder
-
-    logs = {(row_label(r), r["seed"]): log for r in records if r["method"] == r["base_method"] and r.get("run_key")
-            and (log := run_folder(runs, r["profile"], r["dataset"]["name"], r["method"], r["seed"],
-                                   key=r["run_key"]) / "log.csv").is_file()}
-    if logs:
-        _figure, axes = plt.subplots(figsize=(8, 4))
-        for (label, seed), log in sorted(logs.items()):
-            with log.open() as file:
-                rows = list(csv.DictReader(file))
-            if rows:
-                axes.plot([int(r["iteration"]) for r in rows], [float(r["loss"]) for r in rows],
-                          label=f"{label} seed{seed}", linewidth=0.8)
-        axes.set_xlabel("iteration")
-        axes.set_ylabel("training loss")
-        axes.legend(fontsize=6, ncol=3)
-        made.append(_save_figure(out / f"{stem}-training-curves.png"))
-    return made
-
-
-def _receptive_field_figure(out: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from benchmarks.receptive_field import stack_table
-    from methods.dilation import CONTEXT_DILATIONS
-
-    rows = stack_table(list(CONTEXT_DILATIONS), 3)
-    _figure, axes = plt.subplots(figsize=(6, 3))
-    axes.plot([r["layer"] for r in rows], [r["receptive_field"] for r in rows], marker="o")
-    axes.set_xlabel("context-module layer")
-    axes.set_ylabel("receptive field (score-map units)")
-    axes.set_title(f"Context module, dilations {list(CONTEXT_DILATIONS)}")
-    return _save_figure(out / "receptive-field-context.png")
-
-
-Samples = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def _trained_networks(group: list[dict[str, object]], runs: Path, images: int,
-                      skipped: list[tuple[str, str]]) -> Iterator[tuple[str, torch.nn.Module, Samples]]:
-    """(table row, network with its seed-0 weights, the first ``images`` evaluation (image, label)
-    pairs) for every network of ``group`` whose weights under ``runs`` are the ones its record
-    scored and whose dataset can still be had; why a network is left out goes to ``skipped``."""
-    from benchmarks.data.datasets import SegmentationDataset, source_from_facts
-    from benchmarks.data.voc import DataError
-    from benchmarks.files import file_sha256
-    from benchmarks.networks import build_trained, run_folder
-    from benchmarks.recipes import recipe_from_record
-
-    records = {row_label(r): r for r in group if r["seed"] == 0 and r["method"] == r["base_method"]}
-    for label, record in sorted(records.items()):
-        key = record.get("run_key")
-        weights = run_folder(runs, record["profile"], record["dataset"]["name"], record["method"], 0,
-                             key=key) / "weights.pt"
-        if key is None or not weights.is_file():
-            skipped.append((label, "no seed-0 weights under the runs folder (records produced elsewhere: `run` "
-                                    "them here to draw them)"))
-            continue
-        if file_sha256(weights) != record["trained_weights_sha256"]:
-            skipped.append((label, "the weights under the runs folder are not the ones the record scored"))
-            continue
-        try:
-            source = source_from_facts(record["dataset"])
-        except DataError as error:
-            skipped.append((label, f"the evaluation images cannot be had: {error}"))
-            continue
-        try:
-            model = build_trained(recipe_from_record(record["recipe"]), weights)
-        except KeyError as error:  # a user's method whose module was not imported
-            skipped.append((label, f"{error.args[0]} (pass --import MODULE)"))
-            continue
-        model.eval()
-        split = SegmentationDataset(source.split(record["dataset"]["split"]))
-        yield label, model, [split[i][:2] for i in range(min(images, len(split)))]
-
-
-def effective_fields(group: list[dict[str, object]], runs: Path, images: int = 8,
-                     skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
-    """Effective receptive field of each trained network (seed 0) at the centre of the lower half
-    of those of the first ``images`` evaluation images that share the first image's size."""
-    from benchmarks.receptive_field import effective_receptive_field
-
-    rows = []
-    for method, model, samples in _trained_networks(group, runs, images, [] if skipped is None else skipped):
-        size = samples[0][0].shape
-        batch = torch.stack([image for image, _ in samples if image.shape == size])
-        height, width = batch.shape[-2:]
-        radii = effective_receptive_field(model, model.input_convention.normalize(batch), 3 * height // 4, width // 2)
-        rows.append({"method": method, "50% of gradient (px)": radii[0.5], "90% of gradient (px)": radii[0.9],
-                     "unit (row, col)": f"({3 * height // 4}, {width // 2})",
-                     "images": f"{len(batch)} of {height}x{width}"})
-    return pd.DataFrame(rows)
-
-
-def _overlays(group: list[dict[str, object]], runs: Path, stem: str, out: Path, skipped: list[tuple[str, str]],
-              images: int = 4) -> str | None:
-    """Image / ground truth / each trained network's prediction (seed 0) for the first images
-    (of any sizes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from benchmarks.data.voc import voc_palette
-
-    palette = voc_palette()
-    columns: list[tuple[str, list[np.ndarray]]] = []
-    for method, model, samples in _trained_networks(group, runs, images, skipped):
-        if not columns:
-            columns = [("image", [image.permute(1, 2, 0).numpy() for image, _ in samples]),
-                       ("ground truth", [palette[label.numpy()] for _, label in samples])]
-        with torch.inference_mode():
-            predictions = [model(model.input_convention.normalize(image[None]))[0].argmax(0) for image, _ in samples]
-        columns.append((method, [palette[prediction.numpy()] for prediction in predictions]))
-    if not columns:
-        return None
-    count = len(columns[0][1])
-    _figure, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.3 * count), squeeze=False)
-    for column, (title, pictures) in enumerate(columns):
-        for row in range(count):
-            axes[row][column].imshow(pictures[row])
-            axes[row][column].axis("off")
-        axes[0][column].set_title(title, fontsize=7)
-    return _save_figure(out / f"{stem}-qualitative.png")
-
-
 def write_report(results: Path, reports: Path, runs: Path, warn: Callable[[str], None] = print) -> list[Path]:
     """Regenerate ``results/tables/*`` and ``reports/report.md``; returns the files written. A
     file that is not a valid record, or duplicates another, is left out with one line to ``warn``."""
@@ -328,7 +174,7 @@ def write_report(results: Path, reports: Path, runs: Path, warn: Callable[[str],
         section, files = _group_section(each, siblings, tables, reports, runs)
         lines += section
         written += files
-    lines += ["## Receptive fields (SPEC section 3)", "", f"![receptive field]({_receptive_field_figure(reports)})", ""]
+    lines += ["## Receptive fields (SPEC section 3)", "", f"![receptive field]({receptive_field_figure(reports)})", ""]
     verdicts = pd.DataFrame(check_records(records, load_references()))
     lines += ["## Check against the published numbers (one verdict per group, method and reference)", ""]
     if not verdicts.empty:
@@ -380,27 +226,4 @@ def _group_section(each: Group, siblings: int, tables: Path, reports: Path, runs
     if not crf_rows.empty:
         lines += ["### Dense-CRF settings of the `+crf` records", "", crf_rows.to_markdown(index=False), ""]
     lines += ["### Per-class IoU", "", per_class.to_markdown(), ""]
-    return lines + _pictures(group, stem, reports, runs), written
-
-
-def _pictures(group: list[dict], stem: str, reports: Path, runs: Path) -> list[str]:
-    """The group's qualitative results, effective receptive fields and figures, as report lines."""
-    lines: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    overlay = _overlays(group, runs, stem, reports, skipped)
-    if overlay:
-        lines += ["### Qualitative results (seed 0; columns: image, ground truth, each network)", "",
-                  f"![qualitative]({overlay})", ""]
-    for reason in dict.fromkeys(reason for _, reason in skipped):
-        names = ", ".join(method for method, why in skipped if why == reason)
-        lines += [f"Qualitative results and effective receptive fields leave out {names}: {reason}.", ""]
-    fields = effective_fields(group, runs)
-    if not fields.empty:
-        lines += ["### Effective receptive fields of the trained networks (Luo et al. 2016)", "",
-                  "Half-width of the square centred on one output unit in the object region that holds 50% / "
-                  "90% of the input-gradient mass (mean over up to 8 images of one size; reflection padding "
-                  "folds gradient back into the image); the scene cue of the embedded dataset lies at least "
-                  "`context_distance` px above every object.", "", fields.to_markdown(index=False), ""]
-    for figure in _figures(group, reports, runs, stem):
-        lines += [f"![{figure}]({figure})", ""]
-    return lines
+    return lines + pictures(group, per_class, stem, reports, runs), written

@@ -25,7 +25,7 @@ from benchmarks.files import check_finite, file_sha256, load_torch
 from benchmarks.predictions import PredictionWriter
 from benchmarks.recipes import RecipeError, get_recipe
 from benchmarks.records import new_record, record_path, write_record
-from benchmarks.run import CRF_SUFFIX
+from benchmarks.resolve import CRF_SUFFIX
 from methods.common import TORCHVISION_VGG
 
 __all__ = ["RELEASED_PROFILE", "score_weights"]

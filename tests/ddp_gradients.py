@@ -1,6 +1,6 @@
 """Run under ``torchrun --nproc_per_node N`` (gloo, CPU) by ``tests/test_plan.py``: one training
 step of ``RECIPE`` on a fixed global batch of genuine VOC crops, each process on its share
-(``_PlannedBatches``: every N-th item, uneven when N does not divide the batch); rank 0 writes
+(``PlannedBatches``: every N-th item, uneven when N does not divide the batch); rank 0 writes
 the gradients to OUT. Without torchrun, the same step in one process."""
 
 import dataclasses
@@ -14,8 +14,10 @@ from torch import nn
 from benchmarks.data.voc import read_image, read_label
 from benchmarks.distributed import Distributed
 from benchmarks.networks import build_model
+from benchmarks.optimizer import build_optimizer
 from benchmarks.recipes import get_recipe
-from benchmarks.train import TrainedPart, build_optimizer, training_step
+from benchmarks.train import training_step
+from benchmarks.training_mode import TrainedPart
 
 
 def main(method: str, voc: Path, out: Path) -> None:

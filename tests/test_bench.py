@@ -58,8 +58,10 @@ def test_the_cuda_fast_path_arithmetic_runs_on_the_cpu():
     from benchmarks.distributed import Distributed
     from benchmarks.evaluation import class_probabilities
     from benchmarks.networks import build_model
+    from benchmarks.optimizer import build_optimizer
     from benchmarks.recipes import get_recipe
-    from benchmarks.train import TrainedPart, build_optimizer, training_step
+    from benchmarks.train import training_step
+    from benchmarks.training_mode import TrainedPart
 
     recipe = get_recipe("deeplab_v1", "quick")
     torch.manual_seed(0)
@@ -69,8 +71,8 @@ def test_the_cuda_fast_path_arithmetic_runs_on_the_cpu():
     labels = torch.randint(0, 21, (2, 8, 8))
     results = []
     for net, fast in ((model, False), (fast_model, True)):
-        optimizer = build_optimizer(net, recipe)
         part = TrainedPart(net, recipe, channels_last=fast)
+        optimizer = build_optimizer(net, recipe)
         loss, norm = training_step(part, optimizer, images, labels, recipe=recipe, dist_info=Distributed(),
                                    precision="bf16" if fast else "fp32")
         grads = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])

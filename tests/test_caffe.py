@@ -26,7 +26,7 @@ from benchmarks.networks import build_model, build_trained
 from benchmarks.recipes import apply_overrides, get_recipe, paper_weights
 from benchmarks.records import TORCHVISION_WEIGHTS, weights_summary
 from benchmarks.report import summary_table
-from benchmarks.run import RunPlan, run_identity
+from benchmarks.resolve import RunPlan, run_identity
 from methods.caffe_weights import caffe_state_dict, read_caffe_source
 from methods.caffemodel import CaffeModelError, read_caffemodel
 from methods.deeplab import DEEPLAB_MEAN_BGR

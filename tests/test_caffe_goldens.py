@@ -22,8 +22,10 @@ from benchmarks.data.voc import read_image
 from benchmarks.distributed import Distributed
 from benchmarks.files import load_torch
 from benchmarks.networks import build_model
+from benchmarks.optimizer import build_optimizer, set_learning_rate
 from benchmarks.recipes import Recipe, get_recipe
-from benchmarks.train import TrainedPart, build_optimizer, set_learning_rate, training_step
+from benchmarks.train import training_step
+from benchmarks.training_mode import TrainedPart
 
 GOLDENS = ROOT / "tests" / "data" / "caffe-oracle"
 FORWARD = json.loads((GOLDENS / "forward" / "facts.json").read_text())

@@ -19,8 +19,10 @@ from benchmarks.data.voc import read_image
 from benchmarks.distributed import Distributed
 from benchmarks.files import load_torch
 from benchmarks.networks import build_model
+from benchmarks.optimizer import build_optimizer
 from benchmarks.recipes import get_recipe
-from benchmarks.train import TrainedPart, build_optimizer, training_step
+from benchmarks.train import training_step
+from benchmarks.training_mode import TrainedPart
 
 WIDTH = 0.0625
 # the golden's net -> the method whose published test procedure it checks, and the output compared

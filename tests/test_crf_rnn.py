@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from benchmarks.crf.crf_rnn import CRFRNN
 from benchmarks.crf.dense_crf import NORMALISATIONS, CRFKernels, CRFParams, dense_crf_batch
-from benchmarks.data.embedded import EmbeddedConfig, render_sample
+from benchmarks.data.embedded_scenes import EmbeddedConfig, render_sample
 from benchmarks.data.voc import VOCSplit
 
 CLASSES = 21

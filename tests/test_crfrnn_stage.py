@@ -13,7 +13,7 @@ from benchmarks.crfrnn_stage import crfrnn_training
 from benchmarks.files import file_sha256
 from benchmarks.recipes import get_recipe
 from benchmarks.records import load_records
-from benchmarks.run import base_method
+from benchmarks.resolve import base_method
 
 ROOT = Path(__file__).resolve().parents[1]
 

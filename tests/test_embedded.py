@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.data.embedded import (
-    APPEARANCE,
-    CONTEXT_PAIRS,
-    SCENE_CUES,
-    EmbeddedConfig,
-    embedded_root,
-    generate,
-    render_coco_sample,
-    render_sample,
-)
+from benchmarks.data.embedded import embedded_root, generate
+from benchmarks.data.embedded_coco import render_coco_sample
+from benchmarks.data.embedded_scenes import APPEARANCE, CONTEXT_PAIRS, SCENE_CUES, EmbeddedConfig, render_sample
 from benchmarks.data.voc import NUM_CLASSES, DataError, VOCSplit, read_image, read_label
 
 SMALL = EmbeddedConfig(seed=3, train_images=12, val_images=6, crf_holdout_images=4, coco_images=10, height=64,

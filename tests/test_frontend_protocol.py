@@ -14,8 +14,10 @@ from benchmarks.data.transforms import to_tv_tensors
 from benchmarks.data.voc import read_image, read_label
 from benchmarks.distributed import Distributed
 from benchmarks.networks import build_model
+from benchmarks.optimizer import build_optimizer
 from benchmarks.recipes import RecipeError, get_recipe
-from benchmarks.train import TrainedPart, build_optimizer, training_step, training_transform
+from benchmarks.train import training_step
+from benchmarks.training_mode import TrainedPart, training_mode
 
 MARGIN, CROP, STRIDE = 186, 500, 8  # fyu/dilation: margin=186, --crop_size 500, label_stride=8
 
@@ -43,7 +45,7 @@ def test_paper_frontend_step_is_a_padded_500_crop_with_16x16_labels_at_offset_18
     assert recipe.padded_crops and recipe.crop == CROP
     model = build_model(recipe)
     torch.manual_seed(3)
-    crop, labels = training_transform(model, recipe)(*to_tv_tensors(image, label))
+    crop, labels = training_mode(recipe, model).transform(model)(*to_tv_tensors(image, label))
     assert crop.shape == (3, CROP, CROP) and labels.shape == (16, 16)
 
     padded_image = np.pad(image, ((MARGIN, MARGIN), (MARGIN, MARGIN), (0, 0)), mode="reflect")
@@ -66,18 +68,18 @@ def test_quick_frontend_crops_the_padded_embedded_image():
     model = build_model(recipe)
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     label = np.zeros((96, 128), np.uint8)
-    crop, labels = training_transform(model, recipe)(*to_tv_tensors(image, label))
+    crop, labels = training_mode(recipe, model).transform(model)(*to_tv_tensors(image, label))
     assert crop.shape == (3, 468, 468) and labels.shape == (12, 12) and (labels == 0).all()
 
 
 def test_a_crop_that_does_not_fit_the_margin_is_a_recipe_error():
     recipe = dataclasses.replace(get_recipe("frontend", "quick"), crop=470)
     with pytest.raises(RecipeError, match="crop - 372"):
-        training_transform(build_model(recipe), recipe)
+        training_mode(recipe, model := build_model(recipe)).transform(model)
     deeplab = dataclasses.replace(get_recipe("deeplab_v1", "quick"), crop=321, padded_crops=True,
                                   loss_on_score_map=False)
     with pytest.raises(RecipeError, match="input margin"):
-        training_transform(build_model(deeplab), deeplab)
+        training_mode(deeplab, build_model(deeplab))
 
 
 def test_paper_frontend_step_costs_the_authors_arithmetic():
@@ -111,7 +113,7 @@ def test_joint_fine_tuning_trains_front_end_and_context_on_padded_crops(tmp_path
     staged = tmp_path / "staged.pt"
     torch.save(build_model(dataclasses.replace(recipe, init_from=None)).state_dict(), staged)
     model = build_model(recipe, staged)
-    crop, labels = training_transform(model, recipe)(*to_tv_tensors(image, label))
+    crop, labels = training_mode(recipe, model).transform(model)(*to_tv_tensors(image, label))
     part = TrainedPart(model, recipe)
     assert part(crop[None], labels[None].long()).shape == (1, 21, 16, 16)
     optimizer = build_optimizer(model, recipe)

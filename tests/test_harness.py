@@ -19,7 +19,7 @@ from benchmarks.evaluation import metrics_from_confusion
 from benchmarks.recipes import RecipeError, apply_overrides, get_recipe
 from benchmarks.records import load_records
 from benchmarks.report import claims_table, write_report
-from benchmarks.run import RunPlan, expand_targets
+from benchmarks.resolve import RunPlan, expand_targets
 from benchmarks.stats import miou_from_counts, paired_bootstrap, seed_interval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_check_verdicts():
 def test_fcn_runs_are_graded_against_the_reference_set_of_their_solver():
     """The paper recipe's heavy-momentum solver (fcn.berkeleyvision.org solver.prototxt) against the
     repository's numbers only; a run of the paper's momentum-0.9 solver against CVPR Table 2 only."""
-    from benchmarks.run import RunPlan, conditions
+    from benchmarks.resolve import RunPlan, conditions
 
     references = load_references()
     assert conditions(RunPlan(profile="paper", seeds=(0,)), "fcn8s")["heavy_momentum_solver"]

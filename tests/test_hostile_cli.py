@@ -18,7 +18,7 @@ from record_files import write_valid_record
 from benchmarks import catalogue
 from benchmarks.cli import main
 from benchmarks.data.datasets import resolve_dataset
-from benchmarks.run import RunPlan, weights_path
+from benchmarks.resolve import RunPlan, resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +111,7 @@ def assert_refused(capsys, command: str, results: Path, *words: str) -> None:
 def test_a_truncated_checkpoint_or_weights_file_names_itself(capsys, tmp_path, small_voc, name, fix, cut):
     data = small_voc(tmp_path / "voc")
     plan = RunPlan(profile="quick", seeds=(0,), runs=tmp_path / "runs")
-    path = weights_path(plan, resolve_dataset(data), "deeplab_v1", 0).with_name(name)
+    path = resolve_run(plan, resolve_dataset(data), "deeplab_v1", 0).folder / name
     path.parent.mkdir(parents=True)
     torch.save({"model": torch.zeros(1000)}, path)
     path.write_bytes(path.read_bytes()[:cut])

@@ -24,12 +24,13 @@ from scipy.io import savemat
 from benchmarks.cli import build_parser
 from benchmarks.crf.dense_crf import CRFParams
 from benchmarks.data.datasets import DatasetSource, resolve_dataset
-from benchmarks.data.embedded import MARKER, EmbeddedConfig, embedded_root
+from benchmarks.data.embedded import MARKER, embedded_root
+from benchmarks.data.embedded_scenes import EmbeddedConfig
 from benchmarks.data.prepare_data import prepare_data, read_sbd_mat
 from benchmarks.data.voc import MAX_IMAGE_PIXELS, DataError, VOCSplit, id_path, read_image, read_label, read_split
 from benchmarks.distributed import Distributed
 from benchmarks.recipes import PROFILES, RecipeError, apply_overrides, get_recipe
-from benchmarks.run import RunPlan, expand_targets
+from benchmarks.resolve import RunPlan, expand_targets
 from benchmarks.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +202,8 @@ def test_embedded_cache_honours_the_umask(tmp_path, umask):
 def test_staging_folder_of_a_killed_generation_is_removed(tmp_path):
     big = "EmbeddedConfig(train_images=100_000, height=64, width=80)"  # far longer than the test waits
     child = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; "
-                              "from benchmarks.data.embedded import EmbeddedConfig, embedded_root; "
+                              "from benchmarks.data.embedded import embedded_root; "
+                              "from benchmarks.data.embedded_scenes import EmbeddedConfig; "
                               f"embedded_root({big}, Path(sys.argv[1]))",
                               str(tmp_path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

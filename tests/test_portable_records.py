@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks.data.datasets import resolve_dataset, source_from_facts
-from benchmarks.data.embedded import EmbeddedConfig
+from benchmarks.data.embedded_scenes import EmbeddedConfig
 from benchmarks.data.voc import DataError
 from benchmarks.report import write_report
 

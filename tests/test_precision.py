@@ -13,7 +13,7 @@ import torch
 from benchmarks.data.datasets import resolve_dataset
 from benchmarks.distributed import effective_precision, precision_path
 from benchmarks.recipes import RecipeError, apply_overrides, get_recipe, recipe_methods
-from benchmarks.run import RunPlan, run_identity
+from benchmarks.resolve import RunPlan, run_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "iterations=2", "--set", "checkpoint_every=2", "--set", "log_every=1", "--set", "batch_size=2"]

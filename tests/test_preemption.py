@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.data.embedded import EmbeddedConfig, embedded_root
+from benchmarks.data.embedded import embedded_root
+from benchmarks.data.embedded_scenes import EmbeddedConfig
 from benchmarks.files import file_sha256
 from benchmarks.preemption import REQUEUE_STATUS
 

@@ -12,7 +12,8 @@ import torch
 
 from benchmarks.crf_search import search
 from benchmarks.data.datasets import DatasetSource
-from benchmarks.data.embedded import EmbeddedConfig, embedded_root
+from benchmarks.data.embedded import embedded_root
+from benchmarks.data.embedded_scenes import EmbeddedConfig
 from benchmarks.distributed import Distributed
 from benchmarks.evaluation import evaluate
 from benchmarks.files import save_torch

@@ -6,8 +6,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from benchmarks.optimizer import build_optimizer, set_learning_rate
 from benchmarks.recipes import get_recipe
-from benchmarks.train import build_optimizer, set_learning_rate
 
 
 def test_sgd_under_a_step_schedule_is_caffes_update():

@@ -8,11 +8,12 @@ import torch
 
 from benchmarks.check import check_records, load_references
 from benchmarks.data.datasets import resolve_dataset
-from benchmarks.data.embedded import EmbeddedConfig
+from benchmarks.data.embedded_scenes import EmbeddedConfig
 from benchmarks.distributed import Distributed
 from benchmarks.recipes import get_recipe
 from benchmarks.report import paper_tables, write_report
-from benchmarks.run import RunPlan, conditions, run
+from benchmarks.resolve import RunPlan, conditions
+from benchmarks.run import run
 
 TINY = ("iterations=3", "batch_size=2", "log_every=1", "checkpoint_every=2")
 PAPER_TABLE3 = {"frontend_coco": 69.8, "frontend_coco+crf": 71.6, "frontend_coco+crfrnn": 72.5,

@@ -71,7 +71,7 @@ def test_the_fcn_paper_recipe_trains_on_whole_genuine_images_without_a_crop(shar
     """FCN's reference solver: batch 1, whole images, no augmentation (no crop, no flip)."""
     from benchmarks.networks import build_model
     from benchmarks.recipes import get_recipe
-    from benchmarks.train import training_transform
+    from benchmarks.training_mode import training_mode
 
     recipe = dataclasses.replace(get_recipe("fcn32s", "paper"), pretrained=False, width=1 / 16)
     assert (recipe.crop, recipe.flip, recipe.scale, recipe.batch_size) == (None, False, None, 1)
@@ -79,5 +79,6 @@ def test_the_fcn_paper_recipe_trains_on_whole_genuine_images_without_a_crop(shar
     image_id = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[0]
     image = read_image(voc / "JPEGImages" / f"{image_id}.jpg")
     label = read_label(voc / "SegmentationClass" / f"{image_id}.png")
-    got_image, got_label = training_transform(build_model(recipe), recipe)(*to_tv_tensors(image, label))
+    model = build_model(recipe)
+    got_image, got_label = training_mode(recipe, model).transform(model)(*to_tv_tensors(image, label))
     assert np.array_equal(got_image.permute(1, 2, 0).numpy(), image) and np.array_equal(got_label.numpy(), label)

@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.data.datasets import SegmentationDataset
-from benchmarks.data.embedded import EmbeddedConfig, embedded_root
+from benchmarks.data.embedded import embedded_root
+from benchmarks.data.embedded_scenes import EmbeddedConfig
 from benchmarks.data.transforms import train_transform
 from benchmarks.data.voc import VOCSplit
 

@@ -27,8 +27,10 @@ from benchmarks.distributed import Distributed, precision_path
 from benchmarks.evaluation import ConfusionMatrix, class_probabilities
 from benchmarks.feature_cache import TILE_UNITS
 from benchmarks.networks import build_model
+from benchmarks.optimizer import build_optimizer
 from benchmarks.recipes import Recipe, get_recipe, recipe_methods
-from benchmarks.train import TrainedPart, build_optimizer, training_step
+from benchmarks.train import training_step
+from benchmarks.training_mode import TrainedPart, training_mode
 from methods.common import BilinearUpsample
 
 __all__ = ["SIZES", "BenchSize", "bench_method", "forward_flops", "matmul_peak", "paper_profile_flops",
@@ -140,11 +142,9 @@ def trained_forward(model: nn.Module, recipe: Recipe, inputs: torch.Tensor
                     ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
     """(the forward a training step of ``recipe`` runs, its input) for a batch of ``inputs``
     (``_training_inputs``): the head on cached maps, else the network on normalised images."""
-    if recipe.cached_features:
-        head = model.staged_split()[1]
-        return (getattr(head, "training_form", head) if recipe.tile_features else head), inputs
-    call = model.score_map if recipe.loss_on_score_map else model.score_map_of_padded if recipe.padded_crops else model
-    return call, model.input_convention.normalize(inputs)
+    mode = training_mode(recipe, model)
+    call = mode.forward(mode.trained_network(model))
+    return call, model.input_convention.normalize(inputs) if mode.on_images else inputs
 
 
 def training_flops(model: nn.Module, recipe: Recipe, inputs: torch.Tensor) -> int:

@@ -14,7 +14,7 @@ from benchmarks.errors import UsageError
 
 if TYPE_CHECKING:
     from benchmarks.data.datasets import DatasetSource
-    from benchmarks.run import RunPlan
+    from benchmarks.resolve import RunPlan
 
 
 def print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
@@ -57,7 +57,7 @@ def import_modules(names: list[str]) -> None:
 
 
 def run_plan(args: argparse.Namespace, profile: str) -> RunPlan:
-    from benchmarks.run import RunPlan
+    from benchmarks.resolve import RunPlan
 
     precision = [f"precision={args.precision}"] if getattr(args, "precision", None) not in (None, "fp32") else []
     return RunPlan(

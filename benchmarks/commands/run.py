@@ -65,7 +65,8 @@ def main(args: argparse.Namespace) -> int:
 
     from benchmarks import preemption
     from benchmarks.distributed import Distributed
-    from benchmarks.run import main_command_targets, run
+    from benchmarks.resolve import main_command_targets
+    from benchmarks.run import run
 
     import_modules(args.imports)
     if args.all and args.methods:
@@ -110,7 +111,8 @@ def _print_plan(targets: list[str], args: argparse.Namespace) -> int:
 
     from benchmarks.launch import stage_dependencies
     from benchmarks.plan import PlanIncomplete, check_plan
-    from benchmarks.run import command_plan, expand_targets
+    from benchmarks.resolve import expand_targets
+    from benchmarks.run import command_plan
 
     plan = run_plan(args, profile_of(args))
     stages = command_plan(targets, data_source(args.data), plan, int(os.environ.get("WORLD_SIZE", "1")))

@@ -63,6 +63,9 @@ class PermutohedralLattice:
     which is several times faster than reducing over a short last dimension."""
 
     def __init__(self, features: torch.Tensor, segments: torch.Tensor | None = None) -> None:
+        # One algorithm, kept in one function on purpose (its length is allowed by tests/test_sizes.py):
+        # Adams et al.'s lattice construction (elevate, find the enclosing simplex, barycentric weights,
+        # hash the vertices, blur neighbours), step by step as the reference's PermutohedralLattice::init.
         if features.ndim != 2 or not features.is_floating_point():
             raise ValueError(f"features must be a float N x d tensor, got {features.dtype} {tuple(features.shape)}")
         count, d = features.shape

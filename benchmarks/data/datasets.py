@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from benchmarks.data.embedded import GENERATOR_VERSION, EmbeddedConfig, embedded_root, is_embedded_tree
+from benchmarks.data.embedded import embedded_root, is_embedded_tree
+from benchmarks.data.embedded_scenes import GENERATOR_VERSION, EmbeddedConfig
 from benchmarks.data.transforms import to_tv_tensors
 from benchmarks.data.voc import DATA_ENV_VAR, DataError, VOCSplit, resolve_voc_root
 
