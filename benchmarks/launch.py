@@ -10,9 +10,13 @@ folder, which one process holds at a time). Each node is a real process running 
 command, ``python -m benchmarks run TARGETS --seeds K --stage TARGET``: the same checks, run
 locks, records and logs as the sequential run, for that one stage.
 
-On the CPU the trained weights depend on the torch thread count (``records.hardware``): every
-job runs with the thread count of the command that launched it (``OMP_NUM_THREADS``), so its
-records equal the sequential run's; the record's ``hardware.torch_threads`` says which."""
+On the CPU the trained weights depend on the torch thread count (``records.hardware``), and jobs
+that together ask for more threads than the machine has run slower than one job after another
+(OpenMP threads wait for each other's cores). So under ``--launcher local`` the launching
+command's threads are shared out, ``--threads-per-job`` each (default: its thread count divided by
+``--jobs``, at least 1), passed as ``OMP_NUM_THREADS``: a job's records equal a sequential run's
+with that many threads, and the record's ``hardware.torch_threads`` says which. A SLURM or
+``--gpus`` job keeps the launching command's thread count unless told otherwise."""
 
 from __future__ import annotations
 
@@ -39,8 +43,8 @@ from benchmarks.run import command_plan
 __all__ = ["LaunchError", "Node", "SlurmOptions", "StageCommand", "launch", "node_argv", "run_local",
            "slurm_submissions", "stage_dependencies", "submit_slurm", "sweep_graph"]
 
-LAUNCH_OPTIONS = ("launcher", "jobs", "gpus", "per_run", "partition", "time", "nodes", "seeds", "stage", "plan",
-                  "json", "no_report", "all", "methods")
+LAUNCH_OPTIONS = ("launcher", "jobs", "threads_per_job", "gpus", "per_run", "partition", "time", "nodes", "seeds",
+                  "stage", "plan", "json", "no_report", "all", "methods")
 """``run`` options a node's command does not inherit (it gets its own seed, stage and no report)."""
 
 
@@ -253,6 +257,16 @@ def submit_slurm(nodes: list[Node], options: SlurmOptions, make_job: Callable[[N
     return job_ids
 
 
+def _threads_per_job(args: argparse.Namespace, jobs: int) -> int:
+    """``--threads-per-job``, or under ``--launcher local`` on the CPU the launching command's torch
+    threads divided among ``jobs`` (at least 1); otherwise the launching command's thread count."""
+    if args.threads_per_job:
+        return args.threads_per_job
+    if args.launcher == "local" and not args.gpus:
+        return max(1, torch.get_num_threads() // max(1, jobs))
+    return torch.get_num_threads()
+
+
 def launch(targets: list[str], args: argparse.Namespace, plan: RunPlan, source: DatasetSource, *,
            run_parser: argparse.ArgumentParser, progress: Callable[[str], None] = print) -> None:
     """``run ... --launcher local|slurm`` or ``--gpus N``: check every stage's inputs (as ``run``
@@ -266,7 +280,8 @@ def launch(targets: list[str], args: argparse.Namespace, plan: RunPlan, source: 
     check_plan(command_plan(targets, source, plan), plan.runs, device)
     nodes = sweep_graph(targets, plan)
     parser = run_parser
-    threads = torch.get_num_threads()
+    jobs = args.gpus // args.per_run if args.gpus else args.jobs
+    threads = _threads_per_job(args, jobs)
 
     def make_job(node: Node) -> StageCommand:
         gpus = args.per_run if (args.gpus or args.launcher == "slurm") else 1
@@ -279,7 +294,6 @@ def launch(targets: list[str], args: argparse.Namespace, plan: RunPlan, source: 
                                nodes=args.nodes)
         submit_slurm(nodes, options, make_job, plan.runs / "slurm", progress)
         return
-    jobs = args.gpus // args.per_run if args.gpus else args.jobs
     if jobs < 1:
         raise LaunchError(f"--gpus {args.gpus} cannot give {args.per_run} GPUs to a run; pass --per-run <= --gpus")
     progress(f"[launch] {len(nodes)} stages, at most {jobs} at a time, {threads} torch threads each")

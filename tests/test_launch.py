@@ -87,20 +87,23 @@ def test_slurm_jobs_and_their_afterok_dependencies():
                                      "slurm_signal_delay_s": 120, "slurm_partition": "gpu", "name": "fcn16s/seed0"}
 
 
-def _run(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _run(data: Path, out: Path, *extra: str, threads: int | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "benchmarks", "run", "fcn16s", "deeplab_v1+crf", "--data", str(data),
                "--profile", "quick", "--set", "iterations=3", "--set", "batch_size=2", "--no-report",
                "--results", str(out / "results"), "--runs", str(out / "runs"), *extra]
+    threads_environment = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **threads_environment})
 
 
 def test_local_launcher_runs_the_graph_to_the_sequential_records(tmp_path):
+    """2 jobs share a 2-thread command's threads, 1 each: their records are a 1-thread sequential run's."""
     data = embedded_root(SMALL, cache_dir=tmp_path / "cache")
-    sequential = _run(data, tmp_path / "sequential", "--seeds", "0")
+    sequential = _run(data, tmp_path / "sequential", "--seeds", "0", threads=1)
     assert sequential.returncode == 0, sequential.stderr[-2000:]
-    launched = _run(data, tmp_path / "launched", "--seeds", "0", "--launcher", "local", "--jobs", "2")
+    launched = _run(data, tmp_path / "launched", "--seeds", "0", "--launcher", "local", "--jobs", "2", threads=2)
     assert launched.returncode == 0, launched.stderr[-3000:] + launched.stdout[-3000:]
+    assert "[launch] 4 stages, at most 2 at a time, 1 torch threads each" in launched.stdout
     started = [line for line in launched.stdout.splitlines() if line.startswith("[launch] started")]
     assert sorted(line.split()[2] for line in started) == sorted(
         ["fcn32s/seed0", "fcn16s/seed0", "deeplab_v1/seed0", "deeplab_v1+crf/seed0"])
@@ -113,7 +116,7 @@ def test_local_launcher_runs_the_graph_to_the_sequential_records(tmp_path):
     for name, record in first.items():
         assert second[name]["trained_weights_sha256"] == record["trained_weights_sha256"], name
         assert second[name]["metrics"] == record["metrics"], name
-        assert second[name]["hardware"]["torch_threads"] == record["hardware"]["torch_threads"], name
+        assert second[name]["hardware"]["torch_threads"] == record["hardware"]["torch_threads"] == 1, name
     logs = list((tmp_path / "launched" / "runs").rglob("launch/*_log.out"))
     assert len(logs) == 4 and any("deeplab_v1 it 3/3" in log.read_text() for log in logs)
 

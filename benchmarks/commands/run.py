@@ -52,6 +52,9 @@ def _add_launch_options(parser: argparse.ArgumentParser) -> None:
                         help="run the stages as a graph of jobs: on this machine (submitit LocalExecutor) or on SLURM")
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="with --launcher local: stages run at the same time")
+    parser.add_argument("--threads-per-job", type=positive_int,
+                        help="torch threads of each job (default with --launcher local: this command's threads "
+                             "divided by --jobs; records depend on it)")
     parser.add_argument("--gpus", type=positive_int, help="CUDA devices to use, one stage each (--per-run K: K each)")
     parser.add_argument("--per-run", type=positive_int, default=1,
                         help="GPUs per stage (torchrun); with --gpus or slurm")
