@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -292,7 +293,7 @@ def _read_counts(record: Path) -> tuple[list[str], np.ndarray]:
     try:
         with np.load(counts) as data:
             return data["image_ids"].tolist(), data["counts"]
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise RecordError(f"its counts {counts.name} do not read ({type(error).__name__})") from None
 
 

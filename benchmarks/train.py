@@ -31,7 +31,7 @@ from benchmarks.progress import bar, beside_bars
 from benchmarks.recipes import Recipe
 from benchmarks.sanity import SanityGate
 from benchmarks.training_mode import TrainedPart, TrainingData
-from methods.errors import SegreproError
+from methods.errors import MethodError, SegreproError
 
 __all__ = ["TrainingError", "train", "training_step"]
 
@@ -44,6 +44,10 @@ def _loss(scores: torch.Tensor, labels: torch.Tensor, recipe: Recipe, world_size
     """Summed over pixels, or the mean over the valid pixels of the whole global batch. Under DDP
     (which averages gradients over processes) each process scales its part so the gradient is
     the one of the single-process loss on the same global batch."""
+    if scores.ndim != 4 or scores.shape[1] != NUM_CLASSES or scores.shape[2:] != labels.shape[1:]:
+        raise MethodError(f"{recipe.method}: the network gave scores of shape {tuple(scores.shape)} for labels of "
+                          f"shape {tuple(labels.shape)}; it must give (batch, {NUM_CLASSES}, height, width) on the "
+                          "labels' grid (the SegmentationModel contract)")
     total = F.cross_entropy(scores.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
     if recipe.loss == "sum":
         return total * world_size

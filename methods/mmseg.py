@@ -193,7 +193,12 @@ class MMSegHeadNetwork(SegmentationModel):
                             "in_index": 0, "num_classes": num_classes}
         with warnings.catch_warnings():  # mmcv-lite's and the unused loss module's notices
             warnings.filterwarnings("ignore", category=UserWarning, module=r"(mmcv|mmseg)\.")
-            decode_head = _head_registry().build(copy.deepcopy(self.head_config))
+            try:
+                decode_head = _head_registry().build(copy.deepcopy(self.head_config))
+            except Exception as error:  # mmseg's registry and the head's constructor check the user's config
+                raise MethodError(f"mmseg head {head_cfg.get('type')!r} does not build from its config: "
+                                  f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}; "
+                                  "fix the head's config") from error
         _quiet_init_weights(decode_head)
         self.head = MainOutput(decode_head)
         self.final_upsample = UpsampleCrop(num_classes, 16, 8, padding=4)

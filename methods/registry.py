@@ -15,7 +15,7 @@ from torch import nn
 
 from .caffe_weights import CaffeInit
 from .common import SegmentationModel
-from .errors import MethodError
+from .errors import MethodError, SegreproError
 
 __all__ = ["MethodEntry", "create", "get_entry", "list_methods", "register"]
 
@@ -77,9 +77,19 @@ def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
     """Build method ``name`` with ``num_classes`` outputs; ``options`` go to its builder, which must
     return a :class:`SegmentationModel` (the contract every harness step relies on)."""
     entry = get_entry(name)
-    model = entry.builder(num_classes=num_classes, **options)
+    builder = f"{entry.builder.__module__}.{entry.builder.__qualname__}"
+    try:
+        model = entry.builder(num_classes=num_classes, **options)
+    except SegreproError:
+        raise
+    except Exception as error:
+        if entry.builder.__module__.split(".")[0] == __name__.split(".")[0]:
+            raise  # a bug of this package's own builders keeps its traceback
+        raise MethodError(f"the builder of method {name!r} ({builder}) raised {type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}; fix the module that registers "
+                          "it") from error
     if not isinstance(model, SegmentationModel):
-        raise MethodError(f"the builder of method {name!r} ({entry.builder.__module__}.{entry.builder.__qualname__}) "
+        raise MethodError(f"the builder of method {name!r} ({builder}) "
                          f"returned {type(model).__name__}, not a methods.SegmentationModel; subclass it (see the "
                          "README's 'Adding your own method')")
     return model

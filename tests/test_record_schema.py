@@ -134,3 +134,14 @@ def test_run_crf_uses_a_valid_stored_crf_search(tmp_path):
     path = write_record_files(tmp_path / "deeplab_v1.json", record, counts)
     params, source = searched_crf(path, "d" * 64, get_recipe("deeplab_v1", "quick"))
     assert params == CRFParams(**{**BEST, "w1": 4.0}) and source.startswith("crf-search on 4 crfholdout images")
+
+
+def test_counts_that_are_not_an_npz_are_one_line(capsys, tmp_path):
+    """Garbage bytes in a record's `.npz` ended `check` and `report` in BadZipFile tracebacks (re-probe
+    of issue 26)."""
+    path = write_valid_record(tmp_path, "deeplab_v1", 62.25)
+    path.with_suffix(".npz").write_bytes(b"PK\x03\x04garbage" * 10)  # a zip signature, then garbage
+    status, out = run_main(capsys, "check", "--results", tmp_path)
+    assert status == 2 and "do not read (BadZipFile)" in out.err and "Traceback" not in out.err
+    status, out = run_main(capsys, "report", "--results", tmp_path, "--reports", tmp_path / "reports")
+    assert status == 2 and "do not read (BadZipFile)" in out.err and "Traceback" not in out.err

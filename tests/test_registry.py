@@ -1,12 +1,16 @@
 """Registry-driven tests: every registered method builds, runs forward and backward, has the
 score stride of SPEC section 2 and the parameter counts of the papers."""
 
+import re
+
 import pytest
 import torch
 from conftest import SPEC_SCORE_STRIDE
 from torch import nn
 
 import methods
+from methods.errors import MethodError
+from methods.mmseg import register_mmseg_head
 from methods.registry import register
 
 ALL = methods.list_methods()
@@ -165,3 +169,35 @@ def test_a_builder_must_return_a_segmentation_model(built):
     register(name, paper="a test")(lambda num_classes=21: built)
     with pytest.raises(ValueError, match=rf"method '{name}' .* returned {type(built).__name__}, not a"):
         methods.create(name)
+
+
+def test_a_user_builder_that_raises_is_one_error_naming_the_method():
+    """A registered builder raising ValueError ended `compare`/`convert-caffe` in a traceback (re-probe
+    of issue 26): it is a MethodError naming the method, the builder and what it raised."""
+    def explodes(num_classes=21):
+        raise ValueError("builder exploded\nsecond line")
+    explodes.__module__ = "my_heads_module"
+    register("explodes", paper="a test")(explodes)
+    with pytest.raises(MethodError, match=r"^the builder of method 'explodes' \(my_heads_module\..*explodes\) raised "
+                                          r"ValueError: builder exploded; fix the module that registers it$"):
+        methods.create("explodes")
+
+
+@pytest.mark.parametrize(("head", "words"), [({"type": "NoSuchHead", "channels": 64}, "KeyError: 'NoSuchHead is not"),
+                                             ({"type": "FCNHead", "channels": -5}, "RuntimeError")])
+def test_an_mmseg_head_that_does_not_build_is_one_error(head, words):
+    register_mmseg_head(f"bad_{head['channels']}", head, paper="a test")
+    with pytest.raises(MethodError, match=rf"^mmseg head '{head['type']}' does not build from its config: {words}"):
+        methods.create(f"bad_{head['channels']}")
+
+
+def test_scores_of_the_wrong_shape_are_one_error():
+    """A head giving 20 maps, or flat scores, ended training in torch's IndexError (re-probe of issue 26)."""
+    from benchmarks.recipes import get_recipe
+    from benchmarks.train import _loss
+
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    for scores in (torch.zeros(2, 20, 8, 8), torch.zeros(2, 21)):
+        shape = re.escape(f"gave scores of shape {tuple(scores.shape)}")
+        with pytest.raises(MethodError, match=shape + r".*\(batch, 21, height"):
+            _loss(scores, labels, get_recipe("fcn32s", "quick"), world_size=1)
