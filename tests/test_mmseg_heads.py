@@ -19,6 +19,7 @@ import methods
 from benchmarks.catalogue import method_facts
 from benchmarks.compare import fair_recipe
 from benchmarks.records import load_records
+from methods.errors import MethodError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +110,8 @@ def test_a_head_that_needs_compiled_ops_is_a_clear_error():
     """mmcv-lite: the stand-in mmcv.ops lets mmseg.models import; CCNet's criss-cross attention raises."""
     from methods.mmseg import MMSegHeadNetwork
 
-    with pytest.raises(RuntimeError, match="CrissCrossAttention is a compiled op"):
+    with pytest.raises(MethodError, match=r"'CCHead' does not build from its config: RuntimeError: mmcv\.ops\."
+                                          r"CrissCrossAttention is a compiled op, absent from mmcv-lite; install"):
         MMSegHeadNetwork(21, {"type": "CCHead", "channels": 512}, width=1 / 16)
 
 
