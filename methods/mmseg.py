@@ -35,7 +35,7 @@ from torch import nn
 
 from .common import SegmentationModel, UpsampleCrop, scaled_channels
 from .dilation import FrontEnd
-from .errors import MethodError
+from .errors import MethodError, described
 from .pretrained import apply_pretrained
 from .registry import register
 from .vgg import fc_as_convolutions
@@ -197,8 +197,7 @@ class MMSegHeadNetwork(SegmentationModel):
                 decode_head = _head_registry().build(copy.deepcopy(self.head_config))
             except Exception as error:  # mmseg's registry and the head's constructor check the user's config
                 raise MethodError(f"mmseg head {head_cfg.get('type')!r} does not build from its config: "
-                                  f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                                  ) from error
+                                  f"{described(error)}") from error
         _quiet_init_weights(decode_head)
         self.head = MainOutput(decode_head)
         self.final_upsample = UpsampleCrop(num_classes, 16, 8, padding=4)

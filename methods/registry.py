@@ -15,7 +15,7 @@ from torch import nn
 
 from .caffe_weights import CaffeInit
 from .common import SegmentationModel
-from .errors import MethodError, SegreproError
+from .errors import MethodError, SegreproError, described
 
 __all__ = ["MethodEntry", "create", "get_entry", "list_methods", "register"]
 
@@ -85,9 +85,8 @@ def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
     except Exception as error:
         if entry.builder.__module__.split(".")[0] == __name__.split(".")[0]:
             raise  # a bug of this package's own builders keeps its traceback
-        raise MethodError(f"the builder of method {name!r} ({builder}) raised {type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else ''}; fix the module that registers "
-                          "it") from error
+        raise MethodError(f"the builder of method {name!r} ({builder}) raised {described(error)}; fix the module "
+                          "that registers it") from error
     if not isinstance(model, SegmentationModel):
         raise MethodError(f"the builder of method {name!r} ({builder}) "
                          f"returned {type(model).__name__}, not a methods.SegmentationModel; subclass it (see the "
