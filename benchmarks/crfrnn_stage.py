@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.crf.crf_rnn import CRFRNN
+from benchmarks.crf.crf_rnn import CRFRNN, TEST_ITERATIONS, TRAIN_ITERATIONS
 from benchmarks.crf.dense_crf import CRFParams
 from benchmarks.data.datasets import SegmentationDataset
 from benchmarks.data.voc import IGNORE_INDEX, NUM_CLASSES, VOCSplit
@@ -49,7 +49,7 @@ def crfrnn_training(recipe: Recipe, params: CRFParams, weights_sha256: str, seed
              "lr": recipe.crfrnn_lr, "lr_multipliers": dict(zip(("spatial", "bilateral", "compatibility"),
                                                                 recipe.crfrnn_lr_multipliers, strict=True)),
              "momentum": recipe.momentum, "optimizer": "sgd", "batch": 1,
-             "mean_field_iterations": {"train": 5, "test": 10}, "seed": seed}
+             "mean_field_iterations": {"train": TRAIN_ITERATIONS, "test": TEST_ITERATIONS}, "seed": seed}
     key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
     return {**facts, "key": key}
 

@@ -24,7 +24,7 @@ from benchmarks.data.voc import NUM_CLASSES
 from benchmarks.errors import RecipeError
 
 __all__ = ["CRF_FLOPS_PER_PIXEL_CLASS", "MAX_DAYS", "OPTIMISTIC_TFLOPS", "available_memory", "check_crf_cost",
-           "days_at_best", "step_memory_problem", "training_time_problem"]
+           "crf_flops", "days_at_best", "step_memory_problem", "time_problem", "training_time_problem"]
 
 MAX_DAYS = 30.0
 OPTIMISTIC_TFLOPS = {"cpu": 1.0, "cuda": 1000.0}
@@ -61,23 +61,33 @@ def step_memory_problem(method: str, step_bytes: dict[str, int], device: torch.d
             f"GB are available on {device}; lower crop, scale, width or batch_size (--set)")
 
 
-def training_time_problem(method: str, flops: float, iterations: int, device: torch.device) -> str | None:
-    """The line refusing ``iterations`` training steps of ``flops`` in all that take more than
-    :data:`MAX_DAYS` even at the optimistic rate, or None."""
+def time_problem(what: str, flops: float, device: torch.device, fix: str) -> str | None:
+    """The line refusing work of ``flops`` (``what`` says which) that takes more than
+    :data:`MAX_DAYS` even at the optimistic rate, ending with ``fix``; or None."""
     days = days_at_best(flops, device)
     if days <= MAX_DAYS:
         return None
-    return (f"{method}: {iterations} iterations are {flops / 1e15:.3g} PFLOP, at least {days:.3g} days on {device} "
-            f"even at {OPTIMISTIC_TFLOPS.get(device.type, OPTIMISTIC_TFLOPS['cuda']):g} TFLOP/s (the limit is "
-            f"{MAX_DAYS:g} days); lower iterations (--set iterations=N) or the crop, width or batch_size")
+    return (f"{what} are {flops / 1e15:.3g} PFLOP, at least {days:.3g} days on {device} even at "
+            f"{OPTIMISTIC_TFLOPS.get(device.type, OPTIMISTIC_TFLOPS['cuda']):g} TFLOP/s (the limit is {MAX_DAYS:g} "
+            f"days); {fix}")
+
+
+def training_time_problem(method: str, flops: float, iterations: int, device: torch.device) -> str | None:
+    """The line refusing ``iterations`` training steps of ``flops`` in all that take too long, or None."""
+    return time_problem(f"{method}: {iterations} iterations", flops, device,
+                        "lower iterations (--set iterations=N) or the crop, width or batch_size")
+
+
+def crf_flops(mean_field_iterations: int, images: int) -> float:
+    """A lower bound on the FLOPs of ``mean_field_iterations`` dense-CRF iterations on each of
+    ``images`` VOC images of the largest size (500 x 375, 21 classes)."""
+    return float(mean_field_iterations) * images * VOC_HEIGHT * VOC_WIDTH * NUM_CLASSES * CRF_FLOPS_PER_PIXEL_CLASS
 
 
 def check_crf_cost(iterations: int, images: int, what: str, device: torch.device) -> None:
     """Refuse (:class:`RecipeError`) ``iterations`` dense-CRF mean-field iterations on each of
-    ``images`` (VOC's largest size, 500 x 375, 21 classes) that take more than :data:`MAX_DAYS` at
-    the optimistic rate; ``what`` says where the number comes from."""
-    flops = float(iterations) * images * VOC_HEIGHT * VOC_WIDTH * NUM_CLASSES * CRF_FLOPS_PER_PIXEL_CLASS
-    days = days_at_best(flops, device)
-    if days > MAX_DAYS:
-        raise RecipeError(f"{what}: {iterations} mean-field iterations on {images} images would take at least "
-                          f"{days:.3g} days on {device} (limit {MAX_DAYS:g}); the papers use 10")
+    ``images`` that take too long; ``what`` says where the number comes from."""
+    problem = time_problem(f"{what}: {iterations} mean-field iterations on {images} images",
+                           crf_flops(iterations, images), device, "the papers use 10")
+    if problem:
+        raise RecipeError(problem)

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench.methods import VOC_HEIGHT, VOC_WIDTH, recipe_step_bytes, recipe_step_flops
+from benchmarks.bench.methods import VOC_HEIGHT, VOC_WIDTH, recipe_image_flops, recipe_step_bytes, recipe_step_flops
+from benchmarks.crf.crf_rnn import TEST_ITERATIONS, TRAIN_ITERATIONS
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.data.embedded import default_cache_dir
 from benchmarks.data.voc import NUM_CLASSES, DataError
 from benchmarks.feature_cache import cache_bytes
-from benchmarks.limits import step_memory_problem, training_time_problem
+from benchmarks.limits import crf_flops, step_memory_problem, time_problem, training_time_problem
 from benchmarks.networks import build_model
 from benchmarks.recipes import Recipe
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
@@ -50,6 +51,7 @@ class Stage:
     disk_bytes: dict[str, int]
     missing: list[str] = field(default_factory=list)
     step_memory_bytes: dict[str, int] = field(default_factory=dict)  # of a stage that trains (benchmarks.limits)
+    post_processing_pflop: float | None = None  # a +crf or +crfrnn stage's CRF (and CRF-RNN training)
 
 
 def _init(recipe: Recipe, caffe_init_sha256) -> tuple[str, str | None]:
@@ -93,6 +95,16 @@ def _image_map_bytes(recipe: Recipe) -> int:
         with torch.no_grad():
             out = stem(torch.zeros(1, 3, VOC_HEIGHT, VOC_WIDTH))
     return out.numel() * 4 + VOC_HEIGHT * VOC_WIDTH
+
+
+def _post_processing_flops(target: str, recipe: Recipe, scored_images: int) -> float:
+    """A lower bound on the FLOPs of a ``+crf`` stage (the recipe's dense CRF on each scored image)
+    or a ``+crfrnn`` one (each CRF-RNN training step: the network's forward on one image and the
+    mean-field iterations forward and backward; then the test iterations on each scored image)."""
+    if not target.endswith("+crfrnn"):
+        return crf_flops(recipe.crf_params().iterations, scored_images)
+    step = recipe_image_flops(recipe) + 3 * crf_flops(TRAIN_ITERATIONS, 1)
+    return recipe.crfrnn_iterations * step + crf_flops(TEST_ITERATIONS, scored_images)
 
 
 def plan_stages(ordered: list[str], targets: list[str], source: DatasetSource, recipes, caffe_init_sha256,
@@ -140,7 +152,9 @@ def plan_stages(ordered: list[str], targets: list[str], source: DatasetSource, r
         stages.append(Stage(target, method, action, recipe.source, recipe.iterations, recipe.batch_size, recipe.crop,
                             init, splits, step / 1e12 if step is not None else None,
                             step * recipe.iterations / 1e15 if step is not None and trains else None, disk, missing,
-                            recipe_step_bytes(recipe) if step is not None and trains else {}))
+                            recipe_step_bytes(recipe) if step is not None and trains else {},
+                            None if target == method else
+                            _post_processing_flops(target, recipe, splits[recipe.eval_split] or 0) / 1e15))
     return stages
 
 
@@ -154,6 +168,13 @@ def check_plan(stages: list[Stage], runs: Path, device: torch.device) -> None:
             lines += [problem for problem in (step_memory_problem(stage.method, stage.step_memory_bytes, device),
                                               training_time_problem(stage.method, stage.pflop_total * 1e15,
                                                                     stage.iterations, device)) if problem]
+        if stage.post_processing_pflop is not None:
+            crfrnn = stage.target.endswith("+crfrnn")
+            what = "CRF-RNN training steps and mean-field iterations" if crfrnn else "dense-CRF mean-field iterations"
+            fix = "lower crfrnn_iterations (--set crfrnn_iterations=N)" if crfrnn else \
+                "lower the CRF's iterations (--set crf=iterations:N; the papers use 10)"
+            problem = time_problem(f"{stage.target}: its {what}", stage.post_processing_pflop * 1e15, device, fix)
+            lines += [problem] if problem else []
     needed = {"runs": sum(s.disk_bytes.get("weights_and_checkpoint", 0) for s in stages if s.pflop_total is not None),
               "cache": sum(s.disk_bytes.get(k, 0) for s in stages if s.pflop_total is not None
                            for k in ("tile_feature_cache", "image_feature_cache"))}

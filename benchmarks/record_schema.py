@@ -7,6 +7,7 @@ record's ``.npz`` counts give; a record of the embedded dataset is never compara
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import re
 from collections.abc import Callable
@@ -18,8 +19,10 @@ from benchmarks.recipes import RecipeError, recipe_from_record
 from benchmarks.stats import miou_from_counts
 from benchmarks.validate import is_finite_number, is_whole_number
 
-__all__ = ["MIOU_TOLERANCE", "counts_problem", "crf_search_problem", "record_problem"]
+__all__ = ["MIOU_TOLERANCE", "SCHEMAS", "counts_problem", "crf_search_problem", "record_problem"]
 
+SCHEMAS = (1, 2)
+"""The record layouts this code reads (``records.new_record`` writes the last)."""
 MIOU_TOLERANCE = 1e-9
 """How far a stored mIoU may be from the one its counts give (float rounding, nothing more)."""
 
@@ -61,11 +64,21 @@ def _is(kind: type) -> Callable[[object], bool]:
     return lambda value: isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
+def _timestamp(value: object) -> bool:
+    """An ISO 8601 date and time with its UTC offset (``new_record``'s ``created``)."""
+    try:
+        return isinstance(value, str) and datetime.datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
+
+
 _OBJECT, _TEXT, _BOOL = _is(dict), _is(str), _is(bool)
+_SECONDS = _mapping_of(lambda value: is_finite_number(value) and value >= 0)
 _COUNT = (lambda value: is_whole_number(value) and value >= 1, "a whole number >= 1")
 
 FIELDS: tuple[tuple[str, bool, Callable[[object], bool], str], ...] = (
     # (dotted key, required, check, what it must be); a key under an absent optional object is not checked
+    ("schema", False, lambda value: value in SCHEMAS and is_whole_number(value), f"one of {SCHEMAS}"),
     ("profile", True, _plain, "a plain name"),
     ("method", True, _plain, "a plain name"),
     ("base_method", False, _plain, "a plain name"),
@@ -106,6 +119,8 @@ FIELDS: tuple[tuple[str, bool, Callable[[object], bool], str], ...] = (
     ("git", False, _OBJECT, "an object"),
     ("git.commit", True, _optional(_TEXT), "a string or null"),
     ("git.dirty", True, _optional(_BOOL), "true, false or null"),
+    ("wall_time_s", False, _SECONDS, "an object of seconds >= 0"),
+    ("created", False, _timestamp, "an ISO 8601 time with its UTC offset"),
 )
 
 

@@ -19,7 +19,7 @@ import torch
 
 import methods
 from benchmarks.files import under, write_atomic, write_bytes_atomic
-from benchmarks.record_schema import record_problem
+from benchmarks.record_schema import SCHEMAS, record_problem
 from methods.errors import SegreproError
 
 __all__ = ["PROTOCOL_VERSION", "RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records",
@@ -178,7 +178,7 @@ def new_record(*, target: str, base_method: str, architecture: str, fields: dict
     paper, the code, software and hardware, time, metrics and comparability) around ``fields``,
     what this kind of run states (``run``'s training, ``score``'s released weights)."""
     entry = methods.get_entry(architecture)
-    return {"schema": 2, "protocol_version": PROTOCOL_VERSION, "method": target, "base_method": base_method,
+    return {"schema": SCHEMAS[-1], "protocol_version": PROTOCOL_VERSION, "method": target, "base_method": base_method,
             "paper": entry.paper, **({"method_details": entry.details} if entry.details else {}), **fields,
             "seed": seed, "git": git_commit(), "environment": environment(), "hardware": hardware(device, world_size),
             "wall_time_s": wall_time, "metrics": metrics, "comparable_to_paper": comparable,

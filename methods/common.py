@@ -107,7 +107,11 @@ class SegmentationModel(nn.Module):
         return self.score_map(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_upsample(self.score_map(x), x)
+        scores = self.score_map(x)
+        if scores.dim() != 4 or scores.shape[0] != x.shape[0]:
+            raise MethodError(f"{type(self).__name__}.score_map returned scores of shape {tuple(scores.shape)} for an "
+                              f"input of shape {tuple(x.shape)}; it must return (batch, classes, height, width)")
+        return self.final_upsample(scores, x)
 
     def published_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities at input resolution by the paper's own test procedure: the softmax

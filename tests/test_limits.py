@@ -80,15 +80,14 @@ def test_crf_iterations_past_the_limit_are_refused(tmp_path):
     assert params.iterations == 1_000_000_000
     days = re.escape(f"{1e9 * 1449 * 500 * 375 * 21 * 100 / 1e12 / 86400:.3g}")  # 100 FLOPs a pixel, class; 1 TFLOP/s
     with pytest.raises(RecipeError, match=rf"^CRF of crf-search on 4 crfholdout images .*: 1000000000 mean-field "
-                                          rf"iterations on 1449 images would take at least {days} days on cpu"):
+                                          rf"iterations on 1449 images are \S+ PFLOP, at least {days} days on cpu"):
         check_crf_cost(params.iterations, 1449, f"CRF of {source}", torch.device("cpu"))
     check_crf_cost(10, 1449, "recipe", torch.device("cpu"))  # DeepLab's 10 on VOC val: 0.066 days
 
 
 def test_crf_search_and_crfrnn_iterations_past_the_limit_are_refused(capsys, tmp_path, small_voc):
-    """crf-search runs the recipe's mean-field iterations at every grid point (checked before the
-    network trains); the CRF-RNN stage runs 5 a step (checked once the network it refines is there,
-    before the stage starts)."""
+    """crf-search runs the recipe's mean-field iterations at every grid point; the CRF-RNN stage runs
+    the network and 5 mean-field iterations a step: both checked before the network trains."""
     data = small_voc(tmp_path / "voc")
     common = ["--data", str(data), "--profile", "quick", "--results", str(tmp_path / "results"), "--runs",
               str(tmp_path / "runs"), "--device", "cpu"]
@@ -96,12 +95,31 @@ def test_crf_search_and_crfrnn_iterations_past_the_limit_are_refused(capsys, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and re.fullmatch(
         r"error: crf-search \(\d+ coarse and up to 27 fine points on \d+ images\): 1000000000 mean-field iterations "
-        r"on \d+ images would take at least \S+ days on cpu \(limit 30\); the papers use 10", err[0]), err
+        r"on \d+ images are \S+ PFLOP, at least \S+ days on cpu even at 1 TFLOP/s \(the limit is 30 days\); the papers "
+        r"use 10", err[0]), err
     assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
-    status = main(["run", "deeplab_v1+crfrnn", *common, "--no-report", "--set", "iterations=2", "--set",
-                   "batch_size=1", "--set", "crfrnn_iterations=100000000000"])
+    status = main(["run", "deeplab_v1+crfrnn", *common, "--no-report", "--set", "crfrnn_iterations=100000000000"])
     err = capsys.readouterr().err.strip().splitlines()
-    days = f"{5 * 1e11 * 500 * 375 * 21 * 100 / 1e12 / 86400:.3g}"  # the mean-field iterations alone
-    assert status == 2 and err[-1] == "error: CRF-RNN training (crfrnn_iterations=100000000000): 5 mean-field " \
-        f"iterations on 100000000000 images would take at least {days} days on cpu (limit 30); the papers use 10", err
-    assert not list((tmp_path / "runs").rglob("crfrnn*"))
+    found = re.fullmatch(r"error: deeplab_v1\+crfrnn: its CRF-RNN training steps and mean-field iterations are (\S+) "
+                         r"PFLOP, at least (\S+) days on cpu even at 1 TFLOP/s \(the limit is 30 days\); lower "
+                         r"crfrnn_iterations \(--set crfrnn_iterations=N\)", err[-1])
+    assert status == 2 and found, err
+    # each step's 5 mean-field iterations forward and backward (3x), 100 FLOPs a pixel and class, alone
+    mean_field = 1e11 * 3 * 5 * 500 * 375 * 21 * 100
+    assert mean_field <= float(found[1]) * 1e15 <= 2 * mean_field
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()], "refused before the network trained"
+
+
+def test_dense_crf_iterations_of_the_recipe_past_the_limit_are_refused_before_training(capsys, tmp_path, small_voc):
+    data = small_voc(tmp_path / "voc")
+    status = main(["run", "deeplab_v1+crf", "--data", str(data), "--profile", "quick", "--results",
+                   str(tmp_path / "results"), "--runs", str(tmp_path / "runs"), "--device", "cpu", "--no-report",
+                   "--set", "batch_size=1", "--set", "crf=iterations:1000000000000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    found = re.fullmatch(r"error: deeplab_v1\+crf: its dense-CRF mean-field iterations are (\S+) PFLOP, at least \S+ "
+                         r"days on cpu .*; lower the CRF's iterations \(--set crf=iterations:N; the papers use 10\)",
+                         err[-1])
+    assert status == 2 and found, err
+    images = len((data / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").read_text().split())
+    assert float(found[1]) * 1e15 == pytest.approx(1e12 * images * 500 * 375 * 21 * 100, rel=5e-3)
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]

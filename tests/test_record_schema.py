@@ -51,6 +51,11 @@ CASES = [  # (change to a valid deeplab_v1 record at 62.25 mIoU, words of the re
     ({"recipe": {**get_recipe("deeplab_v1", "quick").as_dict(), "iterations": "many"}},
      "recipe: recipe deeplab_v1 (quick): iterations='many' is not allowed"),
     ({"recipe": {"method": "deeplab_v1"}}, "recipe: Recipe.__init__() missing"),
+    ({"schema": 99}, "schema 99 is not one of (1, 2)"),
+    ({"created": "yesterday"}, "created 'yesterday' is not an ISO 8601 time"),
+    ({"created": "2026-12-04T04:47:29"}, "created '2026-12-04T04:47:29' is not an ISO 8601 time with its UTC offset"),
+    ({"wall_time_s": {"train": -5.0}}, "wall_time_s {'train': -5.0} is not an object of seconds >= 0"),
+    ({"wall_time_s": {"train": "long"}}, "wall_time_s {'train': 'long'} is not"),
 ]
 
 

@@ -201,3 +201,19 @@ def test_scores_of_the_wrong_shape_are_one_error():
         shape = re.escape(f"gave scores of shape {tuple(scores.shape)}")
         with pytest.raises(MethodError, match=shape + r".*\(batch, 21, height"):
             _loss(scores, labels, get_recipe("fcn32s", "quick"), world_size=1)
+
+
+def test_a_score_map_that_is_not_four_dimensional_is_one_error():
+    """A user model whose score_map flattened its scores ended `compare` in F.interpolate's
+    traceback (re-probe of issue 26): forward names the model, the shape and what it must be."""
+    fcn = methods.create("fcn32s", width=1 / 16)
+
+    class Flattens(type(fcn)):
+        def score_map(self, x: torch.Tensor) -> torch.Tensor:
+            return super().score_map(x).flatten(1)
+
+    fcn.__class__ = Flattens
+    image = torch.zeros(1, 3, 64, 64)
+    with pytest.raises(MethodError, match=r"^Flattens.score_map returned scores of shape \(1, \d+\) for an input of "
+                                          r"shape \(1, 3, 64, 64\); it must return \(batch, classes, height, width\)$"):
+        fcn(image)

@@ -34,7 +34,8 @@ from benchmarks.training_mode import TrainedPart, training_mode
 from methods.common import BilinearUpsample
 
 __all__ = ["SIZES", "BenchSize", "bench_method", "forward_flops", "matmul_peak", "paper_profile_flops",
-           "recipe_step_bytes", "recipe_step_flops", "run_bench", "trained_forward", "training_flops"]
+           "recipe_image_flops", "recipe_step_bytes", "recipe_step_flops", "run_bench", "trained_forward",
+           "training_flops"]
 
 VOC_HEIGHT, VOC_WIDTH, VOC_VAL_IMAGES = 375, 500, 1449
 
@@ -161,6 +162,14 @@ def recipe_step_flops(recipe: Recipe) -> int:
         model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
     inputs, _ = _training_inputs(model, recipe, SIZES["paper"], meta)
     return training_flops(model, recipe, inputs)
+
+
+def recipe_image_flops(recipe: Recipe) -> int:
+    """FLOPs of the whole network's forward on one VOC-size image (500 x 375), as scoring and each
+    CRF-RNN training step run it, counted on the ``meta`` device."""
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
+        return forward_flops(model, torch.zeros(1, 3, VOC_HEIGHT, VOC_WIDTH))
 
 
 def recipe_step_bytes(recipe: Recipe) -> dict[str, int]:

@@ -35,11 +35,15 @@ from benchmarks.crf.dense_crf import CRFKernels, CRFParams
 __all__ = ["CRFRNN"]
 
 
+TRAIN_ITERATIONS, TEST_ITERATIONS = 5, 10
+"""Mean-field iterations in training and at test (Zheng et al.'s prototxts)."""
+
+
 class CRFRNN(nn.Module):
     """CRF-RNN over ``classes`` labels with kernel widths and initial weights from ``params``."""
 
-    def __init__(self, classes: int, params: CRFParams | None = None, train_iterations: int = 5,
-                 test_iterations: int = 10) -> None:
+    def __init__(self, classes: int, params: CRFParams | None = None, train_iterations: int = TRAIN_ITERATIONS,
+                 test_iterations: int = TEST_ITERATIONS) -> None:
         super().__init__()
         params = params or CRFParams()
         self.widths = (params.theta_gamma, params.theta_alpha, params.theta_beta)
