@@ -108,7 +108,7 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.score_map(x)
-        if scores.dim() != 4 or scores.shape[0] != x.shape[0]:
+        if isinstance(scores, torch.Tensor) and (scores.dim() != 4 or scores.shape[0] != x.shape[0]):  # not fx's Proxy
             raise MethodError(f"{type(self).__name__}.score_map returned scores of shape {tuple(scores.shape)} for an "
                               f"input of shape {tuple(x.shape)}; it must return (batch, classes, height, width)")
         return self.final_upsample(scores, x)
