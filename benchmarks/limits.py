@@ -19,8 +19,7 @@ import os
 
 import torch
 
-from benchmarks.bench.methods import VOC_HEIGHT, VOC_WIDTH
-from benchmarks.data.voc import NUM_CLASSES
+from benchmarks.data.voc import NUM_CLASSES, VOC_HEIGHT, VOC_WIDTH
 from benchmarks.errors import RecipeError
 
 __all__ = ["CRF_FLOPS_PER_PIXEL_CLASS", "MAX_DAYS", "OPTIMISTIC_TFLOPS", "available_memory", "check_crf_cost",

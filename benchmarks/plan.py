@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench.methods import VOC_HEIGHT, VOC_WIDTH, recipe_image_flops, recipe_step_bytes, recipe_step_flops
+from benchmarks.bench.methods import recipe_image_flops, recipe_step_bytes, recipe_step_flops
 from benchmarks.crf.crf_rnn import TEST_ITERATIONS, TRAIN_ITERATIONS
 from benchmarks.data.datasets import DatasetSource
 from benchmarks.data.embedded import default_cache_dir
-from benchmarks.data.voc import NUM_CLASSES, DataError
-from benchmarks.feature_cache import cache_bytes
+from benchmarks.data.voc import DataError
 from benchmarks.limits import crf_flops, step_memory_problem, time_problem, training_time_problem
 from benchmarks.networks import build_model
 from benchmarks.recipes import Recipe
+from benchmarks.training_mode import training_mode
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
 __all__ = ["PlanIncomplete", "Stage", "check_plan", "plan_stages"]
@@ -76,25 +76,17 @@ def _init(recipe: Recipe, caffe_init_sha256) -> tuple[str, str | None]:
         (f"download {TORCHVISION_VGG16_URL} into {cached.parent}", None)
 
 
-def _model_bytes(recipe: Recipe) -> tuple[int, int]:
-    """Bytes of the trained state and of one checkpoint (state + optimiser moments), at float32."""
+def _training_disk_bytes(recipe: Recipe, images: int) -> dict[str, int]:
+    """Disk of a stage that trains: its weights and one checkpoint (the state and the optimiser's
+    moments of what trains), float32, and the caches its training mode fills for ``images``."""
     with torch.device("meta"):
         model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
+    mode = training_mode(recipe, model)
     state = sum(t.numel() for t in model.state_dict().values()) * 4
-    trained = sum(p.numel() for n, p in model.named_parameters()
-                  if recipe.train_only is None or n.startswith(recipe.train_only)) * 4
+    trained = sum(p.numel() for name, p in model.named_parameters() if mode.trains(name)) * 4
     moments = 2 if recipe.optimizer == "adam" else 1
-    return state, state + moments * trained
-
-
-def _image_map_bytes(recipe: Recipe) -> int:
-    """Disk of one whole-image cached map (float32) and its labels, for a 500 x 375 VOC image."""
-    with torch.device("meta"):
-        model = build_model(dataclasses.replace(recipe, pretrained=False, init_from=None))
-        stem, _ = model.staged_split()
-        with torch.no_grad():
-            out = stem(torch.zeros(1, 3, VOC_HEIGHT, VOC_WIDTH))
-    return out.numel() * 4 + VOC_HEIGHT * VOC_WIDTH
+    return {"weights_and_checkpoint": 2 * state + moments * trained,
+            **{cache: size * images for cache, size in mode.cache_bytes_per_image(model).items()}}
 
 
 def _post_processing_flops(target: str, recipe: Recipe, scored_images: int) -> float:
@@ -135,15 +127,8 @@ def plan_stages(ordered: list[str], targets: list[str], source: DatasetSource, r
                            f"needs at least one image); run it in one process, or with --nproc_per_node <= "
                            f"{recipe.batch_size}, or --set batch_size=N with N >= {world_size}")
         step = recipe_step_flops(recipe) if target == method else None
-        disk: dict[str, int] = {}
-        if target == method:
-            state, checkpoint = _model_bytes(recipe)
-            disk["weights_and_checkpoint"] = state + checkpoint
-            images = sum(splits[s] or 0 for s in recipe.training_splits)
-            if recipe.tile_features:
-                disk["tile_feature_cache"] = cache_bytes(images, NUM_CLASSES)
-            elif recipe.cached_features:
-                disk["image_feature_cache"] = _image_map_bytes(recipe) * images
+        disk = _training_disk_bytes(recipe, sum(splits[s] or 0 for s in recipe.training_splits)) \
+            if target == method else {}
         scored = target in targets or any(t.split("+")[0] == method for t in targets)
         action = ("train and score" if scored else "train (dependency)") if trains else \
             "reuse trained weights, score" if scored else "reuse trained weights"

@@ -32,8 +32,9 @@ from benchmarks.batches import PlannedBatches, SeededAugmentation, stack_images
 from benchmarks.data.datasets import DatasetSource, SegmentationDataset
 from benchmarks.data.embedded import default_cache_dir
 from benchmarks.data.transforms import train_transform
+from benchmarks.data.voc import NUM_CLASSES, VOC_HEIGHT, VOC_WIDTH
 from benchmarks.distributed import Distributed
-from benchmarks.feature_cache import ImageFeatures, TileFeatures, image_feature_cache, tile_feature_cache
+from benchmarks.feature_cache import ImageFeatures, TileFeatures, cache_bytes, image_feature_cache, tile_feature_cache
 from benchmarks.files import file_sha256
 from benchmarks.recipes import Recipe, RecipeError
 
@@ -99,6 +100,10 @@ class TrainingMode:
     def batches(self, model: nn.Module, data: TrainingData, start: int) -> Batches:
         """The batches ``(inputs, labels)`` of iterations ``start`` on (this process's share)."""
         raise NotImplementedError
+
+    def cache_bytes_per_image(self, model: nn.Module) -> dict[str, int]:
+        """Disk the mode caches for one 500 x 375 training image, by cache (none: batches are images)."""
+        return {}
 
     def _splits(self, data: TrainingData, transform: Callable | None = None) -> Dataset:
         return ConcatDataset([SegmentationDataset(data.source.split(name), transform)
@@ -206,6 +211,13 @@ class CachedImageFeatures(TrainingMode):
         """What is cached of one normalised image: the stem's output."""
         return model.staged_split()[0](image)
 
+    def cache_bytes_per_image(self, model: nn.Module) -> dict[str, int]:
+        """The stem's map of a 500 x 375 image (float32) and its labels."""
+        image = torch.zeros(1, 3, VOC_HEIGHT, VOC_WIDTH, device=next(model.parameters()).device)
+        with torch.no_grad():
+            stem = model.staged_split()[0](image)
+        return {"image_feature_cache": stem.numel() * 4 + VOC_HEIGHT * VOC_WIDTH}
+
     def _cache(self, compute: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, identity: dict[str, object],
                data: TrainingData, main: bool) -> ImageFeatures | TileFeatures:
         return image_feature_cache(compute, dataset, identity, default_cache_dir(), device=data.dist_info.device,
@@ -245,6 +257,9 @@ class CachedTiles(CachedImageFeatures):
 
     def features(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
         return model.tile_features(image)
+
+    def cache_bytes_per_image(self, model: nn.Module) -> dict[str, int]:
+        return {"tile_feature_cache": cache_bytes(1, NUM_CLASSES)}
 
     def _cache(self, compute: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, identity: dict[str, object],
                data: TrainingData, main: bool) -> ImageFeatures | TileFeatures:

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF, dense_crf
+from benchmarks.data.voc import NUM_CLASSES, VOC_HEIGHT, VOC_WIDTH
 
 __all__ = ["crf_inputs", "crf_timings"]
 
-HEIGHT, WIDTH, CLASSES = 375, 500, 21
 _SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/voc-real-mini/VOCdevkit/VOC2012/JPEGImages/2007_000123.jpg"
 
 
-def crf_inputs(image_path: Path | None = None, height: int = HEIGHT, width: int = WIDTH, seed: int = 0,
+def crf_inputs(image_path: Path | None = None, height: int = VOC_HEIGHT, width: int = VOC_WIDTH, seed: int = 0,
                noise: bool = False) -> tuple[torch.Tensor, torch.Tensor, str]:
     """An image (``image_path``, else the genuine VOC sample when present, else smooth synthetic
     colours; ``noise``: i.i.d. random colours, the lattice's worst case, about one vertex per
@@ -52,7 +52,7 @@ def crf_inputs(image_path: Path | None = None, height: int = HEIGHT, width: int 
         image = F.interpolate(image[None].float(), (height, width), mode="bilinear")[0]
         image = image.round().to(torch.uint8)
         origin = "synthetic"
-    logits = torch.randn(1, CLASSES, max(2, height // 8), max(2, width // 8), generator=generator) * 3
+    logits = torch.randn(1, NUM_CLASSES, max(2, height // 8), max(2, width // 8), generator=generator) * 3
     probs = torch.softmax(F.interpolate(logits, (height, width), mode="bilinear")[0], 0)
     return image, probs, origin
 
@@ -108,8 +108,9 @@ def crf_timings(repeats: int = 3, batch: int = 8, image_path: Path | None = None
     reference = next((r["ms_per_image"] for r in rows if r["backend"] == "pydensecrf"), None)
     for row in rows:
         row["speedup_vs_pydensecrf"] = reference / row["ms_per_image"] if reference else None
-    return {"image": origin, "size": f"{WIDTH}x{HEIGHT}", "labels": CLASSES, "iterations": params.iterations,
-            "params": params.__dict__, "repeats": repeats, "load_average": os.getloadavg(), "rows": rows}
+    return {"image": origin, "size": f"{VOC_WIDTH}x{VOC_HEIGHT}", "labels": NUM_CLASSES,
+            "iterations": params.iterations, "params": params.__dict__, "repeats": repeats,
+            "load_average": os.getloadavg(), "rows": rows}
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from benchmarks.bench.crf import crf_inputs
 from benchmarks.crf.dense_crf import CRFParams, TorchDenseCRF
+from benchmarks.data.voc import VOC_HEIGHT, VOC_VAL_IMAGES, VOC_WIDTH
 from benchmarks.distributed import Distributed, precision_path
 from benchmarks.evaluation import ConfusionMatrix, class_probabilities
 from benchmarks.feature_cache import TILE_UNITS
@@ -37,7 +38,6 @@ __all__ = ["SIZES", "BenchSize", "bench_method", "forward_flops", "matmul_peak",
            "recipe_image_flops", "recipe_step_bytes", "recipe_step_flops", "run_bench", "trained_forward",
            "training_flops"]
 
-VOC_HEIGHT, VOC_WIDTH, VOC_VAL_IMAGES = 375, 500, 1449
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "NUM_CLASSES",
     "VOC_CLASSES",
+    "VOC_HEIGHT",
+    "VOC_VAL_IMAGES",
+    "VOC_WIDTH",
     "DataError",
     "VOCSplit",
     "check_image_id",
@@ -39,6 +42,8 @@ __all__ = [
 DATA_ENV_VAR = "SEGREPRO_DATA"
 NUM_CLASSES = 21
 IGNORE_INDEX = 255
+VOC_HEIGHT, VOC_WIDTH, VOC_VAL_IMAGES = 375, 500, 1449
+"""The size of most VOC 2012 images (500 x 375, the largest at 4:3), and the val split's image count."""
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
