@@ -120,3 +120,37 @@ def test_submitit_requeues_a_preempted_stage_and_it_resumes_exactly(tmp_path):
     assert "preempted: SIGTERM at iteration" in log and "deeplab_v1: resuming from iteration" in log, log[-3000:]
     (record, weights), (whole_record, whole_weights) = _outputs(out), _outputs(tmp_path / "whole")
     assert weights == whole_weights and record["metrics"] == whole_record["metrics"]
+
+
+CRF_UNTIL_STOPPED = """
+import sys
+import torch
+from benchmarks.crf.dense_crf import CRFParams, dense_crf
+from benchmarks.preemption import Preempted, handled
+
+image = torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+probabilities = torch.softmax(torch.randn(21, 60, 80, generator=torch.Generator().manual_seed(1)), 0)
+with handled():
+    print("refining", flush=True)
+    try:
+        dense_crf(image, probabilities, CRFParams(iterations=10**9), backend="pydensecrf")
+    except Preempted as stopped:
+        sys.exit(f"stopped: {stopped}")
+"""
+
+
+def test_sigterm_stops_pydensecrf_between_mean_field_iterations(tmp_path):
+    """pydensecrf's inference(n) is one C call that Python cannot interrupt: SIGTERM waited for all
+    n iterations (a stored search of 10^9 ran on after its job was preempted). The iterations now
+    run one call each, so the signal stops scoring within one iteration."""
+    process = subprocess.Popen([sys.executable, "-c", CRF_UNTIL_STOPPED], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=_environment())
+    assert process.stdout.readline() == "refining\n"
+    time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 1 and err.strip() == "stopped: SIGTERM received before training started or while " \
+        "scoring", err[-2000:]

@@ -139,8 +139,10 @@ def _pydensecrf(image: torch.Tensor, probs: torch.Tensor, params: CRFParams) -> 
     rgb = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())  # pydensecrf reads H x W x 3
     crf.addPairwiseBilateral(sxy=params.theta_alpha, srgb=params.theta_beta, rgbim=rgb, compat=params.w1,
                              normalization=normalisation)
-    refined = np.array(crf.inference(params.iterations), dtype=np.float32).reshape(classes, height, width)
-    return torch.from_numpy(refined)
+    refined, scratch, pairwise = crf.startInference()
+    for _ in range(params.iterations):  # inference(n)'s arithmetic; a signal is handled between iterations
+        crf.stepInference(refined, scratch, pairwise)
+    return torch.from_numpy(np.array(refined, dtype=np.float32).reshape(classes, height, width))
 
 
 _CHUNK = 16384  # pixels per step of the mean-field update and the output transpose
