@@ -20,6 +20,7 @@ import torch
 import methods
 from benchmarks.files import under, write_atomic, write_bytes_atomic
 from benchmarks.record_schema import SCHEMAS, record_problem
+from benchmarks.stage_command import LAUNCHER_ENV_VAR
 from methods.errors import SegreproError
 
 __all__ = ["PROTOCOL_VERSION", "RecordError", "RecordExists", "environment", "git_commit", "hardware", "load_records",
@@ -129,10 +130,6 @@ def _cpu_model_and_simd() -> tuple[str | None, list[str]]:
     fields = {key.strip(): value.strip() for key, value in fields.items()}
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
     return fields.get("model name"), [flag for flag in _SIMD_FLAGS if flag in flags]
-
-
-LAUNCHER_ENV_VAR = "SEGREPRO_LAUNCHER"
-"""Set by ``benchmarks.launch`` in each job it starts (``submitit-local``, ``submitit-slurm``)."""
 
 
 def _launcher() -> str:

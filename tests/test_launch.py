@@ -11,9 +11,10 @@ from pathlib import Path
 from benchmarks.cli import build_parser, main
 from benchmarks.data.embedded import embedded_root
 from benchmarks.data.embedded_scenes import EmbeddedConfig
-from benchmarks.launch import Node, SlurmOptions, StageCommand, node_argv, slurm_submissions, sweep_graph
+from benchmarks.launch import Node, SlurmOptions, node_argv, slurm_submissions, sweep_graph
 from benchmarks.records import load_records
 from benchmarks.resolve import RunPlan, main_command_targets
+from benchmarks.stage_command import StageCommand
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = EmbeddedConfig(seed=13, train_images=6, val_images=3, crf_holdout_images=1, coco_images=4, height=64,

@@ -122,7 +122,8 @@ def test_records_name_what_ran_them_and_how_it_was_launched(monkeypatch):
     tested here: no GPU)."""
     import torch
 
-    from benchmarks.records import LAUNCHER_ENV_VAR, hardware, hardware_summary
+    from benchmarks.records import hardware, hardware_summary
+    from benchmarks.stage_command import LAUNCHER_ENV_VAR
 
     monkeypatch.delenv(LAUNCHER_ENV_VAR, raising=False)
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)

@@ -100,7 +100,7 @@ def test_submitit_requeues_a_preempted_stage_and_it_resumes_exactly(tmp_path):
     SIGTERM (checkpoint) and requeue the same command, which resumes to the uninterrupted weights."""
     import submitit
 
-    from benchmarks.launch import StageCommand
+    from benchmarks.stage_command import StageCommand
 
     data = embedded_root(SMALL, cache_dir=tmp_path / "cache")
     whole = subprocess.run(_command(data, tmp_path / "whole"), cwd=ROOT, capture_output=True, text=True,
