@@ -82,7 +82,7 @@ def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
         model = entry.builder(num_classes=num_classes, **options)
     except SegreproError:
         raise
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # SystemExit: sys.exit(0) in a builder ended the command silently, exit 0
         if entry.builder.__module__.split(".")[0] == __name__.split(".")[0]:
             raise  # a bug of this package's own builders keeps its traceback
         raise MethodError(f"the builder of method {name!r} ({builder}) raised {described(error)}; fix the module "

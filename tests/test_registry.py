@@ -183,6 +183,18 @@ def test_a_user_builder_that_raises_is_one_error_naming_the_method():
         methods.create("explodes")
 
 
+def test_a_user_builder_that_calls_sys_exit_is_one_error_naming_the_method():
+    """A builder calling ``sys.exit(0)`` ended `convert-caffe` with exit 0, no output and no file
+    (re-probe 3 of issue 26): it is a MethodError like any other builder failure."""
+    def exits(num_classes=21):
+        raise SystemExit(0)
+    exits.__module__ = "my_heads_module"
+    register("exits", paper="a test")(exits)
+    with pytest.raises(MethodError, match=r"^the builder of method 'exits' \(my_heads_module\..*exits\) raised "
+                                          r"SystemExit: 0; fix the module that registers it$"):
+        methods.create("exits")
+
+
 @pytest.mark.parametrize(("head", "words"), [({"type": "NoSuchHead", "channels": 64}, "KeyError: 'NoSuchHead is not"),
                                              ({"type": "FCNHead", "channels": -5}, "RuntimeError")])
 def test_an_mmseg_head_that_does_not_build_is_one_error(head, words):
