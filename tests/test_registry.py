@@ -203,6 +203,14 @@ def test_an_mmseg_head_that_does_not_build_is_one_error(head, words):
         methods.create(f"bad_{head['channels']}")
 
 
+@pytest.mark.parametrize("head_cfg", ["prototype", ["type"], {"channels": 64}])
+def test_an_mmseg_head_config_that_is_not_a_dict_with_a_type_is_refused_when_registered(head_cfg):
+    """``register_mmseg_head(name, "prototype")`` passed the ``"type" in head_cfg`` check and failed
+    on ``head_cfg['type']`` (``--import`` then named methods/mmseg.py, re-probe 3 of issue 26)."""
+    with pytest.raises(MethodError, match=r"^head_cfg of 'cfg' must be a dict whose 'type' is an mmsegmentation"):
+        register_mmseg_head("cfg", head_cfg, paper="a test")
+
+
 def test_scores_of_the_wrong_shape_are_one_error():
     """A head giving 20 maps, or flat scores, ended training in torch's IndexError (re-probe of issue 26)."""
     from benchmarks.recipes import get_recipe
