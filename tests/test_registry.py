@@ -235,5 +235,24 @@ def test_a_score_map_that_is_not_four_dimensional_is_one_error():
     fcn.__class__ = Flattens
     image = torch.zeros(1, 3, 64, 64)
     with pytest.raises(MethodError, match=r"^Flattens.score_map returned scores of shape \(1, \d+\) for an input of "
-                                          r"shape \(1, 3, 64, 64\); it must return \(batch, classes, height, width\)$"):
+                                          r"shape \(1, 3, 64, 64\); it must return \(batch, classes, height, width\), "
+                                          r"none of them 0$"):
         fcn(image)
+
+
+@pytest.mark.parametrize(("post", "words"), [(lambda s: None, r"returned NoneType, not a tensor"),
+                                             (lambda s: (s,), r"returned tuple, not a tensor"),
+                                             (lambda s: s.detach().numpy(), r"returned ndarray, not a tensor"),
+                                             (lambda s: s[:, :, :0], r"returned scores of shape \(1, 21, 0, \d+\)")])
+def test_a_score_map_that_is_not_a_tensor_or_is_empty_is_one_error(post, words):
+    """score_map returning None, a tuple, an array or a map of height 0 ended `compare` in
+    F.interpolate's AttributeError or RuntimeError (re-probe 3 of issue 26)."""
+    fcn = methods.create("fcn32s", width=1 / 16)
+
+    class Returns(type(fcn)):
+        def score_map(self, x: torch.Tensor) -> object:
+            return post(super().score_map(x))
+
+    fcn.__class__ = Returns
+    with pytest.raises(MethodError, match=rf"^Returns.score_map {words}"):
+        fcn(torch.zeros(1, 3, 64, 64))
