@@ -114,6 +114,9 @@ class SegmentationModel(nn.Module):
         if not isinstance(scores, torch.Tensor):  # None, a tuple, an array: F.interpolate's AttributeError before
             raise MethodError(f"{type(self).__name__}.score_map returned {type(scores).__name__}, not a tensor; it "
                               "must return a tensor of scores (batch, classes, height, width)")
+        if not scores.is_floating_point():  # integer scores: F.interpolate's NotImplementedError before
+            raise MethodError(f"{type(self).__name__}.score_map returned scores of dtype {scores.dtype}; they must be "
+                              "floating point (the logits before the softmax)")
         if scores.dim() != 4 or scores.shape[0] != x.shape[0] or 0 in scores.shape[1:]:
             raise MethodError(f"{type(self).__name__}.score_map returned scores of shape {tuple(scores.shape)} for an "
                               f"input of shape {tuple(x.shape)}; it must return (batch, classes, height, width), "

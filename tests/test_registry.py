@@ -243,10 +243,12 @@ def test_a_score_map_that_is_not_four_dimensional_is_one_error():
 @pytest.mark.parametrize(("post", "words"), [(lambda s: None, r"returned NoneType, not a tensor"),
                                              (lambda s: (s,), r"returned tuple, not a tensor"),
                                              (lambda s: s.detach().numpy(), r"returned ndarray, not a tensor"),
-                                             (lambda s: s[:, :, :0], r"returned scores of shape \(1, 21, 0, \d+\)")])
+                                             (lambda s: s[:, :, :0], r"returned scores of shape \(1, 21, 0, \d+\)"),
+                                             (lambda s: s.long(), r"returned scores of dtype torch.int64; they")])
 def test_a_score_map_that_is_not_a_tensor_or_is_empty_is_one_error(post, words):
-    """score_map returning None, a tuple, an array or a map of height 0 ended `compare` in
-    F.interpolate's AttributeError or RuntimeError (re-probe 3 of issue 26)."""
+    """score_map returning None, a tuple, an array, a map of height 0 or integer scores ended
+    `compare` in F.interpolate's AttributeError, RuntimeError or NotImplementedError (re-probe 3 of
+    issue 26)."""
     fcn = methods.create("fcn32s", width=1 / 16)
 
     class Returns(type(fcn)):
