@@ -108,7 +108,11 @@ class SegmentationModel(nn.Module):
         return self.score_map(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = self.score_map(x)
+        try:
+            scores = self.score_map(x)
+        except SystemExit as error:  # ended compare with its status (0) and no record, without a word
+            raise MethodError(f"{type(self).__name__}.score_map called sys.exit({error.code!r}); it must return "
+                              "scores, not end the command") from None
         if isinstance(scores, torch.fx.Proxy):  # torch.fx traces forward for the receptive field
             return self.final_upsample(scores, x)
         if not isinstance(scores, torch.Tensor):  # None, a tuple, an array: F.interpolate's AttributeError before

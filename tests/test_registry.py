@@ -258,3 +258,17 @@ def test_a_score_map_that_is_not_a_tensor_or_is_empty_is_one_error(post, words):
     fcn.__class__ = Returns
     with pytest.raises(MethodError, match=rf"^Returns.score_map {words}"):
         fcn(torch.zeros(1, 3, 64, 64))
+
+
+def test_a_score_map_that_calls_sys_exit_is_one_error():
+    """score_map calling ``sys.exit(0)`` ended `compare` with exit 0 and no record (re-probe 3 of
+    issue 26)."""
+    fcn = methods.create("fcn32s", width=1 / 16)
+
+    class Exits(type(fcn)):
+        def score_map(self, x: torch.Tensor) -> torch.Tensor:
+            raise SystemExit(0)
+
+    fcn.__class__ = Exits
+    with pytest.raises(MethodError, match=r"^Exits.score_map called sys.exit\(0\); it must return scores"):
+        fcn(torch.zeros(1, 3, 64, 64))
