@@ -86,9 +86,9 @@ def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
     builder = f"{entry.builder.__module__}.{entry.builder.__qualname__}"
     try:
         model = entry.builder(num_classes=num_classes, **options)
-    except SegreproError:
+    except (SegreproError, KeyboardInterrupt):  # Ctrl-C while building stays an interrupt
         raise
-    except (Exception, SystemExit) as error:  # SystemExit: sys.exit(0) in a builder ended the command silently, exit 0
+    except BaseException as error:  # SystemExit: sys.exit(0) ended the command silently, exit 0; any BaseException
         if from_this_package(name):
             raise  # a bug of this package's own builders keeps its traceback
         raise MethodError(f"the builder of method {name!r} ({builder}) raised {described(error)}; fix the module "

@@ -183,16 +183,33 @@ def test_a_user_builder_that_raises_is_one_error_naming_the_method():
         methods.create("explodes")
 
 
-def test_a_user_builder_that_calls_sys_exit_is_one_error_naming_the_method():
-    """A builder calling ``sys.exit(0)`` ended `convert-caffe` with exit 0, no output and no file
-    (re-probe 3 of issue 26): it is a MethodError like any other builder failure."""
+class _NotAnException(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(("raised", "words"), [(SystemExit(0), "SystemExit: 0"),
+                                               (_NotAnException("odd"), "_NotAnException: odd")])
+def test_a_user_builder_that_calls_sys_exit_is_one_error_naming_the_method(raised, words):
+    """A builder calling ``sys.exit(0)`` ended `convert-caffe` with exit 0, no output and no file,
+    and one raising a BaseException of its own ended in a traceback (re-probe 3 of issue 26): each
+    is a MethodError like any other builder failure."""
     def exits(num_classes=21):
-        raise SystemExit(0)
+        raise raised
     exits.__module__ = "my_heads_module"
-    register("exits", paper="a test")(exits)
-    with pytest.raises(MethodError, match=r"^the builder of method 'exits' \(my_heads_module\..*exits\) raised "
-                                          r"SystemExit: 0; fix the module that registers it$"):
-        methods.create("exits")
+    name = f"exits_{type(raised).__name__.lower()}"
+    register(name, paper="a test")(exits)
+    with pytest.raises(MethodError, match=rf"^the builder of method '{name}' \(my_heads_module\..*exits\) raised "
+                                          rf"{words}; fix the module that registers it$"):
+        methods.create(name)
+
+
+def test_ctrl_c_while_a_user_builder_runs_stays_an_interrupt():
+    def interrupted(num_classes=21):
+        raise KeyboardInterrupt
+    interrupted.__module__ = "my_heads_module"
+    register("interrupted", paper="a test")(interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        methods.create("interrupted")
 
 
 @pytest.mark.parametrize(("head", "words"), [({"type": "NoSuchHead", "channels": 64}, "KeyError: 'NoSuchHead is not"),
