@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -24,6 +27,8 @@ from benchmarks.limits import crf_flops, step_memory_problem, time_problem, trai
 from benchmarks.networks import build_model
 from benchmarks.recipes import Recipe
 from benchmarks.training_mode import training_mode
+from methods.errors import SegreproError, described
+from methods.registry import from_this_package
 from methods.vgg import TORCHVISION_VGG16_URL, WEIGHTS_ENV_VAR
 
 __all__ = ["PlanIncomplete", "Stage", "check_plan", "plan_stages"]
@@ -31,6 +36,9 @@ __all__ = ["PlanIncomplete", "Stage", "check_plan", "plan_stages"]
 
 class PlanIncomplete(DataError):
     """Inputs a command needs are missing; one line each (``str`` joins them with newlines)."""
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -99,6 +107,21 @@ def _post_processing_flops(target: str, recipe: Recipe, scored_images: int) -> f
     return recipe.crfrnn_iterations * step + crf_flops(TEST_ITERATIONS, scored_images)
 
 
+def _estimated(recipe: Recipe, count: Callable[[Recipe], T]) -> T | None:
+    """``count(recipe)``, a FLOP or memory count made on torch's ``meta`` device; or None, with one
+    NOTE line, when the model of a user's method cannot run there (it reads a value of its tensors:
+    ``.item()``, ``.numpy()``, which a meta tensor does not hold) and so goes without the estimate
+    and its limit. This package's own models all run there: a failure of theirs keeps its traceback."""
+    try:
+        return count(recipe)
+    except Exception as error:
+        if isinstance(error, SegreproError) or from_this_package(recipe.architecture):
+            raise
+        print(f"NOTE: {recipe.method}: memory and time not estimated, its model does not run on torch's meta "
+              f"device ({described(error)})", file=sys.stderr)
+        return None
+
+
 def plan_stages(ordered: list[str], targets: list[str], source: DatasetSource, recipes, caffe_init_sha256,
                 existing_weights, world_size: int = 1) -> list[Stage]:
     """The stages of ``ordered`` (``expand_targets``; ``targets`` are those scored), each with its
@@ -126,20 +149,21 @@ def plan_stages(ordered: list[str], targets: list[str], source: DatasetSource, r
             missing.append(f"{method}: batch {recipe.batch_size} cannot be split over {world_size} processes (each "
                            f"needs at least one image); run it in one process, or with --nproc_per_node <= "
                            f"{recipe.batch_size}, or --set batch_size=N with N >= {world_size}")
-        step = recipe_step_flops(recipe) if target == method else None
+        step = _estimated(recipe, recipe_step_flops) if target == method else None
         disk = _training_disk_bytes(recipe, sum(splits[s] or 0 for s in recipe.training_splits)) \
-            if target == method else {}
+            if step is not None else {}
         scored = target in targets or any(t.split("+")[0] == method for t in targets)
         action = ("train and score" if scored else "train (dependency)") if trains else \
             "reuse trained weights, score" if scored else "reuse trained weights"
         if target != method:
             action = f"score {target[len(method):]}" + (" (trains a CRF-RNN)" if target.endswith("+crfrnn") else "")
+        post = None if target == method else \
+            _estimated(recipe, lambda r, t=target, n=splits[recipe.eval_split] or 0: _post_processing_flops(t, r, n))
         stages.append(Stage(target, method, action, recipe.source, recipe.iterations, recipe.batch_size, recipe.crop,
                             init, splits, step / 1e12 if step is not None else None,
                             step * recipe.iterations / 1e15 if step is not None and trains else None, disk, missing,
                             recipe_step_bytes(recipe) if step is not None and trains else {},
-                            None if target == method else
-                            _post_processing_flops(target, recipe, splits[recipe.eval_split] or 0) / 1e15))
+                            post / 1e15 if post is not None else None))
     return stages
 
 

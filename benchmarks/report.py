@@ -160,8 +160,10 @@ def write_report(results: Path, reports: Path, runs: Path, warn: Callable[[str],
     records, problems = scan_records(results)
     for problem in problems:
         warn(f"left out: {problem}")
-    if not records:
-        raise FileNotFoundError(f"no records under {results / 'records'}; run `python -m benchmarks run --all` first")
+    if not records:  # every record left out: "no records" alone contradicted the lines above
+        left_out = f"valid records under {results / 'records'} ({len(problems)} left out above)" if problems else \
+            f"records under {results / 'records'}"
+        raise FileNotFoundError(f"no {left_out}; run `python -m benchmarks run --all` first")
     tables, written = results / "tables", []
     tables.mkdir(parents=True, exist_ok=True)
     reports.mkdir(parents=True, exist_ok=True)

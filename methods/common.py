@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -107,10 +108,23 @@ class SegmentationModel(nn.Module):
         return self.score_map(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = self.score_map(x)
-        if isinstance(scores, torch.Tensor) and (scores.dim() != 4 or scores.shape[0] != x.shape[0]):  # not fx's Proxy
+        try:
+            scores = self.score_map(x)
+        except SystemExit as error:  # ended compare with its status (0) and no record, without a word
+            raise MethodError(f"{type(self).__name__}.score_map called sys.exit({error.code!r}); it must return "
+                              "scores, not end the command") from None
+        if isinstance(scores, torch.fx.Proxy):  # torch.fx traces forward for the receptive field
+            return self.final_upsample(scores, x)
+        if not isinstance(scores, torch.Tensor):  # None, a tuple, an array: F.interpolate's AttributeError before
+            raise MethodError(f"{type(self).__name__}.score_map returned {type(scores).__name__}, not a tensor; it "
+                              "must return a tensor of scores (batch, classes, height, width)")
+        if not scores.is_floating_point():  # integer scores: F.interpolate's NotImplementedError before
+            raise MethodError(f"{type(self).__name__}.score_map returned scores of dtype {scores.dtype}; they must be "
+                              "floating point (the logits before the softmax)")
+        if scores.dim() != 4 or scores.shape[0] != x.shape[0] or 0 in scores.shape[1:]:
             raise MethodError(f"{type(self).__name__}.score_map returned scores of shape {tuple(scores.shape)} for an "
-                              f"input of shape {tuple(x.shape)}; it must return (batch, classes, height, width)")
+                              f"input of shape {tuple(x.shape)}; it must return (batch, classes, height, width), "
+                              "none of them 0")
         return self.final_upsample(scores, x)
 
     def published_probabilities(self, x: torch.Tensor) -> torch.Tensor:

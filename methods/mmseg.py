@@ -247,8 +247,9 @@ def register_mmseg_head(name: str, head_cfg: dict[str, object], feature: str = "
         raise MethodError(f"method name {name!r} must be a plain folder name (letters, digits, _ . -)")
     if feature not in FEATURES:
         raise MethodError(f"feature must be one of {FEATURES}, got {feature!r}")
-    if "type" not in head_cfg:
-        raise MethodError(f"head_cfg of {name!r} needs a 'type' (an mmsegmentation decode head, e.g. 'ASPPHead')")
+    if not isinstance(head_cfg, dict) or "type" not in head_cfg:  # the string "prototype" passed a bare `in`
+        raise MethodError(f"head_cfg of {name!r} must be a dict whose 'type' is an mmsegmentation decode head "
+                          f"(e.g. {{'type': 'ASPPHead', 'channels': 512}}), got {head_cfg!r}"[:300])
     frozen = copy.deepcopy(head_cfg)
 
     def builder(num_classes: int = 21, width: float = 1.0, pretrained: bool = False,

@@ -73,6 +73,12 @@ def get_entry(name: str) -> MethodEntry:
         raise KeyError(f"unknown method {name!r}; registered methods: {known}") from None
 
 
+def from_this_package(name: str) -> bool:
+    """Whether method ``name`` is built by this package (a failure of its own is a bug and keeps its
+    traceback), not by a user's module registered with ``--import``."""
+    return get_entry(name).builder.__module__.split(".")[0] == __name__.split(".")[0]
+
+
 def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
     """Build method ``name`` with ``num_classes`` outputs; ``options`` go to its builder, which must
     return a :class:`SegmentationModel` (the contract every harness step relies on)."""
@@ -80,10 +86,10 @@ def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
     builder = f"{entry.builder.__module__}.{entry.builder.__qualname__}"
     try:
         model = entry.builder(num_classes=num_classes, **options)
-    except SegreproError:
+    except (SegreproError, KeyboardInterrupt):  # Ctrl-C while building stays an interrupt
         raise
-    except Exception as error:
-        if entry.builder.__module__.split(".")[0] == __name__.split(".")[0]:
+    except BaseException as error:  # SystemExit: sys.exit(0) ended the command silently, exit 0; any BaseException
+        if from_this_package(name):
             raise  # a bug of this package's own builders keeps its traceback
         raise MethodError(f"the builder of method {name!r} ({builder}) raised {described(error)}; fix the module "
                           "that registers it") from error

@@ -123,3 +123,42 @@ def test_dense_crf_iterations_of_the_recipe_past_the_limit_are_refused_before_tr
     images = len((data / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").read_text().split())
     assert float(found[1]) * 1e15 == pytest.approx(1e12 * images * 500 * 375 * 21 * 100, rel=5e-3)
     assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+
+
+def test_a_user_model_that_cannot_run_on_the_meta_device_goes_without_the_estimate(capsys):
+    """A user's score_map reading a value of its scores (``.item()``) trains on real tensors but
+    ended `compare` in "Tensor.item() cannot be called on meta tensors" while the plan counted its
+    FLOPs (re-probe 3 of issue 26): the plan goes on without that estimate and says so in one line;
+    this package's models keep the count (fcn32s: 3 x its forward, conv1_1 alone a lower bound)."""
+    from torch import nn
+
+    import methods
+    from benchmarks.bench.methods import recipe_step_flops
+    from benchmarks.plan import _estimated
+    from benchmarks.recipes import recipe_for_new_head
+    from methods.common import CaffeInterp, SegmentationModel
+
+    class ReadsAValue(SegmentationModel):
+        score_stride = 8
+
+        def __init__(self, num_classes: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, num_classes, 3, stride=8, padding=1)
+            self.final_upsample = CaffeInterp()
+
+        def score_map(self, x: torch.Tensor) -> torch.Tensor:
+            scores = self.conv(x)
+            return scores / max(1.0, float(scores.detach().abs().max()))
+
+    def builder(num_classes=21, **options):
+        return ReadsAValue(num_classes)
+    builder.__module__ = "my_heads"
+    methods.register("reads_a_value", paper="a test")(builder)
+    recipe = recipe_for_new_head("reads_a_value", get_recipe("fcn32s", "quick"))
+    assert _estimated(recipe, recipe_step_flops) is None
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == ("NOTE: reads_a_value: memory and time not estimated, its model does not run on torch's meta "
+                    "device (RuntimeError: Tensor.item() cannot be called on meta tensors)")
+    fcn = get_recipe("fcn32s", "quick")
+    assert _estimated(fcn, recipe_step_flops) >= 3 * fcn.batch_size * 2 * 3 * 9 * round(64 * fcn.width) * 100 * 100
+    assert not capsys.readouterr().err

@@ -51,6 +51,19 @@ def test_plan_lists_each_stage_with_splits_flops_and_the_tile_cache(tmp_path, sm
     assert not (tmp_path / "runs").exists()  # nothing trained
 
 
+def test_the_plan_shows_the_cost_of_a_crf_stage(tmp_path, small_voc):
+    """A ``+crf`` stage's dense-CRF cost was in ``--json`` only; the text plan showed none, so
+    ``crfrnn_iterations=10000000`` (under the 30-day limit, not refused) showed no cost at all
+    (re-probe 3 of issue 26). Lower bound by hand: 10 mean-field iterations (the recipe's) on each
+    of the 2 val images of VOC size, 100 FLOPs per pixel and class."""
+    voc = small_voc(tmp_path / "voc", train=2, val=2)
+    result = _cli(["run", "deeplab_v1+crf", "--data", str(voc), "--profile", "quick", "--plan"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith(" 2. deeplab_v1+crf: ")]
+    pflop = float(line.split("; at least ")[1].removesuffix(" PFLOP in the CRF"))
+    assert pflop == pytest.approx(10 * 2 * 375 * 500 * 21 * 100 / 1e15, rel=1e-2)
+
+
 def test_a_missing_split_stops_the_plan_and_the_run_before_any_training(tmp_path, small_voc):
     voc = small_voc(tmp_path / "voc", train=2, val=1)
     for args in (["--plan"], ["--set", "iterations=1"]):

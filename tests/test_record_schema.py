@@ -79,6 +79,18 @@ def test_check_refuses_and_report_leaves_out_a_record_that_fails_the_schema(caps
     assert "deeplab_v1" not in (tmp_path / "tables" / "paper-voc2012-summary.csv").read_text()
 
 
+def test_report_of_only_invalid_records_says_they_were_left_out(capsys, tmp_path):
+    """With its one record invalid, report said "no records under ..." right after the line that
+    left it out (re-probe 3 of issue 26)."""
+    path = write_valid_record(tmp_path, "deeplab_v1", 62.25)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "schema": 99}))
+    status, out = run_main(capsys, "report", "--results", tmp_path, "--reports", tmp_path / "reports")
+    left_out, error = out.err.strip().splitlines()
+    assert status == 2 and left_out.startswith(f"left out: record {path} is not a valid record (schema 99")
+    assert error == (f"error: no valid records under {tmp_path / 'records'} (1 left out above); run `python -m "
+                     "benchmarks run --all` first")
+
+
 def test_json_nested_too_deeply_is_refused_not_a_traceback(tmp_path):
     path = write_valid_record(tmp_path, "deeplab_v1", 62.25)
     path.write_text(path.read_text()[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")

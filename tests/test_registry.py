@@ -183,12 +183,49 @@ def test_a_user_builder_that_raises_is_one_error_naming_the_method():
         methods.create("explodes")
 
 
+class _NotAnException(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(("raised", "words"), [(SystemExit(0), "SystemExit: 0"),
+                                               (_NotAnException("odd"), "_NotAnException: odd")])
+def test_a_user_builder_that_calls_sys_exit_is_one_error_naming_the_method(raised, words):
+    """A builder calling ``sys.exit(0)`` ended `convert-caffe` with exit 0, no output and no file,
+    and one raising a BaseException of its own ended in a traceback (re-probe 3 of issue 26): each
+    is a MethodError like any other builder failure."""
+    def exits(num_classes=21):
+        raise raised
+    exits.__module__ = "my_heads_module"
+    name = f"exits_{type(raised).__name__.lower()}"
+    register(name, paper="a test")(exits)
+    with pytest.raises(MethodError, match=rf"^the builder of method '{name}' \(my_heads_module\..*exits\) raised "
+                                          rf"{words}; fix the module that registers it$"):
+        methods.create(name)
+
+
+def test_ctrl_c_while_a_user_builder_runs_stays_an_interrupt():
+    def interrupted(num_classes=21):
+        raise KeyboardInterrupt
+    interrupted.__module__ = "my_heads_module"
+    register("interrupted", paper="a test")(interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        methods.create("interrupted")
+
+
 @pytest.mark.parametrize(("head", "words"), [({"type": "NoSuchHead", "channels": 64}, "KeyError: 'NoSuchHead is not"),
                                              ({"type": "FCNHead", "channels": -5}, "RuntimeError")])
 def test_an_mmseg_head_that_does_not_build_is_one_error(head, words):
     register_mmseg_head(f"bad_{head['channels']}", head, paper="a test")
     with pytest.raises(MethodError, match=rf"^mmseg head '{head['type']}' does not build from its config: {words}"):
         methods.create(f"bad_{head['channels']}")
+
+
+@pytest.mark.parametrize("head_cfg", ["prototype", ["type"], {"channels": 64}])
+def test_an_mmseg_head_config_that_is_not_a_dict_with_a_type_is_refused_when_registered(head_cfg):
+    """``register_mmseg_head(name, "prototype")`` passed the ``"type" in head_cfg`` check and failed
+    on ``head_cfg['type']`` (``--import`` then named methods/mmseg.py, re-probe 3 of issue 26)."""
+    with pytest.raises(MethodError, match=r"^head_cfg of 'cfg' must be a dict whose 'type' is an mmsegmentation"):
+        register_mmseg_head("cfg", head_cfg, paper="a test")
 
 
 def test_scores_of_the_wrong_shape_are_one_error():
@@ -215,5 +252,40 @@ def test_a_score_map_that_is_not_four_dimensional_is_one_error():
     fcn.__class__ = Flattens
     image = torch.zeros(1, 3, 64, 64)
     with pytest.raises(MethodError, match=r"^Flattens.score_map returned scores of shape \(1, \d+\) for an input of "
-                                          r"shape \(1, 3, 64, 64\); it must return \(batch, classes, height, width\)$"):
+                                          r"shape \(1, 3, 64, 64\); it must return \(batch, classes, height, width\), "
+                                          r"none of them 0$"):
         fcn(image)
+
+
+@pytest.mark.parametrize(("post", "words"), [(lambda s: None, r"returned NoneType, not a tensor"),
+                                             (lambda s: (s,), r"returned tuple, not a tensor"),
+                                             (lambda s: s.detach().numpy(), r"returned ndarray, not a tensor"),
+                                             (lambda s: s[:, :, :0], r"returned scores of shape \(1, 21, 0, \d+\)"),
+                                             (lambda s: s.long(), r"returned scores of dtype torch.int64; they")])
+def test_a_score_map_that_is_not_a_tensor_or_is_empty_is_one_error(post, words):
+    """score_map returning None, a tuple, an array, a map of height 0 or integer scores ended
+    `compare` in F.interpolate's AttributeError, RuntimeError or NotImplementedError (re-probe 3 of
+    issue 26)."""
+    fcn = methods.create("fcn32s", width=1 / 16)
+
+    class Returns(type(fcn)):
+        def score_map(self, x: torch.Tensor) -> object:
+            return post(super().score_map(x))
+
+    fcn.__class__ = Returns
+    with pytest.raises(MethodError, match=rf"^Returns.score_map {words}"):
+        fcn(torch.zeros(1, 3, 64, 64))
+
+
+def test_a_score_map_that_calls_sys_exit_is_one_error():
+    """score_map calling ``sys.exit(0)`` ended `compare` with exit 0 and no record (re-probe 3 of
+    issue 26)."""
+    fcn = methods.create("fcn32s", width=1 / 16)
+
+    class Exits(type(fcn)):
+        def score_map(self, x: torch.Tensor) -> torch.Tensor:
+            raise SystemExit(0)
+
+    fcn.__class__ = Exits
+    with pytest.raises(MethodError, match=r"^Exits.score_map called sys.exit\(0\); it must return scores"):
+        fcn(torch.zeros(1, 3, 64, 64))

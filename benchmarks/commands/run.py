@@ -145,6 +145,10 @@ def _print_plan(targets: list[str], args: argparse.Namespace) -> int:
                 if stage.tflop_per_step is None
                 else f"; {stage.tflop_per_step:.3g} TFLOP/step"
                 + (f", {stage.pflop_total:.3g} PFLOP in all" if stage.pflop_total is not None else "")
+            ) + (
+                f"; at least {stage.post_processing_pflop:.3g} PFLOP in the CRF"
+                + (" and the CRF-RNN's training" if stage.target.endswith("+crfrnn") else "")
+                if stage.post_processing_pflop is not None else ""
             )
             splits = ", ".join(
                 f"{name} {count if count is not None else 'MISSING'}" for name, count in stage.splits.items()
