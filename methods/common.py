@@ -110,27 +110,31 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         try:
             scores = self.score_map(x)
-        except SystemExit as error:  # ended compare with its status (0) and no record, without a word
+        except SystemExit as error:
             raise MethodError(f"{type(self).__name__}.score_map called sys.exit({error.code!r}); it must return "
                               "scores, not end the command") from None
-        if isinstance(scores, torch.fx.Proxy):  # torch.fx traces forward for the receptive field
-            return self.final_upsample(scores, x)
-        if not isinstance(scores, torch.Tensor):  # None, a tuple, an array: F.interpolate's AttributeError before
-            raise MethodError(f"{type(self).__name__}.score_map returned {type(scores).__name__}, not a tensor; it "
-                              "must return a tensor of scores (batch, classes, height, width)")
-        if not scores.is_floating_point():  # integer scores: F.interpolate's NotImplementedError before
-            raise MethodError(f"{type(self).__name__}.score_map returned scores of dtype {scores.dtype}; they must be "
-                              "floating point (the logits before the softmax)")
-        if scores.dim() != 4 or scores.shape[0] != x.shape[0] or 0 in scores.shape[1:]:
-            raise MethodError(f"{type(self).__name__}.score_map returned scores of shape {tuple(scores.shape)} for an "
-                              f"input of shape {tuple(x.shape)}; it must return (batch, classes, height, width), "
-                              "none of them 0")
+        if not isinstance(scores, torch.fx.Proxy):  # torch.fx traces forward for the receptive field
+            _check_scores(type(self).__name__, scores, x)
         return self.final_upsample(scores, x)
 
     def published_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities at input resolution by the paper's own test procedure: the softmax
         of ``forward`` (FCN's whole image, DeepLab's x8 ``Interp``) unless a family says otherwise."""
         return torch.softmax(self(x).float(), dim=1)
+
+
+def _check_scores(model: str, scores: object, x: torch.Tensor) -> None:
+    """A :class:`MethodError` when a (user's) ``score_map`` gave no floating-point
+    ``(batch, classes, height, width)`` tensor with no extent 0 for the input ``x``."""
+    if not isinstance(scores, torch.Tensor):
+        raise MethodError(f"{model}.score_map returned {type(scores).__name__}, not a tensor; it must return a tensor "
+                          "of scores (batch, classes, height, width)")
+    if not scores.is_floating_point():
+        raise MethodError(f"{model}.score_map returned scores of dtype {scores.dtype}; they must be floating point "
+                          "(the logits before the softmax)")
+    if scores.dim() != 4 or scores.shape[0] != x.shape[0] or 0 in scores.shape[1:]:
+        raise MethodError(f"{model}.score_map returned scores of shape {tuple(scores.shape)} for an input of shape "
+                          f"{tuple(x.shape)}; it must return (batch, classes, height, width), none of them 0")
 
 
 def scaled_channels(channels: int, width: float) -> int:
