@@ -160,7 +160,7 @@ def write_report(results: Path, reports: Path, runs: Path, warn: Callable[[str],
     records, problems = scan_records(results)
     for problem in problems:
         warn(f"left out: {problem}")
-    if not records:  # every record left out: "no records" alone contradicted the lines above
+    if not records:
         left_out = f"valid records under {results / 'records'} ({len(problems)} left out above)" if problems else \
             f"records under {results / 'records'}"
         raise FileNotFoundError(f"no {left_out}; run `python -m benchmarks run --all` first")

@@ -247,7 +247,7 @@ def register_mmseg_head(name: str, head_cfg: dict[str, object], feature: str = "
         raise MethodError(f"method name {name!r} must be a plain folder name (letters, digits, _ . -)")
     if feature not in FEATURES:
         raise MethodError(f"feature must be one of {FEATURES}, got {feature!r}")
-    if not isinstance(head_cfg, dict) or "type" not in head_cfg:  # the string "prototype" passed a bare `in`
+    if not isinstance(head_cfg, dict) or "type" not in head_cfg:
         raise MethodError(f"head_cfg of {name!r} must be a dict whose 'type' is an mmsegmentation decode head "
                           f"(e.g. {{'type': 'ASPPHead', 'channels': 512}}), got {head_cfg!r}"[:300])
     frozen = copy.deepcopy(head_cfg)

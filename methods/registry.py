@@ -88,7 +88,7 @@ def create(name: str, num_classes: int = 21, **options: object) -> nn.Module:
         model = entry.builder(num_classes=num_classes, **options)
     except (SegreproError, KeyboardInterrupt):  # Ctrl-C while building stays an interrupt
         raise
-    except BaseException as error:  # SystemExit: sys.exit(0) ended the command silently, exit 0; any BaseException
+    except BaseException as error:  # SystemExit too: a builder must not end the command without a word
         if from_this_package(name):
             raise  # a bug of this package's own builders keeps its traceback
         raise MethodError(f"the builder of method {name!r} ({builder}) raised {described(error)}; fix the module "
