@@ -34,9 +34,9 @@ from benchmarks.train import training_step
 from benchmarks.training_mode import TrainedPart, training_mode
 from methods.common import BilinearUpsample
 
-__all__ = ["SIZES", "BenchSize", "bench_method", "forward_flops", "matmul_peak", "paper_profile_flops",
+__all__ = ["SIZES", "BenchSize", "TrainingBench", "bench_method", "forward_flops", "matmul_peak", "paper_profile_flops",
            "recipe_image_flops", "recipe_step_bytes", "recipe_step_flops", "run_bench", "trained_forward",
-           "training_flops"]
+           "training_bench", "training_flops"]
 
 
 
@@ -212,9 +212,21 @@ def paper_profile_flops(name: str) -> dict[str, float]:
     return {"paper_tflop_per_step": step / 1e12, "paper_training_pflop": step * recipe.iterations / 1e15}
 
 
-def bench_method(name: str, size: BenchSize, device: torch.device, steps: int, eval_images: int,
-                 peak_tflops: float | None, crf: bool, eval_batch: int = 1) -> dict[str, object]:
-    """Training and evaluation speed of ``name``'s paper recipe (see the module docstring)."""
+@dataclass
+class TrainingBench:
+    """One method's paper recipe (at ``size``) ready to take timed training steps on synthetic inputs."""
+
+    recipe: Recipe
+    model: nn.Module
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    step: Callable[[], None]  # forward, loss, backward and the optimiser's step of one batch
+    flops_per_step: int
+
+
+def training_bench(name: str, size: BenchSize, device: torch.device) -> TrainingBench:
+    """``name``'s paper recipe, its model on ``device`` (channels-last and cudnn autotuning on CUDA),
+    a synthetic batch and the training step ``train.py`` takes."""
     recipe = _bench_recipe(get_recipe(name, "paper"), size)
     torch.manual_seed(0)
     model = build_model(recipe).to(device)
@@ -225,16 +237,27 @@ def bench_method(name: str, size: BenchSize, device: torch.device, steps: int, e
     trained = TrainedPart(model, recipe, channels_last=precision_path(device, recipe.precision)[1])
     optimizer = build_optimizer(model, recipe)
     dist_info = Distributed(device=device)
-    train_flops = training_flops(model, recipe, inputs)
-    model.train()
-    for _ in range(2):  # warm-up: cudnn autotuning, allocator
+
+    def step() -> None:
         training_step(trained, optimizer, inputs, labels, recipe=recipe, dist_info=dist_info)
         optimizer.step()
+
+    flops = training_flops(model, recipe, inputs)
+    model.train()
+    return TrainingBench(recipe, model, inputs, labels, step, flops)
+
+
+def bench_method(name: str, size: BenchSize, device: torch.device, steps: int, eval_images: int,
+                 peak_tflops: float | None, crf: bool, eval_batch: int = 1) -> dict[str, object]:
+    """Training and evaluation speed of ``name``'s paper recipe (see the module docstring)."""
+    bench = training_bench(name, size, device)
+    recipe, model, inputs, train_flops = bench.recipe, bench.model, bench.inputs, bench.flops_per_step
+    for _ in range(2):  # warm-up: cudnn autotuning, allocator
+        bench.step()
     _sync(device)
     started = time.perf_counter()
     for _ in range(steps):
-        training_step(trained, optimizer, inputs, labels, recipe=recipe, dist_info=dist_info)
-        optimizer.step()
+        bench.step()
     _sync(device)
     step_seconds = (time.perf_counter() - started) / steps
 
