@@ -18,6 +18,22 @@ SPEC_SCORE_STRIDE |= {f"mmseg_{head}": 8 for head in ("fcn", "aspp", "dsaspp", "
                                                        "apc", "dm")}
 
 
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """Methods a test registers (directly or through ``--import MODULE``) end with it: the registry
+    is restored and the modules that registered them are forgotten, so a later ``--import`` of the
+    same module registers its methods again."""
+    from methods import registry
+
+    before = dict(registry._REGISTRY)
+    yield
+    added = {entry.builder.__module__ for name, entry in registry._REGISTRY.items() if name not in before}
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)
+    for module in added:
+        sys.modules.pop(module, None)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
