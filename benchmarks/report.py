@@ -17,7 +17,7 @@ from benchmarks.data.voc import VOC_CLASSES
 from benchmarks.groups import Group, group_records, recipe_rows, row_label
 from benchmarks.records import hardware_summary, scan_records, software_summary, weights_summary
 from benchmarks.report_figures import pictures, receptive_field_figure
-from benchmarks.stats import seed_interval
+from benchmarks.stats import seed_interval, seeds_to_decide
 
 __all__ = ["CLAIMS", "claims_table", "paper_tables", "write_report"]
 
@@ -73,8 +73,10 @@ def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
     own records (no overrides) of one group and the 95% t interval; a CRF claim pairs only
     records of the same trained weights. ``held`` when the whole interval is above 0, ``not held``
     when below, else ``undecided``; ``not decided here`` when a side's records hold several
-    recipes. Claims about methods of which neither side was run are left out. Records of several
-    groups (``groups.group_records``) are a ``ValueError``: they are never paired."""
+    recipes. ``seeds to decide``: how many seeds would decide the claim if the differences kept
+    their mean and sd (``stats.seeds_to_decide``). Claims about methods of which neither side was
+    run are left out. Records of several groups (``groups.group_records``) are a ``ValueError``:
+    they are never paired."""
     if len(groups := group_records(records)) > 1:
         raise ValueError(f"claims_table got records of {len(groups)} groups; pass one group's records")
     rows_of, _ = recipe_rows(records)
@@ -86,7 +88,8 @@ def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
             several = ", ".join(sorted(split & {better, worse}))
             rows.append({"claim": statement, "better": better, "worse": worse, "mean": None, "low": None,
                          "high": None, "seeds": 0,
-                         "verdict": f"not decided here: {several} has records of several recipes (one row each)"})
+                         "verdict": f"not decided here: {several} has records of several recipes (one row each)",
+                         "seeds to decide": None})
             continue
         if not any(method in (better, worse) for method, _ in by_key):
             continue
@@ -98,8 +101,9 @@ def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
                 first.get("trained_weights_sha256") == second.get("trained_weights_sha256")
 
         seeds = sorted(s for (m, s) in by_key if m == better and paired(s))
-        interval = seed_interval([100 * (by_key[(better, s)]["metrics"]["miou"] - by_key[(worse, s)]["metrics"]["miou"])
-                                  for s in seeds])
+        differences = [100 * (by_key[(better, s)]["metrics"]["miou"] - by_key[(worse, s)]["metrics"]["miou"])
+                       for s in seeds]
+        interval = seed_interval(differences)
         if interval["low"] is None:
             status = "not enough seeds" if seeds else "not run"
         elif interval["low"] > 0:
@@ -108,7 +112,9 @@ def claims_table(records: list[dict[str, object]]) -> list[dict[str, object]]:
             status = "not held (reversed)"
         else:
             status = "undecided (interval spans 0)"
-        rows.append({"claim": statement, "better": better, "worse": worse, **interval, "verdict": status})
+        needed = seeds_to_decide(differences)
+        rows.append({"claim": statement, "better": better, "worse": worse, **interval, "verdict": status,
+                     "seeds to decide": needed if needed is not None else "> 100" if len(seeds) > 1 else None})
     return rows
 
 
@@ -216,7 +222,9 @@ def _group_section(each: Group, siblings: int, tables: Path, reports: Path, runs
               "### The papers' qualitative claims", ""]
     claims = pd.DataFrame(claims_table(group))
     lines += [("" if comparable else "(Measured here, not comparable to the papers.)\n\n") +
-              claims.to_markdown(index=False, floatfmt=".2f"), ""]
+              "Per-seed paired differences (better − worse) and their 95% t interval; *seeds to decide* "
+              "projects how many seeds would put the interval clear of 0 if the differences kept their mean "
+              "and sd.\n\n" + claims.to_markdown(index=False, floatfmt=".2f"), ""]
     for reference, table in paper_tables(group, load_references()):
         table.to_csv(tables / f"{stem}-{reference['id']}.csv", index=False)
         written.append(tables / f"{stem}-{reference['id']}.csv")

@@ -8,10 +8,11 @@ import math
 import warnings
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from benchmarks.evaluation import iou_from_counts
 
-__all__ = ["miou_from_counts", "paired_bootstrap", "seed_interval"]
+__all__ = ["miou_from_counts", "paired_bootstrap", "seed_interval", "seeds_to_decide"]
 
 
 def miou_from_counts(summed: np.ndarray) -> np.ndarray:
@@ -40,7 +41,8 @@ def paired_bootstrap(new: np.ndarray, base: np.ndarray, resamples: int = 2000, s
             "low": float(low), "high": float(high), "resamples": resamples, "images": images}
 
 
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+def _t975(degrees_of_freedom: int) -> float:
+    return float(student_t.ppf(0.975, degrees_of_freedom))
 
 
 def seed_interval(differences: list[float]) -> dict[str, float | int | None]:
@@ -50,5 +52,15 @@ def seed_interval(differences: list[float]) -> dict[str, float | int | None]:
     mean = float(np.mean(differences)) if n else math.nan
     if n < 2:
         return {"mean": mean, "low": None, "high": None, "seeds": n}
-    half = _T975.get(n - 1, 1.96) * float(np.std(differences, ddof=1)) / math.sqrt(n)
+    half = _t975(n - 1) * float(np.std(differences, ddof=1)) / math.sqrt(n)
     return {"mean": mean, "low": mean - half, "high": mean + half, "seeds": n}
+
+
+def seeds_to_decide(differences: list[float], most: int = 100) -> int | None:
+    """The fewest seeds whose 95% t interval would exclude 0 if the per-seed values kept the mean
+    and sd of ``differences`` (a projection, not a measurement); ``None`` with fewer than 2 values,
+    a mean of 0, or more than ``most`` seeds needed."""
+    if len(differences) < 2 or (mean := abs(float(np.mean(differences)))) == 0:
+        return None
+    sd = float(np.std(differences, ddof=1))
+    return next((n for n in range(2, most + 1) if _t975(n - 1) * sd / math.sqrt(n) < mean), None)

@@ -20,7 +20,7 @@ from benchmarks.recipes import RecipeError, apply_overrides, get_recipe
 from benchmarks.records import load_records
 from benchmarks.report import claims_table, write_report
 from benchmarks.resolve import RunPlan, expand_targets
-from benchmarks.stats import miou_from_counts, paired_bootstrap, seed_interval
+from benchmarks.stats import miou_from_counts, paired_bootstrap, seed_interval, seeds_to_decide
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "iterations=8", "--set", "checkpoint_every=2", "--set", "log_every=1", "--set", "batch_size=4"]
@@ -248,8 +248,13 @@ def test_claims_need_three_seeds_and_an_interval():
                                                                      for s in range(3)]
     claim = next(c for c in claims_table(records) if c["better"] == "fcn8s" and c["worse"] == "fcn32s")
     assert claim["verdict"] == "held"  # +5 on every seed
-    assert claim["mean"] == pytest.approx(5.0) and claim["seeds"] == 3
-    assert seed_interval([1.0, 2.0, 3.0])["low"] == pytest.approx(2.0 - 4.303 * 1.0 / np.sqrt(3))
+    assert claim["mean"] == pytest.approx(5.0) and claim["seeds"] == 3 and claim["seeds to decide"] == 2
+    assert seed_interval([1.0, 2.0, 3.0])["low"] == pytest.approx(2.0 - 4.303 * 1.0 / np.sqrt(3), abs=1e-3)
+    twelve = [1.0, 3.0] * 6  # sd 1.044; Student's t at 11 degrees of freedom is 2.201 (a table), not 1.96
+    assert seed_interval(twelve)["low"] == pytest.approx(2.0 - 2.201 * np.std(twelve, ddof=1) / np.sqrt(12), abs=1e-3)
+    # mean 2, sd sqrt 2: the half-width t(n-1) sqrt(2 / n) is 3.51 at 3 seeds, 2.25 at 4, 1.76 at 5
+    assert seeds_to_decide([1.0, 3.0]) == 5 and seeds_to_decide([-1.0, -3.0]) == 5
+    assert seeds_to_decide([1.0, -1.0]) is None and seeds_to_decide([2.0]) is None
     assert next(c for c in claims_table(records[:1] + records[3:4]) if c["better"] == "fcn8s")["verdict"] == \
         "not enough seeds"
     assert not any("context" in c["better"] for c in claims_table(records))  # neither side run: left out
