@@ -3,8 +3,9 @@ starts from keeps its committed recipe (``--set`` would change them all); figure
 
     python tools/head_schedule.py context_large_coco 3000 --seeds 0,1,2,3,4 --results /tmp/longer
 
-The records land under ``--results`` (default ``results-<method>-<iterations>``), never among the
-committed ones; the trained front ends are reused from ``--runs`` when there.
+Each record's recipe ``source`` names the change. The records land under ``--results`` (default
+``results-<method>-<iterations>``), never among the committed ones; the stages it starts from are
+reused from ``--runs`` when trained there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ def main() -> int:
     parser.add_argument("--runs", default="runs")
     args = parser.parse_args()
     quick = recipes.PROFILES["quick"]
-    quick[args.method] = dataclasses.replace(quick[args.method], iterations=args.iterations)
+    if args.method not in quick:
+        parser.error(f"{args.method!r} has no quick recipe; methods with recipes: {', '.join(sorted(quick))}")
+    recipe = quick[args.method]
+    if recipe.init_from is None:
+        parser.error(f"{args.method} starts from no other stage; use `run {args.method} --set iterations=N`")
+    # the record's recipe says what was changed, as --set would
+    change = f"tools/head_schedule.py: {args.iterations} iterations, not {recipe.iterations}"
+    quick[args.method] = dataclasses.replace(recipe, iterations=args.iterations, source=f"{recipe.source}; {change}")
     results = args.results or f"results-{args.method}-{args.iterations}"
     return cli_main(["run", args.method, "--seeds", args.seeds, "--results", results, "--runs", args.runs,
                      "--no-report"])

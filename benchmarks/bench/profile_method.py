@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.bench.methods import SIZES, training_bench
 from benchmarks.data.voc import VOC_HEIGHT, VOC_WIDTH
 from benchmarks.evaluation import class_probabilities
+from benchmarks.recipes import recipe_methods
 
 
 def main() -> None:
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25)
     parser.add_argument("--scoring", action="store_true", help="profile scoring 8 images a pass instead of training")
     args = parser.parse_args()
+    if args.method not in recipe_methods():
+        parser.error(f"{args.method!r} has no recipe; methods with recipes: {', '.join(recipe_methods())}")
     device = torch.device(args.device)
     size = SIZES[args.size or ("paper" if device.type == "cuda" else "reduced")]
     bench = training_bench(args.method, size, device)
